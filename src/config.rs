@@ -1,0 +1,382 @@
+//! The command line: memcached's flags (same letters, same defaults) plus
+//! corecache's own, validated into a `Config`. A bad value fails at start
+//! with a one-line reason.
+
+use std::net::IpAddr;
+
+use clap::{ArgAction, Parser};
+use thiserror::Error;
+
+use crate::store::item::HEADER_BYTES;
+use crate::store::slab::PAGE_SIZE;
+
+#[derive(Parser, Debug)]
+#[command(name = "corecache", version, about = "A thread-per-core, memcached-compatible cache server")]
+pub struct Args {
+    /// TCP port to listen on
+    #[arg(short = 'p', long = "port", default_value_t = 11211)]
+    pub port: u16,
+    /// Addresses to listen on, comma-separated
+    #[arg(short = 'l', long = "listen", default_value = "0.0.0.0")]
+    pub listen: String,
+    /// UDP port: only 0 (off) is accepted, UDP is not served
+    #[arg(short = 'U', long = "udp-port", default_value_t = 0)]
+    pub udp_port: u16,
+    /// Item memory in megabytes, for the whole server
+    #[arg(short = 'm', long = "memory-limit", default_value_t = 64)]
+    pub memory_mb: u64,
+    /// Maximum simultaneous connections
+    #[arg(short = 'c', long = "conn-limit", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Worker cores (default: every CPU the process may run on)
+    #[arg(short = 't', long = "threads")]
+    pub threads: Option<usize>,
+    /// Largest item, with k/m suffix (e.g. 1m, 128m)
+    #[arg(short = 'I', long = "max-item-size", default_value = "1m")]
+    pub max_item_size: String,
+    /// Slab chunk growth factor
+    #[arg(short = 'f', long = "slab-growth-factor", default_value_t = 1.25)]
+    pub growth_factor: f64,
+    /// Smallest chunk payload in bytes (key + value + flags)
+    #[arg(short = 'n', long = "slab-min-size", default_value_t = 48)]
+    pub slab_min_size: usize,
+    /// Return an error when memory is full instead of evicting
+    #[arg(short = 'M', long = "disable-evictions")]
+    pub disable_evictions: bool,
+    /// Refuse flush_all
+    #[arg(short = 'F', long = "disable-flush-all")]
+    pub disable_flush_all: bool,
+    /// Enable the shutdown command
+    #[arg(short = 'A', long = "enable-shutdown")]
+    pub enable_shutdown: bool,
+    /// Requests handled per read before other connections run (accepted for
+    /// compatibility; corecache yields per read)
+    #[arg(short = 'R', long = "max-reqs-per-event", default_value_t = 20)]
+    pub max_requests_per_event: usize,
+    /// Listen backlog
+    #[arg(short = 'b', long = "listen-backlog", default_value_t = 1024)]
+    pub backlog: u32,
+    /// Verbose (repeat for more: -vv)
+    #[arg(short = 'v', action = ArgAction::Count)]
+    pub verbose: u8,
+    /// User to run as when started as root
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// Extended options, comma-separated (unknown ones are ignored with a warning)
+    #[arg(short = 'o', long = "extended")]
+    pub extended: Vec<String>,
+    /// CPUs the worker cores pin to, e.g. "0,1" or "0-3" (default: allowed CPUs)
+    #[arg(long = "cores")]
+    pub cores: Option<String>,
+    /// io_uring registered memory per core, with k/m suffix
+    #[arg(long = "io-memory", default_value = "1m")]
+    pub io_memory: String,
+}
+
+#[derive(Debug, Error, PartialEq)]
+pub enum ConfigError {
+    #[error("-U {0}: UDP is not supported; use -U 0")]
+    Udp(u16),
+    #[error("invalid size '{0}': expected a number with optional k, m or g suffix")]
+    Size(String),
+    #[error("-I {0}: item size must be between 1k and 1g")]
+    ItemSize(String),
+    #[error("-I {item}: larger than each core's memory share ({share} bytes); raise -m or lower -t")]
+    ItemExceedsShare { item: String, share: usize },
+    #[error("-f {0}: growth factor must be greater than 1.0")]
+    GrowthFactor(f64),
+    #[error("-n {0}: smallest chunk must be between 1 and 65536 bytes")]
+    ChunkSize(usize),
+    #[error("-t {0}: thread count must be between 1 and 256")]
+    Threads(usize),
+    #[error("-c {0}: need at least one connection")]
+    Connections(usize),
+    #[error("-m {memory_mb}: each of {threads} cores needs at least one 1 MiB page")]
+    Memory { memory_mb: u64, threads: usize },
+    #[error("--cores '{0}': expected CPU numbers like 0,1 or 0-3")]
+    CoreList(String),
+    #[error("--cores {cpu}: CPU {cpu} is not available to this process")]
+    CoreUnavailable { cpu: usize },
+    #[error("--cores lists {cores} CPUs but -t asks for {threads} threads")]
+    CoreCount { cores: usize, threads: usize },
+    #[error("-l '{0}': not an IP address")]
+    Listen(String),
+    #[error("--io-memory {0}: must be between 64k and 8m (locked memory is limited)")]
+    IoMemory(String),
+}
+
+/// The validated configuration the server runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub port: u16,
+    pub listen: Vec<IpAddr>,
+    pub memory_limit: usize,
+    pub max_connections: usize,
+    pub cores: Vec<usize>,
+    pub item_size_max: usize,
+    pub growth_factor: f64,
+    pub slab_min_size: usize,
+    pub evictions: bool,
+    pub flush_enabled: bool,
+    pub shutdown_enabled: bool,
+    pub max_requests_per_event: usize,
+    pub backlog: u32,
+    pub verbose: u8,
+    pub user: Option<String>,
+    pub io_memory: usize,
+    /// `-o` options that were not understood (warned at start).
+    pub ignored_options: Vec<String>,
+}
+
+impl Config {
+    pub fn threads(&self) -> usize {
+        self.cores.len()
+    }
+
+    /// Each shard's share of `-m`.
+    pub fn shard_memory(&self) -> usize {
+        self.memory_limit / self.threads()
+    }
+
+    /// Largest key + value a request may carry (`-I` less the item header).
+    pub fn max_payload(&self) -> usize {
+        self.item_size_max - HEADER_BYTES
+    }
+}
+
+/// Parses "64", "512k", "1m", "1g" (case-insensitive).
+pub fn parse_size(text: &str) -> Result<usize, ConfigError> {
+    let lower = text.trim().to_ascii_lowercase();
+    let (digits, multiplier) = match lower.as_bytes().last() {
+        Some(b'k') => (&lower[..lower.len() - 1], 1 << 10),
+        Some(b'm') => (&lower[..lower.len() - 1], 1 << 20),
+        Some(b'g') => (&lower[..lower.len() - 1], 1 << 30),
+        _ => (&lower[..], 1),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| ConfigError::Size(text.to_string()))
+}
+
+/// Parses "0,2,4-7".
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, ConfigError> {
+    let bad = || ConfigError::CoreList(text.to_string());
+    let mut cpus = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((first, last)) => {
+                let (first, last): (usize, usize) = (first.parse().map_err(|_| bad())?, last.parse().map_err(|_| bad())?);
+                if first > last {
+                    return Err(bad());
+                }
+                cpus.extend(first..=last);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if cpus.is_empty() {
+        return Err(bad());
+    }
+    Ok(cpus)
+}
+
+/// CPUs this process may run on (its affinity mask).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid, and sched_getaffinity fills it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
+            .collect()
+    }
+}
+
+/// `-o` options corecache understands (and ignores as no-ops, like memcached
+/// defaults it already has).
+const KNOWN_EXTENDED: &[&str] = &["modern", "no_modern"];
+
+impl Args {
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        self.validate_with_cpus(&allowed_cpus())
+    }
+
+    pub fn validate_with_cpus(&self, allowed: &[usize]) -> Result<Config, ConfigError> {
+        if self.udp_port != 0 {
+            return Err(ConfigError::Udp(self.udp_port));
+        }
+        let item_size_max = parse_size(&self.max_item_size)?;
+        if !(1 << 10..=1 << 30).contains(&item_size_max) {
+            return Err(ConfigError::ItemSize(self.max_item_size.clone()));
+        }
+        if self.growth_factor.is_nan() || self.growth_factor <= 1.0 {
+            return Err(ConfigError::GrowthFactor(self.growth_factor));
+        }
+        if !(1..=65536).contains(&self.slab_min_size) {
+            return Err(ConfigError::ChunkSize(self.slab_min_size));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::Connections(0));
+        }
+        let cores = match &self.cores {
+            Some(list) => {
+                let cores = parse_cpu_list(list)?;
+                if let Some(&cpu) = cores.iter().find(|cpu| !allowed.contains(cpu)) {
+                    return Err(ConfigError::CoreUnavailable { cpu });
+                }
+                if let Some(threads) = self.threads.filter(|&t| t != cores.len()) {
+                    return Err(ConfigError::CoreCount {
+                        cores: cores.len(),
+                        threads,
+                    });
+                }
+                cores
+            }
+            // More threads than CPUs: wrap around the allowed CPUs.
+            None => {
+                let threads = self.threads.unwrap_or(allowed.len()).max(1);
+                (0..threads).map(|i| allowed[i % allowed.len()]).collect()
+            }
+        };
+        let threads = cores.len();
+        if !(1..=256).contains(&threads) || self.threads == Some(0) {
+            return Err(ConfigError::Threads(self.threads.unwrap_or(threads)));
+        }
+        let memory_limit = usize::try_from(self.memory_mb).unwrap_or(usize::MAX).saturating_mul(1 << 20);
+        if memory_limit / threads < PAGE_SIZE {
+            return Err(ConfigError::Memory {
+                memory_mb: self.memory_mb,
+                threads,
+            });
+        }
+        if item_size_max > memory_limit / threads {
+            return Err(ConfigError::ItemExceedsShare {
+                item: self.max_item_size.clone(),
+                share: memory_limit / threads,
+            });
+        }
+        let listen = self
+            .listen
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| a.parse().map_err(|_| ConfigError::Listen(a.to_string())))
+            .collect::<Result<Vec<IpAddr>, _>>()?;
+        let io_memory = parse_size(&self.io_memory)?;
+        if !(64 << 10..=8 << 20).contains(&io_memory) {
+            return Err(ConfigError::IoMemory(self.io_memory.clone()));
+        }
+        let ignored_options = self
+            .extended
+            .iter()
+            .flat_map(|o| o.split(','))
+            .map(str::trim)
+            .filter(|o| !o.is_empty() && !KNOWN_EXTENDED.contains(o))
+            .map(String::from)
+            .collect();
+        Ok(Config {
+            port: self.port,
+            listen,
+            memory_limit,
+            max_connections: self.max_connections,
+            cores,
+            item_size_max,
+            growth_factor: self.growth_factor,
+            slab_min_size: self.slab_min_size,
+            evictions: !self.disable_evictions,
+            flush_enabled: !self.disable_flush_all,
+            shutdown_enabled: self.enable_shutdown,
+            max_requests_per_event: self.max_requests_per_event,
+            backlog: self.backlog,
+            verbose: self.verbose,
+            user: self.user.clone(),
+            io_memory,
+            ignored_options,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Args {
+        Args::try_parse_from(std::iter::once("corecache").chain(line.split_whitespace())).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_memcacheds() {
+        let config = args("").validate_with_cpus(&[0, 1]).unwrap();
+        assert_eq!(config.port, 11211);
+        assert_eq!(config.memory_limit, 64 << 20);
+        assert_eq!(config.max_connections, 1024);
+        assert_eq!(config.item_size_max, 1 << 20);
+        assert_eq!(config.cores, vec![0, 1]);
+        assert!(config.evictions && config.flush_enabled && !config.shutdown_enabled);
+    }
+
+    #[test]
+    fn sizes_take_suffixes() {
+        assert_eq!(parse_size("1m").unwrap(), 1 << 20);
+        assert_eq!(parse_size("128M").unwrap(), 128 << 20);
+        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_size("2048").unwrap(), 2048);
+        assert!(parse_size("12x").is_err());
+        let config = args("-I 128m -m 1024 -t 1").validate_with_cpus(&[0, 1]).unwrap();
+        assert_eq!(config.item_size_max, 128 << 20);
+    }
+
+    #[test]
+    fn bad_values_fail_with_a_reason() {
+        let cpus = [0, 1];
+        assert_eq!(
+            args("-U 11211").validate_with_cpus(&cpus).unwrap_err(),
+            ConfigError::Udp(11211)
+        );
+        assert!(matches!(
+            args("-f 1.0").validate_with_cpus(&cpus),
+            Err(ConfigError::GrowthFactor(_))
+        ));
+        assert!(matches!(
+            args("-I 2g").validate_with_cpus(&cpus),
+            Err(ConfigError::ItemSize(_))
+        ));
+        assert!(matches!(
+            args("-m 1 -t 2").validate_with_cpus(&cpus),
+            Err(ConfigError::Memory { .. })
+        ));
+        assert!(matches!(
+            args("--cores 5").validate_with_cpus(&cpus),
+            Err(ConfigError::CoreUnavailable { cpu: 5 })
+        ));
+        assert!(matches!(
+            args("--cores 0,1 -t 1").validate_with_cpus(&cpus),
+            Err(ConfigError::CoreCount { .. })
+        ));
+        assert!(matches!(
+            args("-l nowhere").validate_with_cpus(&cpus),
+            Err(ConfigError::Listen(_))
+        ));
+        assert!(matches!(args("-t 0").validate_with_cpus(&cpus), Err(ConfigError::Threads(0))));
+        assert!(Args::try_parse_from(["corecache", "-p", "notaport"]).is_err());
+    }
+
+    #[test]
+    fn cpu_lists_and_threads() {
+        assert_eq!(parse_cpu_list("0,2-4").unwrap(), vec![0, 2, 3, 4]);
+        assert_eq!(args("-t 1").validate_with_cpus(&[0, 1]).unwrap().cores, vec![0]);
+        assert_eq!(args("--cores 1").validate_with_cpus(&[0, 1]).unwrap().cores, vec![1]);
+        assert_eq!(args("-t 3").validate_with_cpus(&[0, 1]).unwrap().cores, vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn unknown_extended_options_are_kept_for_a_warning() {
+        let config = args("-o modern,hashpower=20 -vv").validate_with_cpus(&[0]).unwrap();
+        assert_eq!(config.ignored_options, vec!["hashpower=20".to_string()]);
+        assert_eq!(config.verbose, 2);
+    }
+}

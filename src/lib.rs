@@ -1,0 +1,32 @@
+//! corecache: a thread-per-core, shared-nothing memcached-compatible cache.
+//!
+//! # Layout
+//!
+//! ```text
+//! config.rs        command line (memcached's flags) -> validated Config
+//! hash.rs          the one key hasher: picks the shard, feeds the index
+//! request.rs       protocol-neutral requests (KeyOp) and answers (Outcome)
+//! protocol/        bytes <-> requests: text (classic commands) parser and
+//!                  its reply writer
+//! server/          cores and sockets: one glommio executor per core
+//!   mod.rs           starts the cores, the channel mesh, the sweeper
+//!   listener.rs      SO_REUSEPORT listener per core, connection limit
+//!   connection.rs    read buffer -> parse -> route -> replies, one send
+//!   router.rs        hash once, run local ops, batch remote ops per core
+//! store/           one Shard per core: index + slab + segmented LRU + expiry
+//! stats.rs         `stats` output: shard reports + server counters
+//! ```
+//!
+//! A request travels: bytes read by `server::connection` -> parsed by
+//! `protocol::text` into commands -> `server::router` hashes each key once,
+//! runs it on the local `store::Shard` or batches it to the owning core over
+//! the channel mesh -> `Outcome`s come back in request order ->
+//! `protocol::text` writes the replies -> one send per batch.
+
+pub mod config;
+pub mod hash;
+pub mod protocol;
+pub mod request;
+pub mod server;
+pub mod stats;
+pub mod store;

@@ -1,0 +1,224 @@
+//! Cores and sockets. One glommio executor per worker core, pinned, each
+//! owning one `Shard`, its own SO_REUSEPORT listener and its connections.
+//! Cores talk only over two channel meshes: requests to the owning shard,
+//! replies back (two meshes, so that a core waiting to send a reply can
+//! never block a core waiting to send a request).
+
+pub mod connection;
+pub mod listener;
+pub mod router;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use glommio::channels::channel_mesh::FullMesh;
+use glommio::{LocalExecutorBuilder, Placement};
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::store::clock::CLOCK_START;
+use crate::store::{RelTime, Shard, ShardConfig};
+use router::{FromShard, Mesh, Pending, ToShard};
+
+/// Messages in flight per pair of cores before a sender waits.
+const MESH_CAPACITY: usize = 1024;
+/// The active expiry sweep: how often, and how many chunks per run.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+const SWEEP_BUDGET: usize = 10_000;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind { address: SocketAddr, source: std::io::Error },
+    #[error("cannot start core {core} on CPU {cpu}: {reason}")]
+    Executor { core: usize, cpu: usize, reason: String },
+    #[error("cannot switch to user '{user}': {reason}")]
+    User { user: String, reason: String },
+}
+
+/// What all cores share: read-mostly settings and connection counters that
+/// change only on accept and close (never per request).
+pub struct Global {
+    pub config: Config,
+    pub started: Instant,
+    pub started_unix: i64,
+    pub curr_connections: AtomicUsize,
+    pub total_connections: AtomicU64,
+    pub rejected_connections: AtomicU64,
+}
+
+impl Global {
+    /// The coarse relative clock every shard runs on.
+    pub fn now(&self) -> RelTime {
+        CLOCK_START + self.started.elapsed().as_secs() as RelTime
+    }
+}
+
+/// Counters a core keeps outside its shard.
+#[derive(Default)]
+pub struct CoreCounters {
+    pub bytes_read: Cell<u64>,
+    pub bytes_written: Cell<u64>,
+    pub cmd_flush: Cell<u64>,
+}
+
+/// One worker core's state, shared by its tasks (never across threads).
+pub struct Core {
+    pub id: usize,
+    pub cores: usize,
+    pub shard: RefCell<Shard>,
+    pub global: Arc<Global>,
+    pub mesh: Option<Mesh>,
+    pub pending: RefCell<Pending>,
+    pub counters: CoreCounters,
+    pub verbosity: Cell<u32>,
+}
+
+impl Core {
+    /// The shard, with its clock brought up to date.
+    pub fn shard_now(&self) -> std::cell::RefMut<'_, Shard> {
+        let mut shard = self.shard.borrow_mut();
+        shard.set_now(self.global.now());
+        shard
+    }
+}
+
+/// Binds every listening socket up front (so errors are reported before any
+/// core starts), one per address per core: SO_REUSEPORT lets the kernel
+/// spread connections over the cores.
+fn bind_listeners(config: &Config) -> Result<Vec<Vec<OwnedFd>>, ServerError> {
+    (0..config.threads())
+        .map(|_| {
+            config
+                .listen
+                .iter()
+                .map(|&ip| {
+                    let address = SocketAddr::new(ip, config.port);
+                    listener::bind(address, config.backlog).map_err(|source| ServerError::Bind { address, source })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs the server until shutdown.
+pub fn run(config: Config) -> Result<(), ServerError> {
+    let listeners = bind_listeners(&config)?;
+    drop_privileges(config.user.as_deref())?;
+    let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    let global = Arc::new(Global {
+        config: config.clone(),
+        started: Instant::now(),
+        started_unix,
+        curr_connections: AtomicUsize::new(0),
+        total_connections: AtomicU64::new(0),
+        rejected_connections: AtomicU64::new(0),
+    });
+    let cores = config.threads();
+    let request_mesh = FullMesh::<ToShard>::full(cores, MESH_CAPACITY);
+    let reply_mesh = FullMesh::<FromShard>::full(cores, MESH_CAPACITY);
+
+    let mut handles = Vec::new();
+    for (index, fds) in listeners.into_iter().enumerate() {
+        let cpu = config.cores[index];
+        let global = global.clone();
+        let (request_mesh, reply_mesh) = (request_mesh.clone(), reply_mesh.clone());
+        let fds: Vec<i32> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("core-{index}"))
+            .io_memory(config.io_memory)
+            .ring_depth(256)
+            .spawn(move || async move {
+                let mesh = if cores > 1 {
+                    Some(Mesh::join(request_mesh, reply_mesh).await)
+                } else {
+                    None
+                };
+                // The mesh numbers peers by executor id: that is the shard id.
+                let id = mesh.as_ref().map_or(0, Mesh::peer_id);
+                let shard = Shard::new(&ShardConfig {
+                    shard_id: id,
+                    memory_limit: global.config.shard_memory(),
+                    smallest_chunk: global.config.slab_min_size,
+                    growth_factor: global.config.growth_factor,
+                    item_size_max: global.config.item_size_max,
+                    evictions: global.config.evictions,
+                    started_unix: global.started_unix,
+                });
+                let core = Rc::new(Core {
+                    id,
+                    cores,
+                    shard: RefCell::new(shard),
+                    global,
+                    mesh,
+                    pending: RefCell::new(Pending::default()),
+                    counters: CoreCounters::default(),
+                    verbosity: Cell::new(0),
+                });
+                router::spawn_mesh_tasks(&core);
+                glommio::spawn_local(sweep(core.clone())).detach();
+                let accepts: Vec<_> = fds
+                    .into_iter()
+                    // SAFETY: each fd was just bound for this core and is owned by nothing else.
+                    .map(|fd| {
+                        glommio::spawn_local(listener::accept_loop(core.clone(), unsafe {
+                            glommio::net::TcpListener::from_raw_fd(fd)
+                        }))
+                    })
+                    .collect();
+                for accept in accepts {
+                    accept.await;
+                }
+            })
+            .map_err(|error| ServerError::Executor {
+                core: index,
+                cpu,
+                reason: error.to_string(),
+            })?;
+        handles.push(handle);
+    }
+    for handle in handles {
+        let _ = handle.join();
+    }
+    Ok(())
+}
+
+/// Active expiry: a bounded slice of the shard is swept on every tick.
+async fn sweep(core: Rc<Core>) {
+    loop {
+        glommio::timer::sleep(SWEEP_INTERVAL).await;
+        core.shard_now().sweep(SWEEP_BUDGET);
+    }
+}
+
+/// `-u`: when started as root, switch to this user (as memcached does).
+fn drop_privileges(user: Option<&str>) -> Result<(), ServerError> {
+    // SAFETY: plain libc calls; getpwnam's result is read before any other call.
+    unsafe {
+        if libc::getuid() != 0 {
+            return Ok(());
+        }
+        let Some(user) = user else {
+            return Ok(());
+        };
+        let error = |reason: &str| ServerError::User {
+            user: user.to_string(),
+            reason: reason.to_string(),
+        };
+        let name = std::ffi::CString::new(user).map_err(|_| error("invalid name"))?;
+        let entry = libc::getpwnam(name.as_ptr());
+        if entry.is_null() {
+            return Err(error("no such user"));
+        }
+        let (uid, gid) = ((*entry).pw_uid, (*entry).pw_gid);
+        if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            return Err(error(&std::io::Error::last_os_error().to_string()));
+        }
+    }
+    Ok(())
+}

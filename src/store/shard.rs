@@ -1,0 +1,707 @@
+//! One core's shard of the key space: index + slab + segmented LRU +
+//! expiry. Single-threaded by construction (owned by its core); the
+//! operations here are the whole store API.
+
+use super::clock::{Clock, RelTime};
+use super::index::Index;
+use super::item::{Item, ItemMut, Segment, item_size};
+use super::lru::Lru;
+use super::slab::{Slab, class_sizes};
+use super::stats::{ClassCounters, ClassReport, ShardCounters, ShardReport};
+use crate::hash::KeyHash;
+use crate::request::{KeyOp, Outcome, StoreMode};
+
+/// Expired items looked at from a class's tails before evicting.
+const EXPIRED_PROBES: usize = 5;
+/// Largest key memcached accepts.
+pub const KEY_MAX_LENGTH: usize = 250;
+
+/// How a shard is sized and behaves.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// This shard's number; tags its CAS values so they are unique per node.
+    pub shard_id: usize,
+    /// Byte ceiling for item memory (the shard's share of `-m`).
+    pub memory_limit: usize,
+    /// Smallest chunk payload (`-n`) and growth factor (`-f`).
+    pub smallest_chunk: usize,
+    pub growth_factor: f64,
+    /// Largest item in bytes, header included (`-I`).
+    pub item_size_max: usize,
+    /// false with `-M`: fail stores instead of evicting.
+    pub evictions: bool,
+    /// Unix time at server start (for absolute exptimes).
+    pub started_unix: i64,
+}
+
+/// Why a key lookup found nothing usable.
+enum Lookup {
+    Found(u32),
+    Missing,
+    Expired,
+    Flushed,
+}
+
+/// Why an allocation failed.
+enum AllocError {
+    OutOfMemory,
+}
+
+pub struct Shard {
+    id: usize,
+    slab: Slab,
+    lru: Lru,
+    index: Index,
+    clock: Clock,
+    cas_counter: u64,
+    item_size_max: usize,
+    evictions: bool,
+    /// flush_all: items last touched at or before this time are dead once
+    /// it has passed, and so are items with a CAS below `oldest_cas`.
+    oldest_live: Option<RelTime>,
+    oldest_cas: u64,
+    counters: ShardCounters,
+    class_counters: Vec<ClassCounters>,
+    bytes: usize,
+    sweep_cursor: usize,
+    /// Reused buffer for append/prepend and incr (no allocation per request).
+    scratch: Vec<u8>,
+}
+
+impl Shard {
+    pub fn new(config: &ShardConfig) -> Shard {
+        let sizes = class_sizes(super::item::HEADER_BYTES + config.smallest_chunk, config.growth_factor);
+        let slab = Slab::new(config.memory_limit, &sizes);
+        let classes = slab.large_class() + 1;
+        Shard {
+            id: config.shard_id,
+            lru: Lru::new(classes),
+            slab,
+            index: Index::default(),
+            clock: Clock::new(config.started_unix),
+            cas_counter: 0,
+            item_size_max: config.item_size_max,
+            evictions: config.evictions,
+            oldest_live: None,
+            oldest_cas: 0,
+            counters: ShardCounters::default(),
+            class_counters: vec![ClassCounters::default(); classes],
+            bytes: 0,
+            sweep_cursor: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Sets the coarse clock; the server calls this once per batch.
+    pub fn set_now(&mut self, now: RelTime) {
+        self.clock.now = now.max(self.clock.now);
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Memory taken from the limit (pages and large items).
+    pub fn memory_used(&self) -> usize {
+        self.slab.used()
+    }
+
+    pub fn memory_limit(&self) -> usize {
+        self.slab.limit()
+    }
+
+    /// Bytes of the index table (per-item overhead outside the slab).
+    pub fn index_bytes(&self) -> usize {
+        self.index.memory_bytes()
+    }
+
+    /// Applies one key operation. `hash` is the key's hash, computed once by
+    /// the caller.
+    pub fn execute(&mut self, hash: KeyHash, op: &KeyOp<&[u8]>) -> Outcome<&[u8]> {
+        match *op {
+            KeyOp::Get { key, touch } => self.get(hash, key, touch),
+            KeyOp::Store {
+                mode,
+                key,
+                client_flags,
+                exptime,
+                value,
+                cas,
+            } => self.store(hash, mode, key, client_flags, exptime, value, cas),
+            KeyOp::Delete { key } => self.delete(hash, key),
+            KeyOp::Arith { key, incr, delta } => self.arith(hash, key, incr, delta),
+            KeyOp::Touch { key, exptime } => self.touch(hash, key, exptime),
+        }
+    }
+
+    fn next_cas(&mut self) -> u64 {
+        self.cas_counter += 1;
+        // The low byte names the shard: unique per node.
+        (self.cas_counter << 8) | (self.id as u64 & 0xff)
+    }
+
+    fn is_flushed(&self, item: Item<'_>) -> bool {
+        match self.oldest_live {
+            Some(oldest) if oldest <= self.clock.now => {
+                item.last_access() <= oldest || (self.oldest_cas != 0 && item.cas() < self.oldest_cas)
+            }
+            _ => false,
+        }
+    }
+
+    /// Finds a live item; a dead one found on the way is unlinked.
+    fn lookup(&mut self, hash: KeyHash, key: &[u8]) -> Lookup {
+        let Some(handle) = self.index.find(&self.slab, hash, key) else {
+            return Lookup::Missing;
+        };
+        let item = Item(self.slab.chunk(handle));
+        if self.clock.is_expired(item.expiry()) {
+            self.unlink(hash, handle);
+            Lookup::Expired
+        } else if self.is_flushed(item) {
+            self.unlink(hash, handle);
+            Lookup::Flushed
+        } else {
+            Lookup::Found(handle)
+        }
+    }
+
+    /// Removes an item from index and LRU and frees its chunk.
+    fn unlink(&mut self, hash: KeyHash, handle: u32) {
+        let class = self.slab.class_of(handle);
+        self.index.remove(hash, handle);
+        self.lru.unlink(&mut self.slab, class, handle);
+        self.bytes -= Item(self.slab.chunk(handle)).total_size();
+        ItemMut(self.slab.chunk_mut(handle)).clear();
+        self.slab.free(handle);
+    }
+
+    /// Frees an item picked by eviction or reclaim (its hash is recomputed:
+    /// this is off the per-request path).
+    fn remove_victim(&mut self, handle: u32) {
+        let hash = KeyHash::of(Item(self.slab.chunk(handle)).key());
+        self.unlink(hash, handle);
+    }
+
+    fn is_dead(&self, handle: u32) -> bool {
+        let item = Item(self.slab.chunk(handle));
+        self.clock.is_expired(item.expiry()) || self.is_flushed(item)
+    }
+
+    /// Reclaims dead items at the tails of a class; true if one was freed.
+    fn reclaim_expired(&mut self, class: usize) -> bool {
+        for segment in [Segment::Cold, Segment::Warm, Segment::Hot] {
+            let candidates: [Option<u32>; EXPIRED_PROBES] = {
+                let mut found = [None; EXPIRED_PROBES];
+                for (slot, handle) in found.iter_mut().zip(self.lru_tail_walk(class, segment)) {
+                    *slot = Some(handle);
+                }
+                found
+            };
+            for handle in candidates.into_iter().flatten() {
+                if self.is_dead(handle) {
+                    self.count_reclaim(class, handle);
+                    self.remove_victim(handle);
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Handles from a segment's tail towards its head.
+    fn lru_tail_walk(&self, class: usize, segment: Segment) -> impl Iterator<Item = u32> + '_ {
+        let mut at = self.lru.tail(class, segment);
+        std::iter::from_fn(move || {
+            let current = at?;
+            let prev = Item(self.slab.chunk(current)).prev();
+            at = (prev != super::item::NO_ITEM).then_some(prev);
+            Some(current)
+        })
+    }
+
+    fn count_reclaim(&mut self, class: usize, handle: u32) {
+        let fetched = Item(self.slab.chunk(handle)).was_fetched();
+        self.counters.reclaimed += 1;
+        self.class_counters[class].reclaimed += 1;
+        if !fetched {
+            self.counters.expired_unfetched += 1;
+            self.class_counters[class].expired_unfetched += 1;
+        }
+    }
+
+    fn evict(&mut self, class: usize, handle: u32) {
+        let fetched = Item(self.slab.chunk(handle)).was_fetched();
+        self.counters.evictions += 1;
+        self.class_counters[class].evicted += 1;
+        if !fetched {
+            self.counters.evicted_unfetched += 1;
+            self.class_counters[class].evicted_unfetched += 1;
+        }
+        self.remove_victim(handle);
+    }
+
+    /// Evicts the least valuable item of a class (COLD tail first), never
+    /// `protect`. False if the class has nothing to give.
+    fn evict_from_class(&mut self, class: usize, protect: Option<u32>) -> bool {
+        for segment in [Segment::Cold, Segment::Warm, Segment::Hot] {
+            let victim = self.lru_tail_walk(class, segment).take(2).find(|&h| Some(h) != protect);
+            if let Some(victim) = victim {
+                self.evict(class, victim);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Frees a whole page (or a large item) from some other class so memory
+    /// returns to the limit. memcached moves pages between classes the
+    /// same way (slab rebalancing); without it a class that never got a page
+    /// could not store anything once the limit is reached.
+    fn release_elsewhere(&mut self, requester: usize, protect: Option<u32>) -> bool {
+        let large = self.slab.large_class();
+        if requester != large && self.evict_from_class(large, protect) {
+            return true;
+        }
+        let protect_page = protect.and_then(Slab::page_of);
+        let donor = (0..self.slab.classes().len())
+            .filter(|&class| class != requester)
+            .filter_map(|class| {
+                let page = *self.slab.classes()[class]
+                    .pages
+                    .iter()
+                    .rev()
+                    .find(|&&p| Some(p) != protect_page)?;
+                Some((self.slab.classes()[class].pages.len(), page))
+            })
+            .max();
+        let Some((_, page)) = donor else {
+            return false;
+        };
+        let handles: Vec<u32> = self.slab.page_handles(page).collect();
+        for handle in handles {
+            if Item(self.slab.chunk(handle)).is_linked() {
+                let class = self.slab.class_of(handle);
+                self.evict(class, handle);
+            }
+        }
+        self.slab.release_page(page);
+        true
+    }
+
+    /// A chunk for an item of `size` bytes: free chunk, new page, expired
+    /// item, eviction, then memory from another class. `protect` is the
+    /// item being replaced, which must survive until the new one is written.
+    fn allocate(&mut self, size: usize, protect: Option<u32>) -> Result<u32, AllocError> {
+        let class = self.slab.class_for(size);
+        let lru_class = class.unwrap_or(self.slab.large_class());
+        // Each round frees something or gives up, so this ends.
+        loop {
+            let handle = match class {
+                Some(class) => self.slab.alloc_chunk(class),
+                None => self.slab.alloc_large(size),
+            };
+            if let Some(handle) = handle {
+                return Ok(handle);
+            }
+            if self.reclaim_expired(lru_class) {
+                continue;
+            }
+            if !self.evictions {
+                break;
+            }
+            if self.evict_from_class(lru_class, protect) {
+                continue;
+            }
+            if !self.release_elsewhere(lru_class, protect) {
+                break;
+            }
+        }
+        self.class_counters[lru_class].outofmemory += 1;
+        Err(AllocError::OutOfMemory)
+    }
+
+    /// Lays out a new item's header and key in `handle`, with a fresh CAS;
+    /// the caller then fills the value.
+    fn write_header(&mut self, handle: u32, key: &[u8], value_len: usize, client_flags: u32, expiry: RelTime) -> ItemMut<'_> {
+        let cas = self.next_cas();
+        let now = self.clock.now;
+        let mut item = ItemMut(self.slab.chunk_mut(handle));
+        item.init(key, value_len, client_flags, expiry, cas, now);
+        item
+    }
+
+    /// Links a fully written item into index and LRU, replacing `old`.
+    fn link_new(&mut self, hash: KeyHash, handle: u32, old: Option<u32>) {
+        match old {
+            Some(old) => {
+                let old_class = self.slab.class_of(old);
+                self.index.replace(hash, old, handle);
+                self.lru.unlink(&mut self.slab, old_class, old);
+                self.bytes -= Item(self.slab.chunk(old)).total_size();
+                ItemMut(self.slab.chunk_mut(old)).clear();
+                self.slab.free(old);
+            }
+            None => self.index.insert(&self.slab, hash, handle),
+        }
+        let class = self.slab.class_of(handle);
+        self.lru.link(&mut self.slab, class, Segment::Hot, handle);
+        self.lru.balance(&mut self.slab, class);
+        self.bytes += Item(self.slab.chunk(handle)).total_size();
+        self.counters.total_items += 1;
+        self.class_counters[class].cmd_set += 1;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &mut self,
+        hash: KeyHash,
+        mode: StoreMode,
+        key: &[u8],
+        client_flags: u32,
+        exptime: i64,
+        value: &[u8],
+        cas: u64,
+    ) -> Outcome<&[u8]> {
+        self.counters.cmd_set += 1;
+        let existing = match self.lookup(hash, key) {
+            Lookup::Found(handle) => Some(handle),
+            _ => None,
+        };
+        match (mode, existing) {
+            (StoreMode::Add, Some(handle)) => {
+                // memcached refreshes the item's LRU position on a failed add.
+                let class = self.slab.class_of(handle);
+                self.lru.touch(&mut self.slab, class, handle);
+                return Outcome::NotStored;
+            }
+            (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, None) => return Outcome::NotStored,
+            (StoreMode::Cas, None) => {
+                self.counters.cas_misses += 1;
+                return Outcome::NotFound;
+            }
+            (StoreMode::Cas, Some(handle)) if Item(self.slab.chunk(handle)).cas() != cas => {
+                self.counters.cas_badval += 1;
+                let class = self.slab.class_of(handle);
+                self.class_counters[class].cas_badval += 1;
+                return Outcome::Exists;
+            }
+            _ => {}
+        }
+
+        // Append and prepend keep the old item's flags and expiry.
+        let (client_flags, expiry, value_len) = match (mode, existing) {
+            (StoreMode::Append | StoreMode::Prepend, Some(handle)) => {
+                let old = Item(self.slab.chunk(handle));
+                (old.client_flags(), old.expiry(), old.value_len() + value.len())
+            }
+            _ => (client_flags, self.clock.expiry_of(exptime), value.len()),
+        };
+        let size = item_size(key.len(), value_len, client_flags);
+        if key.len() > KEY_MAX_LENGTH || size > self.item_size_max {
+            self.counters.store_too_large += 1;
+            self.drop_stale_on_set_failure(mode, hash, existing);
+            return Outcome::TooLarge;
+        }
+        if let (StoreMode::Append | StoreMode::Prepend, Some(handle)) = (mode, existing) {
+            self.scratch.clear();
+            let old_value = Item(self.slab.chunk(handle)).value();
+            if mode == StoreMode::Append {
+                self.scratch.extend_from_slice(old_value);
+                self.scratch.extend_from_slice(value);
+            } else {
+                self.scratch.extend_from_slice(value);
+                self.scratch.extend_from_slice(old_value);
+            }
+        }
+        let handle = match self.allocate(size, existing) {
+            Ok(handle) => handle,
+            Err(AllocError::OutOfMemory) => {
+                self.counters.store_no_memory += 1;
+                self.drop_stale_on_set_failure(mode, hash, existing);
+                return Outcome::OutOfMemory;
+            }
+        };
+        let scratch = std::mem::take(&mut self.scratch);
+        let mut item = self.write_header(handle, key, value_len, client_flags, expiry);
+        match mode {
+            StoreMode::Append | StoreMode::Prepend => item.value_mut().copy_from_slice(&scratch),
+            _ => item.value_mut().copy_from_slice(value),
+        }
+        self.scratch = scratch;
+        self.link_new(hash, handle, existing);
+        if mode == StoreMode::Cas {
+            self.counters.cas_hits += 1;
+            let class = self.slab.class_of(handle);
+            self.class_counters[class].cas_hits += 1;
+        }
+        Outcome::Stored
+    }
+
+    /// memcached: a SET that cannot be stored must not leave the old value
+    /// behind ("stale data persisting in cache").
+    fn drop_stale_on_set_failure(&mut self, mode: StoreMode, hash: KeyHash, existing: Option<u32>) {
+        if let (StoreMode::Set, Some(handle)) = (mode, existing) {
+            self.unlink(hash, handle);
+        }
+    }
+
+    fn count_miss(&mut self, lookup: &Lookup, touch: bool) {
+        if touch {
+            self.counters.touch_misses += 1;
+        } else {
+            self.counters.get_misses += 1;
+        }
+        match lookup {
+            Lookup::Expired => self.counters.get_expired += 1,
+            Lookup::Flushed => self.counters.get_flushed += 1,
+            _ => {}
+        }
+    }
+
+    fn get(&mut self, hash: KeyHash, key: &[u8], touch: Option<i64>) -> Outcome<&[u8]> {
+        if touch.is_some() {
+            self.counters.cmd_touch += 1;
+        }
+        self.counters.cmd_get += 1;
+        let handle = match self.lookup(hash, key) {
+            Lookup::Found(handle) => handle,
+            miss => {
+                self.count_miss(&miss, touch.is_some());
+                return Outcome::Miss;
+            }
+        };
+        let class = self.slab.class_of(handle);
+        if touch.is_some() {
+            self.counters.touch_hits += 1;
+            self.class_counters[class].touch_hits += 1;
+        } else {
+            self.counters.get_hits += 1;
+            self.class_counters[class].get_hits += 1;
+        }
+        self.lru.touch(&mut self.slab, class, handle);
+        let now = self.clock.now;
+        let expiry = touch.map(|exptime| self.clock.expiry_of(exptime));
+        let mut item = ItemMut(self.slab.chunk_mut(handle));
+        item.set_fetched();
+        item.set_last_access(now);
+        if let Some(expiry) = expiry {
+            item.set_expiry(expiry);
+        }
+        let item = Item(self.slab.chunk(handle));
+        Outcome::Hit {
+            client_flags: item.client_flags(),
+            cas: item.cas(),
+            value: item.value(),
+        }
+    }
+
+    fn delete(&mut self, hash: KeyHash, key: &[u8]) -> Outcome<&[u8]> {
+        match self.lookup(hash, key) {
+            Lookup::Found(handle) => {
+                let class = self.slab.class_of(handle);
+                self.class_counters[class].delete_hits += 1;
+                self.counters.delete_hits += 1;
+                self.unlink(hash, handle);
+                Outcome::Deleted
+            }
+            _ => {
+                self.counters.delete_misses += 1;
+                Outcome::NotFound
+            }
+        }
+    }
+
+    fn touch(&mut self, hash: KeyHash, key: &[u8], exptime: i64) -> Outcome<&[u8]> {
+        self.counters.cmd_touch += 1;
+        match self.lookup(hash, key) {
+            Lookup::Found(handle) => {
+                let class = self.slab.class_of(handle);
+                self.counters.touch_hits += 1;
+                self.class_counters[class].touch_hits += 1;
+                let expiry = self.clock.expiry_of(exptime);
+                let now = self.clock.now;
+                self.lru.touch(&mut self.slab, class, handle);
+                let mut item = ItemMut(self.slab.chunk_mut(handle));
+                item.set_expiry(expiry);
+                item.set_last_access(now);
+                Outcome::Touched
+            }
+            _ => {
+                self.counters.touch_misses += 1;
+                Outcome::NotFound
+            }
+        }
+    }
+
+    fn arith(&mut self, hash: KeyHash, key: &[u8], incr: bool, delta: u64) -> Outcome<&[u8]> {
+        let handle = match self.lookup(hash, key) {
+            Lookup::Found(handle) => handle,
+            _ => {
+                if incr {
+                    self.counters.incr_misses += 1;
+                } else {
+                    self.counters.decr_misses += 1;
+                }
+                return Outcome::NotFound;
+            }
+        };
+        let item = Item(self.slab.chunk(handle));
+        let Some(current) = parse_counter(item.value()) else {
+            return Outcome::NonNumeric;
+        };
+        let class = self.slab.class_of(handle);
+        let result = if incr {
+            self.counters.incr_hits += 1;
+            self.class_counters[class].incr_hits += 1;
+            current.wrapping_add(delta)
+        } else {
+            self.counters.decr_hits += 1;
+            self.class_counters[class].decr_hits += 1;
+            current.saturating_sub(delta)
+        };
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(result).as_bytes();
+        let (client_flags, expiry, old_size) = (item.client_flags(), item.expiry(), item.total_size());
+        let new_size = item_size(key.len(), digits.len(), client_flags);
+        if new_size <= self.slab.chunk(handle).len() {
+            // Fits its chunk (the value is the item's tail): rewrite in place
+            // with a new CAS, keeping the LRU position.
+            let cas = self.next_cas();
+            let mut item = ItemMut(self.slab.chunk_mut(handle));
+            item.set_value_len(digits.len());
+            item.value_mut().copy_from_slice(digits);
+            item.set_cas(cas);
+            self.bytes = self.bytes - old_size + new_size;
+            return Outcome::Number(result);
+        }
+        match self.allocate(new_size, Some(handle)) {
+            Ok(new_handle) => {
+                self.write_header(new_handle, key, digits.len(), client_flags, expiry)
+                    .value_mut()
+                    .copy_from_slice(digits);
+                self.link_new(hash, new_handle, Some(handle));
+                Outcome::Number(result)
+            }
+            Err(AllocError::OutOfMemory) => {
+                self.counters.store_no_memory += 1;
+                Outcome::OutOfMemory
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// flush_all [delay], as memcached: with no delay every item stored so
+    /// far dies now; with a delay, items not touched since then die when it
+    /// passes. Memory is reclaimed lazily and by the sweep.
+    pub fn flush_all(&mut self, delay: i64) {
+        let oldest = if delay > 0 {
+            self.clock.expiry_of(delay)
+        } else {
+            self.clock.now
+        };
+        let oldest = oldest.saturating_sub(1);
+        self.oldest_live = Some(oldest);
+        if oldest <= self.clock.now {
+            self.oldest_cas = self.next_cas();
+        }
+    }
+
+    /// Active expiry: examines up to `budget` chunks from where the last
+    /// sweep stopped and frees dead items. Returns how many it freed.
+    pub fn sweep(&mut self, budget: usize) -> usize {
+        let mut freed = 0;
+        for _ in 0..budget {
+            let Some(handle) = self.slab.sweep_next(&mut self.sweep_cursor) else {
+                break;
+            };
+            if Item(self.slab.chunk(handle)).is_linked() && self.is_dead(handle) {
+                let class = self.slab.class_of(handle);
+                self.count_reclaim(class, handle);
+                self.remove_victim(handle);
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    pub fn reset_counters(&mut self) {
+        self.counters = ShardCounters::default();
+        self.class_counters.iter_mut().for_each(|c| *c = ClassCounters::default());
+    }
+
+    /// A snapshot for `stats`, `stats items` and `stats slabs`.
+    pub fn report(&self) -> ShardReport {
+        let large = self.slab.large_class();
+        let classes = (0..=large)
+            .map(|class| {
+                let (chunk_size, chunks_per_page, total_pages, total_chunks, free_chunks) = match self.slab.classes().get(class) {
+                    Some(slab_class) => (
+                        slab_class.chunk_size,
+                        slab_class.chunks_per_page,
+                        slab_class.pages.len(),
+                        slab_class.total_chunks(),
+                        slab_class.free_chunks(),
+                    ),
+                    None => (0, 0, 0, 0, 0),
+                };
+                let age = self
+                    .lru_tail_walk(class, Segment::Cold)
+                    .next()
+                    .or_else(|| self.lru_tail_walk(class, Segment::Warm).next())
+                    .or_else(|| self.lru_tail_walk(class, Segment::Hot).next())
+                    .map_or(0, |handle| {
+                        self.clock.now.saturating_sub(Item(self.slab.chunk(handle)).last_access())
+                    });
+                ClassReport {
+                    chunk_size: chunk_size as u64,
+                    chunks_per_page: chunks_per_page as u64,
+                    total_pages: total_pages as u64,
+                    total_chunks: total_chunks as u64,
+                    used_chunks: (total_chunks - free_chunks) as u64,
+                    free_chunks: free_chunks as u64,
+                    number: self.lru.class_len(class) as u64,
+                    number_hot: self.lru.len(class, Segment::Hot) as u64,
+                    number_warm: self.lru.len(class, Segment::Warm) as u64,
+                    number_cold: self.lru.len(class, Segment::Cold) as u64,
+                    age: u64::from(age),
+                    counters: self.class_counters[class].clone(),
+                }
+            })
+            .collect();
+        ShardReport {
+            counters: self.counters.clone(),
+            curr_items: self.index.len() as u64,
+            bytes: self.bytes as u64,
+            memory_used: self.slab.used() as u64,
+            index_bytes: self.index.memory_bytes() as u64,
+            classes,
+        }
+    }
+}
+
+/// An item value as incr/decr read it: decimal digits, optionally followed
+/// by spaces (memcached pads in place), fitting 64 bits.
+fn parse_counter(value: &[u8]) -> Option<u64> {
+    let digits_end = value.iter().position(|&b| b == b' ').unwrap_or(value.len());
+    let (digits, rest) = value.split_at(digits_end);
+    if digits.is_empty() || !rest.iter().all(|&b| b == b' ') {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |acc, &b| {
+        if b.is_ascii_digit() {
+            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+        } else {
+            None
+        }
+    })
+}
