@@ -439,3 +439,298 @@ fn parse_delete<'a>(tokens: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
         consumed,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: TextLimits = TextLimits { max_payload: 1024 };
+
+    fn parse_one(input: &[u8]) -> Parsed<'_> {
+        parse(input, &LIMITS)
+    }
+
+    fn command(input: &[u8]) -> Command<'_> {
+        match parse_one(input) {
+            Parsed::Command { command, consumed } => {
+                assert_eq!(consumed, input.len(), "whole input consumed");
+                command
+            }
+            other => panic!("expected a command from {:?}, got {other:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    fn error(input: &[u8]) -> &'static str {
+        match parse_one(input) {
+            Parsed::Error { reply, .. } => reply,
+            other => panic!("expected an error from {:?}, got {other:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    #[test]
+    fn storage_commands() {
+        assert_eq!(
+            command(b"set foo 5 10 3\r\nbar\r\n"),
+            Command::Keyed {
+                op: KeyOp::Store {
+                    mode: StoreMode::Set,
+                    key: b"foo",
+                    client_flags: 5,
+                    exptime: 10,
+                    value: b"bar",
+                    cas: 0
+                },
+                noreply: false
+            }
+        );
+        assert_eq!(
+            command(b"cas k 0 -1 0 77 noreply\r\n\r\n"),
+            Command::Keyed {
+                op: KeyOp::Store {
+                    mode: StoreMode::Cas,
+                    key: b"k",
+                    client_flags: 0,
+                    exptime: -1,
+                    value: b"",
+                    cas: 77
+                },
+                noreply: true
+            }
+        );
+        for (name, mode) in [
+            ("add", StoreMode::Add),
+            ("replace", StoreMode::Replace),
+            ("append", StoreMode::Append),
+            ("prepend", StoreMode::Prepend),
+        ] {
+            let line = format!("{name} k 0 0 1\r\nx\r\n");
+            match command(line.as_bytes()) {
+                Command::Keyed {
+                    op: KeyOp::Store { mode: parsed, .. },
+                    ..
+                } => assert_eq!(parsed, mode),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A bare newline ends lines too.
+        assert!(matches!(command(b"set k 0 0 1\nx\r\n"), Command::Keyed { .. }));
+    }
+
+    #[test]
+    fn retrieval_commands() {
+        let Command::Get { keys, with_cas, touch } = command(b"gets  a bb  ccc \r\n") else {
+            panic!()
+        };
+        assert!(with_cas && touch.is_none());
+        assert_eq!(Command::get_keys(keys).collect::<Vec<_>>(), vec![&b"a"[..], b"bb", b"ccc"]);
+        let Command::Get { keys, touch, with_cas } = command(b"gat 100 k1 k2\r\n") else {
+            panic!()
+        };
+        assert_eq!((touch, with_cas), (Some(100), false));
+        assert_eq!(Command::get_keys(keys).count(), 2);
+        assert_eq!(error(b"get\r\n"), ERROR);
+        assert_eq!(error(b"gat 10\r\n"), ERROR);
+        assert_eq!(error(b"gat x k\r\n"), INVALID_EXPTIME);
+    }
+
+    #[test]
+    fn other_commands() {
+        assert_eq!(
+            command(b"delete k\r\n"),
+            Command::Keyed {
+                op: KeyOp::Delete { key: b"k" },
+                noreply: false
+            }
+        );
+        assert_eq!(
+            command(b"delete k 0 noreply\r\n"),
+            Command::Keyed {
+                op: KeyOp::Delete { key: b"k" },
+                noreply: true
+            }
+        );
+        assert_eq!(error(b"delete k 5\r\n"), DELETE_USAGE);
+        assert_eq!(error(b"delete a b c d e\r\n"), ERROR);
+        assert_eq!(
+            command(b"incr n 18446744073709551615\r\n"),
+            Command::Keyed {
+                op: KeyOp::Arith {
+                    key: b"n",
+                    incr: true,
+                    delta: u64::MAX
+                },
+                noreply: false
+            }
+        );
+        assert_eq!(error(b"decr n -1\r\n"), INVALID_DELTA);
+        assert_eq!(error(b"incr n 18446744073709551616\r\n"), INVALID_DELTA);
+        assert_eq!(
+            command(b"touch k 10 noreply\r\n"),
+            Command::Keyed {
+                op: KeyOp::Touch { key: b"k", exptime: 10 },
+                noreply: true
+            }
+        );
+        assert_eq!(error(b"touch k abc\r\n"), INVALID_EXPTIME);
+        assert_eq!(
+            command(b"flush_all\r\n"),
+            Command::FlushAll {
+                delay: 0,
+                noreply: false
+            }
+        );
+        assert_eq!(
+            command(b"flush_all 10 noreply\r\n"),
+            Command::FlushAll {
+                delay: 10,
+                noreply: true
+            }
+        );
+        assert_eq!(
+            command(b"flush_all noreply\r\n"),
+            Command::FlushAll { delay: 0, noreply: true }
+        );
+        assert_eq!(error(b"flush_all soon\r\n"), BAD_FORMAT);
+        assert_eq!(command(b"version\r\n"), Command::Version);
+        assert_eq!(
+            command(b"verbosity 1 noreply\r\n"),
+            Command::Verbosity { level: 1, noreply: true }
+        );
+        assert_eq!(error(b"verbosity\r\n"), ERROR);
+        assert_eq!(error(b"verbosity foo bar my\r\n"), ERROR);
+        assert_eq!(command(b"stats\r\n"), Command::Stats { group: b"" });
+        assert_eq!(command(b"stats  slabs \r\n"), Command::Stats { group: b"slabs" });
+        assert_eq!(command(b"quit\r\n"), Command::Quit);
+        assert_eq!(command(b"shutdown\r\n"), Command::Shutdown);
+        assert_eq!(error(b"bogus\r\n"), ERROR);
+        assert_eq!(error(b"\r\n"), ERROR);
+    }
+
+    #[test]
+    fn bad_storage_lines() {
+        assert_eq!(error(b"set k 0 0\r\n"), ERROR);
+        assert_eq!(error(b"set k 0 0 1 extra\r\n"), ERROR);
+        assert_eq!(error(b"set k x 0 1\r\n"), BAD_FORMAT);
+        assert_eq!(error(b"set k 0 0 -1\r\n"), BAD_FORMAT);
+        assert_eq!(error(b"set k -1 0 1\r\n"), BAD_FORMAT);
+        assert_eq!(error(b"cas k 0 0 1 x\r\n"), BAD_FORMAT);
+        let long_key = format!("set {} 0 0 1\r\nx\r\n", "k".repeat(251));
+        assert_eq!(error(long_key.as_bytes()), BAD_FORMAT);
+        let ok_key = format!("set {} 0 0 1\r\nx\r\n", "k".repeat(250));
+        assert!(matches!(command(ok_key.as_bytes()), Command::Keyed { .. }));
+        assert_eq!(error(b"get a\x01b\r\n"), BAD_FORMAT);
+        assert_eq!(error(format!("get a {}\r\n", "k".repeat(251)).as_bytes()), BAD_FORMAT);
+        // Wrong data length: the declared bytes are consumed, then an error.
+        assert_eq!(
+            parse_one(b"set k 0 0 2\r\nabc\r\n"),
+            Parsed::Error {
+                reply: BAD_DATA_CHUNK,
+                consumed: 17,
+                noreply: false
+            }
+        );
+    }
+
+    #[test]
+    fn too_large_values_are_swallowed() {
+        assert_eq!(
+            parse_one(b"set k 0 0 2000\r\n"),
+            Parsed::Swallow {
+                reply: TOO_LARGE,
+                consumed: 16,
+                skip: 2002,
+                noreply: false,
+                stale_key: Some(b"k"),
+            }
+        );
+        assert!(matches!(
+            parse_one(b"add k 0 0 2000 noreply\r\n"),
+            Parsed::Swallow {
+                noreply: true,
+                stale_key: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn endless_lines_are_bounded() {
+        let junk = vec![b'x'; MAX_COMMAND_LINE + 1];
+        assert!(matches!(parse_one(&junk), Parsed::Close { .. }));
+        let mut get = b"get ".to_vec();
+        get.resize(MAX_COMMAND_LINE * 4, b'k');
+        assert_eq!(parse_one(&get), Parsed::Incomplete);
+        get.resize(MAX_GET_LINE + 1, b'k');
+        assert!(matches!(parse_one(&get), Parsed::Close { .. }));
+    }
+
+    /// Parses a stream the way a connection does: complete requests only,
+    /// skipping swallowed bytes. Returns a printable trace of what was parsed.
+    fn trace(chunks: &[&[u8]]) -> Vec<String> {
+        let mut buffer = Vec::new();
+        let mut swallow = 0;
+        let mut trace = Vec::new();
+        for chunk in chunks {
+            buffer.extend_from_slice(chunk);
+            loop {
+                let skip = swallow.min(buffer.len());
+                buffer.drain(..skip);
+                swallow -= skip;
+                if swallow > 0 || buffer.is_empty() {
+                    break;
+                }
+                let consumed = match parse(&buffer, &LIMITS) {
+                    Parsed::Incomplete => break,
+                    Parsed::Command { command, consumed } => {
+                        trace.push(format!("{command:?}"));
+                        consumed
+                    }
+                    Parsed::Error { reply, consumed, .. } => {
+                        trace.push(reply.to_string());
+                        consumed
+                    }
+                    Parsed::Swallow {
+                        reply, consumed, skip, ..
+                    } => {
+                        trace.push(reply.to_string());
+                        swallow = skip;
+                        consumed
+                    }
+                    Parsed::Close { reply } => {
+                        trace.push(reply.to_string());
+                        return trace;
+                    }
+                };
+                buffer.drain(..consumed);
+            }
+        }
+        trace
+    }
+
+    #[test]
+    fn requests_split_at_every_byte_parse_the_same() {
+        let mut stream = Vec::new();
+        stream.extend_from_slice(b"set foo 1 0 5\r\nhello\r\n");
+        stream.extend_from_slice(b"get foo bar\r\n");
+        stream.extend_from_slice(b"gets foo\n");
+        stream.extend_from_slice(b"append foo 0 0 3 noreply\r\nabc\r\n");
+        stream.extend_from_slice(b"cas foo 0 0 1 99\r\nz\r\n");
+        stream.extend_from_slice(b"set big 0 0 1100\r\n");
+        stream.extend_from_slice(&[b'v'; 1100]);
+        stream.extend_from_slice(b"\r\n");
+        stream.extend_from_slice(b"set k 0 0 2\r\nabc\r\n");
+        stream.extend_from_slice(b"incr n 5\r\ndecr n 1 noreply\r\ntouch foo 10\r\n");
+        stream.extend_from_slice(b"gat 5 foo\r\ndelete foo 0\r\nbogus\r\n");
+        stream.extend_from_slice(b"flush_all 0\r\nstats items\r\nversion\r\nverbosity 1\r\nquit\r\n");
+        let whole = trace(&[&stream]);
+        // 19: the bad chunk leaves "\n", an empty line, which answers ERROR as in memcached.
+        assert_eq!(whole.len(), 19, "{whole:#?}");
+        for split in 0..=stream.len() {
+            let (first, second) = stream.split_at(split);
+            assert_eq!(trace(&[first, second]), whole, "split at byte {split}");
+        }
+        // And byte by byte.
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(trace(&bytes), whole);
+    }
+}

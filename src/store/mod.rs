@@ -19,3 +19,6 @@ pub mod stats;
 
 pub use clock::{Clock, RelTime};
 pub use shard::{KEY_MAX_LENGTH, Shard, ShardConfig};
+
+#[cfg(test)]
+mod tests;

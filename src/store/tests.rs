@@ -1,0 +1,497 @@
+//! Store tests: semantics of every operation, LRU order, eviction at the
+//! memory limit, expiry on a hand-driven clock, slab accounting, and a
+//! property test against a plain HashMap model.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::clock::CLOCK_START;
+use super::slab::PAGE_SIZE;
+use super::{Shard, ShardConfig};
+use crate::hash::KeyHash;
+use crate::request::{KeyOp, Outcome, StoreMode};
+
+const START_UNIX: i64 = 1_700_000_000;
+
+fn config(memory_limit: usize) -> ShardConfig {
+    ShardConfig {
+        shard_id: 3,
+        memory_limit,
+        smallest_chunk: 48,
+        growth_factor: 1.25,
+        item_size_max: 1 << 20,
+        evictions: true,
+        started_unix: START_UNIX,
+    }
+}
+
+fn shard() -> Shard {
+    Shard::new(&config(64 * PAGE_SIZE))
+}
+
+fn run<'s>(shard: &'s mut Shard, op: KeyOp<&[u8]>) -> Outcome<&'s [u8]> {
+    let hash = KeyHash::of(op.key());
+    shard.execute(hash, &op)
+}
+
+fn store(shard: &mut Shard, mode: StoreMode, key: &[u8], value: &[u8], exptime: i64, cas: u64) -> Outcome<Vec<u8>> {
+    run(
+        shard,
+        KeyOp::Store {
+            mode,
+            key,
+            client_flags: 0,
+            exptime,
+            value,
+            cas,
+        },
+    )
+    .to_owned_outcome()
+}
+
+fn set(shard: &mut Shard, key: &[u8], value: &[u8]) {
+    assert_eq!(store(shard, StoreMode::Set, key, value, 0, 0), Outcome::Stored);
+}
+
+fn get(shard: &mut Shard, key: &[u8]) -> Option<Vec<u8>> {
+    match run(shard, KeyOp::Get { key, touch: None }) {
+        Outcome::Hit { value, .. } => Some(value.to_vec()),
+        Outcome::Miss => None,
+        other => panic!("get answered {other:?}"),
+    }
+}
+
+fn gets(shard: &mut Shard, key: &[u8]) -> (u32, u64, Vec<u8>) {
+    match run(shard, KeyOp::Get { key, touch: None }) {
+        Outcome::Hit {
+            client_flags,
+            cas,
+            value,
+        } => (client_flags, cas, value.to_vec()),
+        other => panic!("gets answered {other:?}"),
+    }
+}
+
+fn arith(shard: &mut Shard, key: &[u8], incr: bool, delta: u64) -> Outcome<Vec<u8>> {
+    run(shard, KeyOp::Arith { key, incr, delta }).to_owned_outcome()
+}
+
+#[test]
+fn store_modes() {
+    let mut shard = shard();
+    assert_eq!(store(&mut shard, StoreMode::Replace, b"k", b"v", 0, 0), Outcome::NotStored);
+    assert_eq!(store(&mut shard, StoreMode::Append, b"k", b"v", 0, 0), Outcome::NotStored);
+    assert_eq!(store(&mut shard, StoreMode::Add, b"k", b"one", 0, 0), Outcome::Stored);
+    assert_eq!(store(&mut shard, StoreMode::Add, b"k", b"two", 0, 0), Outcome::NotStored);
+    assert_eq!(store(&mut shard, StoreMode::Replace, b"k", b"three", 0, 0), Outcome::Stored);
+    assert_eq!(store(&mut shard, StoreMode::Append, b"k", b"!", 0, 0), Outcome::Stored);
+    assert_eq!(store(&mut shard, StoreMode::Prepend, b"k", b"<", 0, 0), Outcome::Stored);
+    assert_eq!(get(&mut shard, b"k").unwrap(), b"<three!");
+    assert_eq!(get(&mut shard, b"missing"), None);
+}
+
+#[test]
+fn append_keeps_flags_and_expiry() {
+    let mut shard = shard();
+    let op = KeyOp::Store {
+        mode: StoreMode::Set,
+        key: &b"k"[..],
+        client_flags: 42,
+        exptime: 10,
+        value: &b"a"[..],
+        cas: 0,
+    };
+    assert_eq!(run(&mut shard, op), Outcome::Stored);
+    assert_eq!(store(&mut shard, StoreMode::Append, b"k", b"b", 0, 0), Outcome::Stored);
+    assert_eq!(gets(&mut shard, b"k").0, 42);
+    shard.set_now(CLOCK_START + 10);
+    assert_eq!(get(&mut shard, b"k"), None, "append must keep the expiry");
+}
+
+#[test]
+fn cas_is_checked_unique_and_tagged_with_the_shard() {
+    let mut shard = shard();
+    assert_eq!(store(&mut shard, StoreMode::Cas, b"k", b"v", 0, 1), Outcome::NotFound);
+    set(&mut shard, b"k", b"v1");
+    let (_, cas1, _) = gets(&mut shard, b"k");
+    assert_eq!(cas1 & 0xff, 3, "low byte names the shard");
+    assert_eq!(store(&mut shard, StoreMode::Cas, b"k", b"v2", 0, cas1 + 1), Outcome::Exists);
+    assert_eq!(store(&mut shard, StoreMode::Cas, b"k", b"v2", 0, cas1), Outcome::Stored);
+    let (_, cas2, value) = gets(&mut shard, b"k");
+    assert_eq!(value, b"v2");
+    assert_ne!(cas1, cas2);
+    assert_eq!(store(&mut shard, StoreMode::Cas, b"k", b"v3", 0, cas1), Outcome::Exists);
+    let report = shard.report();
+    assert_eq!(
+        (
+            report.counters.cas_hits,
+            report.counters.cas_badval,
+            report.counters.cas_misses
+        ),
+        (1, 2, 1)
+    );
+}
+
+#[test]
+fn incr_and_decr() {
+    let mut shard = shard();
+    assert_eq!(arith(&mut shard, b"n", true, 1), Outcome::NotFound);
+    set(&mut shard, b"n", b"9");
+    assert_eq!(arith(&mut shard, b"n", true, 1), Outcome::Number(10));
+    assert_eq!(get(&mut shard, b"n").unwrap(), b"10", "value grows a digit");
+    assert_eq!(arith(&mut shard, b"n", false, 3), Outcome::Number(7));
+    assert_eq!(get(&mut shard, b"n").unwrap(), b"7", "and shrinks again");
+    assert_eq!(arith(&mut shard, b"n", false, 100), Outcome::Number(0), "decr floors at 0");
+    set(&mut shard, b"n", b"18446744073709551615");
+    assert_eq!(arith(&mut shard, b"n", true, 2), Outcome::Number(1), "incr wraps");
+    set(&mut shard, b"n", b"12abc");
+    assert_eq!(arith(&mut shard, b"n", true, 1), Outcome::NonNumeric);
+    set(&mut shard, b"n", b"5  ");
+    assert_eq!(
+        arith(&mut shard, b"n", true, 1),
+        Outcome::Number(6),
+        "trailing spaces are accepted"
+    );
+    // A new CAS on every change.
+    let (_, before, _) = gets(&mut shard, b"n");
+    arith(&mut shard, b"n", true, 1);
+    assert_ne!(gets(&mut shard, b"n").1, before);
+}
+
+#[test]
+fn delete_and_touch() {
+    let mut shard = shard();
+    set(&mut shard, b"k", b"v");
+    assert_eq!(run(&mut shard, KeyOp::Touch { key: b"k", exptime: 5 }), Outcome::Touched);
+    assert_eq!(run(&mut shard, KeyOp::Touch { key: b"x", exptime: 5 }), Outcome::NotFound);
+    shard.set_now(CLOCK_START + 5);
+    assert_eq!(get(&mut shard, b"k"), None, "touch set the expiry");
+    set(&mut shard, b"k", b"v");
+    assert_eq!(run(&mut shard, KeyOp::Delete { key: b"k" }), Outcome::Deleted);
+    assert_eq!(run(&mut shard, KeyOp::Delete { key: b"k" }), Outcome::NotFound);
+    assert!(shard.is_empty());
+}
+
+#[test]
+fn expiry_follows_the_clock() {
+    let mut shard = shard();
+    assert_eq!(store(&mut shard, StoreMode::Set, b"ttl", b"v", 10, 0), Outcome::Stored);
+    assert_eq!(
+        store(&mut shard, StoreMode::Set, b"abs", b"v", START_UNIX + 20, 0),
+        Outcome::Stored
+    );
+    assert_eq!(store(&mut shard, StoreMode::Set, b"neg", b"v", -1, 0), Outcome::Stored);
+    assert_eq!(store(&mut shard, StoreMode::Set, b"forever", b"v", 0, 0), Outcome::Stored);
+    assert_eq!(get(&mut shard, b"neg"), None, "negative exptime is already expired");
+    shard.set_now(CLOCK_START + 9);
+    assert!(get(&mut shard, b"ttl").is_some());
+    shard.set_now(CLOCK_START + 10);
+    assert_eq!(get(&mut shard, b"ttl"), None);
+    shard.set_now(CLOCK_START + 19);
+    assert!(get(&mut shard, b"abs").is_some());
+    shard.set_now(CLOCK_START + 20);
+    assert_eq!(get(&mut shard, b"abs"), None);
+    shard.set_now(CLOCK_START + 1_000_000);
+    assert!(get(&mut shard, b"forever").is_some());
+    let report = shard.report();
+    assert_eq!(report.counters.get_expired, 3);
+    assert_eq!(report.curr_items, 1);
+}
+
+#[test]
+fn gat_updates_expiry() {
+    let mut shard = shard();
+    assert_eq!(store(&mut shard, StoreMode::Set, b"k", b"v", 5, 0), Outcome::Stored);
+    let hit = run(
+        &mut shard,
+        KeyOp::Get {
+            key: b"k",
+            touch: Some(100),
+        },
+    );
+    assert!(matches!(hit, Outcome::Hit { .. }));
+    shard.set_now(CLOCK_START + 50);
+    assert!(get(&mut shard, b"k").is_some());
+}
+
+#[test]
+fn the_sweep_reclaims_expired_items_without_reads() {
+    let mut shard = shard();
+    for i in 0..1000 {
+        let key = format!("key{i}");
+        let exptime = if i % 2 == 0 { 5 } else { 0 };
+        assert_eq!(
+            store(&mut shard, StoreMode::Set, key.as_bytes(), b"value", exptime, 0),
+            Outcome::Stored
+        );
+    }
+    let bytes_before = shard.report().bytes;
+    shard.set_now(CLOCK_START + 5);
+    let mut freed = 0;
+    // Incremental: small budgets, several passes.
+    for _ in 0..2000 {
+        freed += shard.sweep(100);
+    }
+    assert_eq!(freed, 500);
+    let report = shard.report();
+    assert_eq!(report.curr_items, 500);
+    assert_eq!(report.counters.reclaimed, 500);
+    assert_eq!(report.counters.expired_unfetched, 500);
+    assert!(report.bytes < bytes_before);
+}
+
+#[test]
+fn flush_all_now_and_later() {
+    let mut shard = shard();
+    set(&mut shard, b"a", b"1");
+    set(&mut shard, b"b", b"2");
+    shard.flush_all(0);
+    assert_eq!(get(&mut shard, b"a"), None);
+    set(&mut shard, b"c", b"3");
+    assert!(get(&mut shard, b"c").is_some(), "items stored after the flush live");
+    assert_eq!(shard.report().counters.get_flushed, 1);
+
+    shard.flush_all(10);
+    shard.set_now(CLOCK_START + 5);
+    assert!(get(&mut shard, b"c").is_some(), "a delayed flush waits");
+    shard.set_now(CLOCK_START + 10);
+    assert_eq!(get(&mut shard, b"c"), None);
+}
+
+#[test]
+fn lru_evicts_the_least_recently_used_first() {
+    // One page of one class: a known number of slots.
+    let mut shard = Shard::new(&config(PAGE_SIZE));
+    let value = [b'v'; 100];
+    let mut stored = 0;
+    while shard.report().counters.evictions == 0 {
+        set(&mut shard, format!("key{stored:05}").as_bytes(), &value);
+        stored += 1;
+    }
+    let capacity = stored - 1;
+    assert!(capacity > 1000, "capacity {capacity}");
+    // key00000 was the oldest: it went first.
+    assert_eq!(get(&mut shard, b"key00000"), None);
+    // Read the next 100 oldest: they become active and move up.
+    for i in 1..=100 {
+        assert!(get(&mut shard, format!("key{i:05}").as_bytes()).is_some());
+    }
+    // Store a further quarter of the capacity.
+    for i in 0..capacity / 4 {
+        set(&mut shard, format!("new{i:05}").as_bytes(), &value);
+    }
+    for i in 1..=100 {
+        assert!(
+            get(&mut shard, format!("key{i:05}").as_bytes()).is_some(),
+            "recently read key{i:05} was evicted"
+        );
+    }
+    // The unread old ones right after them were evicted instead.
+    for i in 101..=200 {
+        assert_eq!(
+            get(&mut shard, format!("key{i:05}").as_bytes()),
+            None,
+            "key{i:05} should have been evicted"
+        );
+    }
+    let report = shard.report();
+    assert!(report.memory_used <= PAGE_SIZE as u64);
+    assert!(report.counters.evicted_unfetched > 0);
+}
+
+#[test]
+fn memory_limit_holds_under_mixed_sizes() {
+    let limit = 4 * PAGE_SIZE;
+    let mut shard = Shard::new(&ShardConfig {
+        item_size_max: 2 * PAGE_SIZE,
+        ..config(limit)
+    });
+    let mut rng = 12345u64;
+    for i in 0..20_000u64 {
+        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let size = match rng >> 60 {
+            0 => (rng >> 20) as usize % (PAGE_SIZE + PAGE_SIZE / 2),
+            1..=4 => (rng >> 20) as usize % 20_000,
+            _ => (rng >> 20) as usize % 500,
+        };
+        let value = vec![b'x'; size];
+        let key = format!("key{}", i % 5000);
+        assert_eq!(
+            store(&mut shard, StoreMode::Set, key.as_bytes(), &value, 0, 0),
+            Outcome::Stored,
+            "size {size}"
+        );
+        assert!(shard.memory_used() <= limit, "{} > {limit}", shard.memory_used());
+        assert_eq!(get(&mut shard, key.as_bytes()).map(|v| v.len()), Some(size));
+    }
+    let report = shard.report();
+    assert!(report.counters.evictions > 0);
+    assert!(report.bytes <= report.memory_used);
+}
+
+#[test]
+fn items_larger_than_a_page_are_stored_and_accounted() {
+    let mut shard = Shard::new(&ShardConfig {
+        item_size_max: 4 * PAGE_SIZE,
+        ..config(8 * PAGE_SIZE)
+    });
+    let big = vec![7u8; 3 * PAGE_SIZE];
+    set(&mut shard, b"big", &big);
+    assert_eq!(get(&mut shard, b"big").unwrap(), big);
+    assert!(shard.memory_used() >= 3 * PAGE_SIZE);
+    assert_eq!(
+        store(&mut shard, StoreMode::Set, b"huge", &vec![0; 4 * PAGE_SIZE], 0, 0),
+        Outcome::TooLarge
+    );
+    assert_eq!(run(&mut shard, KeyOp::Delete { key: b"big" }), Outcome::Deleted);
+    assert_eq!(shard.memory_used(), 0);
+}
+
+#[test]
+fn a_failed_set_drops_the_old_value() {
+    let mut shard = Shard::new(&ShardConfig {
+        item_size_max: 1000,
+        ..config(4 * PAGE_SIZE)
+    });
+    set(&mut shard, b"k", b"old");
+    assert_eq!(store(&mut shard, StoreMode::Set, b"k", &[0; 2000], 0, 0), Outcome::TooLarge);
+    assert_eq!(get(&mut shard, b"k"), None);
+    set(&mut shard, b"k", b"old");
+    assert_eq!(
+        store(&mut shard, StoreMode::Replace, b"k", &[0; 2000], 0, 0),
+        Outcome::TooLarge
+    );
+    assert!(get(&mut shard, b"k").is_some(), "only set drops it");
+}
+
+#[test]
+fn pages_move_to_the_class_that_needs_them() {
+    let mut shard = Shard::new(&config(2 * PAGE_SIZE));
+    for i in 0..50_000 {
+        set(&mut shard, format!("small{i}").as_bytes(), b"v");
+    }
+    // Every page now belongs to the small class; a big value still fits.
+    let value = vec![1u8; 100_000];
+    set(&mut shard, b"big", &value);
+    assert_eq!(get(&mut shard, b"big").unwrap(), value);
+    assert!(shard.memory_used() <= 2 * PAGE_SIZE);
+}
+
+#[test]
+fn without_evictions_a_full_shard_refuses() {
+    let mut shard = Shard::new(&ShardConfig {
+        evictions: false,
+        ..config(PAGE_SIZE)
+    });
+    let mut outcome = Outcome::Stored;
+    let mut stored = 0;
+    while outcome == Outcome::Stored {
+        outcome = store(&mut shard, StoreMode::Set, format!("k{stored}").as_bytes(), &[0; 200], 100, 0);
+        stored += 1;
+    }
+    assert_eq!(outcome, Outcome::OutOfMemory);
+    assert!(get(&mut shard, b"k0").is_some(), "nothing was evicted");
+    assert_eq!(shard.report().counters.evictions, 0);
+    // Expired items are still reclaimed with -M.
+    shard.set_now(CLOCK_START + 100);
+    assert_eq!(store(&mut shard, StoreMode::Set, b"fresh", &[0; 200], 0, 0), Outcome::Stored);
+    assert_eq!(shard.report().counters.reclaimed, 1);
+}
+
+#[derive(Clone, Debug)]
+enum ModelOp {
+    Set(u8, Vec<u8>),
+    Add(u8, Vec<u8>),
+    Replace(u8, Vec<u8>),
+    Append(u8, Vec<u8>),
+    Prepend(u8, Vec<u8>),
+    Delete(u8),
+    Incr(u8, u64),
+    Get(u8),
+}
+
+fn model_op() -> impl Strategy<Value = ModelOp> {
+    let key = 0u8..16;
+    // Mostly digits, so incr meets numbers as well as junk.
+    let value = prop_oneof![
+        (0u64..100_000).prop_map(|n| n.to_string().into_bytes()),
+        prop::collection::vec(any::<u8>(), 0..200),
+    ];
+    prop_oneof![
+        (key.clone(), value.clone()).prop_map(|(k, v)| ModelOp::Set(k, v)),
+        (key.clone(), value.clone()).prop_map(|(k, v)| ModelOp::Add(k, v)),
+        (key.clone(), value.clone()).prop_map(|(k, v)| ModelOp::Replace(k, v)),
+        (key.clone(), value.clone()).prop_map(|(k, v)| ModelOp::Append(k, v)),
+        (key.clone(), value).prop_map(|(k, v)| ModelOp::Prepend(k, v)),
+        key.clone().prop_map(ModelOp::Delete),
+        (key.clone(), 0u64..1000).prop_map(|(k, d)| ModelOp::Incr(k, d)),
+        key.prop_map(ModelOp::Get),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn shard_matches_a_hashmap(ops in prop::collection::vec(model_op(), 1..300)) {
+        let mut shard = shard();
+        let mut model: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+        for op in ops {
+            match op {
+                ModelOp::Set(k, v) => {
+                    let key = vec![b'k', k];
+                    prop_assert_eq!(store(&mut shard, StoreMode::Set, &key, &v, 0, 0), Outcome::Stored);
+                    model.insert(key, v);
+                }
+                ModelOp::Add(k, v) => {
+                    let key = vec![b'k', k];
+                    let expected = if model.contains_key(&key) { Outcome::NotStored } else { Outcome::Stored };
+                    prop_assert_eq!(store(&mut shard, StoreMode::Add, &key, &v, 0, 0), expected.clone());
+                    model.entry(key).or_insert(v);
+                }
+                ModelOp::Replace(k, v) => {
+                    let key = vec![b'k', k];
+                    let expected = if model.contains_key(&key) { Outcome::Stored } else { Outcome::NotStored };
+                    prop_assert_eq!(store(&mut shard, StoreMode::Replace, &key, &v, 0, 0), expected);
+                    if let Some(old) = model.get_mut(&key) { *old = v; }
+                }
+                ModelOp::Append(k, v) => {
+                    let key = vec![b'k', k];
+                    let expected = if model.contains_key(&key) { Outcome::Stored } else { Outcome::NotStored };
+                    prop_assert_eq!(store(&mut shard, StoreMode::Append, &key, &v, 0, 0), expected);
+                    if let Some(old) = model.get_mut(&key) { old.extend_from_slice(&v); }
+                }
+                ModelOp::Prepend(k, v) => {
+                    let key = vec![b'k', k];
+                    let expected = if model.contains_key(&key) { Outcome::Stored } else { Outcome::NotStored };
+                    prop_assert_eq!(store(&mut shard, StoreMode::Prepend, &key, &v, 0, 0), expected);
+                    if let Some(old) = model.get_mut(&key) { *old = [v, old.clone()].concat(); }
+                }
+                ModelOp::Delete(k) => {
+                    let key = vec![b'k', k];
+                    let expected = if model.remove(&key).is_some() { Outcome::Deleted } else { Outcome::NotFound };
+                    prop_assert_eq!(run(&mut shard, KeyOp::Delete { key: &key }).to_owned_outcome(), expected);
+                }
+                ModelOp::Incr(k, delta) => {
+                    let key = vec![b'k', k];
+                    let expected = match model.get(&key) {
+                        None => Outcome::NotFound,
+                        Some(v) => match std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()).filter(|_| !v.starts_with(b"+")) {
+                            Some(n) => Outcome::Number(n.wrapping_add(delta)),
+                            None => Outcome::NonNumeric,
+                        },
+                    };
+                    prop_assert_eq!(arith(&mut shard, &key, true, delta), expected.clone());
+                    if let Outcome::Number(n) = expected { model.insert(key, n.to_string().into_bytes()); }
+                }
+                ModelOp::Get(k) => {
+                    let key = vec![b'k', k];
+                    prop_assert_eq!(get(&mut shard, &key), model.get(&key).cloned());
+                }
+            }
+        }
+        prop_assert_eq!(shard.len(), model.len());
+        let expected_bytes: usize = model.iter().map(|(k, v)| super::item::item_size(k.len(), v.len(), 0)).sum();
+        prop_assert_eq!(shard.report().bytes as usize, expected_bytes);
+    }
+}
