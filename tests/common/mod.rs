@@ -1,0 +1,156 @@
+//! The one test harness: starts the real corecache binary on a free
+//! loopback port and talks to it over TCP.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_corecache");
+
+pub struct Server {
+    pub port: u16,
+    child: Child,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Server {
+    /// Starts corecache with `args` (plus port and loopback address) and
+    /// waits until it accepts connections.
+    pub fn start(args: &[&str]) -> Server {
+        let port = free_port();
+        let child = Command::new(BINARY)
+            .args(["-p", &port.to_string(), "-l", "127.0.0.1"])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start corecache");
+        let mut server = Server { port, child };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("corecache exited at start: {status}");
+            }
+            assert!(Instant::now() < deadline, "corecache did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(self.port)
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary with arguments that must make it fail at start.
+pub fn start_failure(args: &[&str]) -> (i32, String) {
+    let output = Command::new(BINARY).args(args).output().expect("run corecache");
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+}
+
+impl Client {
+    pub fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { stream }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Reads exactly `expected.len()` bytes and compares them.
+    pub fn expect(&mut self, expected: &[u8]) {
+        let mut got = vec![0; expected.len()];
+        if let Err(error) = self.stream.read_exact(&mut got) {
+            panic!("reading {:?}: {error}", String::from_utf8_lossy(expected));
+        }
+        assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(expected));
+    }
+
+    /// Sends a request and checks the exact reply.
+    pub fn roundtrip(&mut self, request: &[u8], expected: &[u8]) {
+        self.send(request);
+        self.expect(expected);
+    }
+
+    /// Reads one line, without its "\r\n".
+    pub fn line(&mut self) -> String {
+        let mut line = Vec::new();
+        let mut byte = [0u8];
+        loop {
+            self.stream.read_exact(&mut byte).expect("read line");
+            if byte[0] == b'\n' {
+                break;
+            }
+            line.push(byte[0]);
+        }
+        assert_eq!(line.pop(), Some(b'\r'), "line ends with CRLF");
+        String::from_utf8_lossy(&line).into_owned()
+    }
+
+    /// `stats [group]` as (name, value) pairs.
+    pub fn stats(&mut self, group: &str) -> Vec<(String, String)> {
+        let request = if group.is_empty() { "stats\r\n".to_string() } else { format!("stats {group}\r\n") };
+        self.send(request.as_bytes());
+        let mut stats = Vec::new();
+        loop {
+            let line = self.line();
+            if line == "END" {
+                return stats;
+            }
+            let mut parts = line.splitn(3, ' ');
+            assert_eq!(parts.next(), Some("STAT"), "{line}");
+            stats.push((parts.next().unwrap().to_string(), parts.next().unwrap_or("").to_string()));
+        }
+    }
+
+    pub fn stat(&mut self, name: &str) -> u64 {
+        let stats = self.stats("");
+        let value = &stats.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no stat {name}")).1;
+        value.parse().unwrap()
+    }
+
+    /// True once the server has closed the connection (reads EOF).
+    pub fn is_closed(&mut self) -> bool {
+        let mut byte = [0u8];
+        matches!(self.stream.read(&mut byte), Ok(0))
+    }
+}
+
+/// `VALUE` block as the text protocol writes it.
+pub fn value_block(key: &str, flags: u32, data: &[u8]) -> Vec<u8> {
+    let mut block = format!("VALUE {key} {flags} {}\r\n", data.len()).into_bytes();
+    block.extend_from_slice(data);
+    block.extend_from_slice(b"\r\n");
+    block
+}
