@@ -28,7 +28,10 @@ fn storage_and_retrieval_replies_are_memcacheds() {
         c.roundtrip(b"replace nope 0 0 1\r\nx\r\n", b"NOT_STORED\r\n");
         c.roundtrip(b"append foo 0 0 2\r\n!!\r\n", b"STORED\r\n");
         c.roundtrip(b"prepend foo 0 0 2\r\n<<\r\n", b"STORED\r\n");
-        c.roundtrip(b"get foo\r\n", &[value_block("foo", 5, b"<<bar!!"), b"END\r\n".to_vec()].concat());
+        c.roundtrip(
+            b"get foo\r\n",
+            &[value_block("foo", 5, b"<<bar!!"), b"END\r\n".to_vec()].concat(),
+        );
         c.send(b"gets foo\r\n");
         let header = c.line();
         let cas: u64 = header.rsplit(' ').next().unwrap().parse().unwrap();
@@ -39,13 +42,19 @@ fn storage_and_retrieval_replies_are_memcacheds() {
         c.roundtrip(b"cas nope 0 0 1 1\r\ny\r\n", b"NOT_FOUND\r\n");
         c.roundtrip(b"touch foo 100\r\n", b"TOUCHED\r\n");
         c.roundtrip(b"touch nope 100\r\n", b"NOT_FOUND\r\n");
-        c.roundtrip(b"gat 100 foo nope\r\n", &[value_block("foo", 0, b"y"), b"END\r\n".to_vec()].concat());
+        c.roundtrip(
+            b"gat 100 foo nope\r\n",
+            &[value_block("foo", 0, b"y"), b"END\r\n".to_vec()].concat(),
+        );
         c.send(b"gats 100 foo\r\n");
         assert!(c.line().starts_with("VALUE foo 0 1 "));
         c.expect(b"y\r\nEND\r\n");
         c.roundtrip(b"delete foo\r\n", b"DELETED\r\n");
         c.roundtrip(b"delete foo 0\r\n", b"NOT_FOUND\r\n");
-        c.roundtrip(b"delete foo 5\r\n", b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n");
+        c.roundtrip(
+            b"delete foo 5\r\n",
+            b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n",
+        );
         c.roundtrip(b"get foo\r\n", b"END\r\n");
     }
 }
@@ -64,9 +73,15 @@ fn incr_decr_follow_memcached() {
         c.roundtrip(b"set n 0 0 20\r\n18446744073709551615\r\n", b"STORED\r\n");
         c.roundtrip(b"incr n 1\r\n", b"0\r\n");
         c.roundtrip(b"set s 0 0 3\r\nabc\r\n", b"STORED\r\n");
-        c.roundtrip(b"incr s 1\r\n", b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n");
+        c.roundtrip(
+            b"incr s 1\r\n",
+            b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n",
+        );
         c.roundtrip(b"incr n x\r\n", b"CLIENT_ERROR invalid numeric delta argument\r\n");
-        c.roundtrip(b"incr n 1 noreply\r\nget n\r\n", &[value_block("n", 0, b"1"), b"END\r\n".to_vec()].concat());
+        c.roundtrip(
+            b"incr n 1 noreply\r\nget n\r\n",
+            &[value_block("n", 0, b"1"), b"END\r\n".to_vec()].concat(),
+        );
     }
 }
 
@@ -116,7 +131,12 @@ fn multi_get_spans_shards_in_key_order() {
         // Repeated keys are answered each time, as memcached does.
         c.roundtrip(
             b"get multi0 multi0\r\n",
-            &[value_block("multi0", 0, b"multi0"), value_block("multi0", 0, b"multi0"), b"END\r\n".to_vec()].concat(),
+            &[
+                value_block("multi0", 0, b"multi0"),
+                value_block("multi0", 0, b"multi0"),
+                b"END\r\n".to_vec(),
+            ]
+            .concat(),
         );
     }
 }
@@ -129,10 +149,16 @@ fn flush_all_reaches_every_shard() {
             c.roundtrip(format!("set f{i} 0 0 1\r\nx\r\n").as_bytes(), b"STORED\r\n");
         }
         // In one pipeline: the flush separates the set before it from the get after.
-        c.roundtrip(b"set late 0 0 1\r\ny\r\nflush_all\r\nget late\r\n", b"STORED\r\nOK\r\nEND\r\n");
+        c.roundtrip(
+            b"set late 0 0 1\r\ny\r\nflush_all\r\nget late\r\n",
+            b"STORED\r\nOK\r\nEND\r\n",
+        );
         let keys: Vec<String> = (0..100).map(|i| format!("f{i}")).collect();
         c.roundtrip(format!("get {}\r\n", keys.join(" ")).as_bytes(), b"END\r\n");
-        c.roundtrip(b"flush_all noreply\r\nversion\r\n", format!("VERSION {}\r\n", version()).as_bytes());
+        c.roundtrip(
+            b"flush_all noreply\r\nversion\r\n",
+            format!("VERSION {}\r\n", version()).as_bytes(),
+        );
         assert_eq!(c.stat("cmd_flush"), 2);
     }
 }
@@ -145,11 +171,20 @@ fn version() -> String {
 fn items_expire() {
     for server in servers(&[]) {
         let mut c = server.client();
-        c.roundtrip(b"set short 0 1 1\r\na\r\nset long 0 100 1\r\nb\r\nset gone 0 -1 1\r\nc\r\n", b"STORED\r\nSTORED\r\nSTORED\r\n");
+        c.roundtrip(
+            b"set short 0 1 1\r\na\r\nset long 0 100 1\r\nb\r\nset gone 0 -1 1\r\nc\r\n",
+            b"STORED\r\nSTORED\r\nSTORED\r\n",
+        );
         c.roundtrip(b"get gone\r\n", b"END\r\n");
-        c.roundtrip(b"get short\r\n", &[value_block("short", 0, b"a"), b"END\r\n".to_vec()].concat());
+        c.roundtrip(
+            b"get short\r\n",
+            &[value_block("short", 0, b"a"), b"END\r\n".to_vec()].concat(),
+        );
         std::thread::sleep(Duration::from_millis(2100));
-        c.roundtrip(b"get short long\r\n", &[value_block("long", 0, b"b"), b"END\r\n".to_vec()].concat());
+        c.roundtrip(
+            b"get short long\r\n",
+            &[value_block("long", 0, b"b"), b"END\r\n".to_vec()].concat(),
+        );
         // "short" was found dead by the get or, earlier, by the active sweep.
         assert_eq!(c.stat("get_expired") + c.stat("reclaimed"), 2);
     }
@@ -177,7 +212,10 @@ fn eviction_keeps_memory_within_a_small_limit() {
         assert!(stat("bytes") <= 2 << 20);
         assert_eq!(stat("curr_items") + stat("evictions"), 10_000);
         // The newest keys survive.
-        c.roundtrip(b"get evict9999\r\n", &[value_block("evict9999", 0, &value), b"END\r\n".to_vec()].concat());
+        c.roundtrip(
+            b"get evict9999\r\n",
+            &[value_block("evict9999", 0, &value), b"END\r\n".to_vec()].concat(),
+        );
     }
 }
 
@@ -185,7 +223,10 @@ fn eviction_keeps_memory_within_a_small_limit() {
 fn stats_groups() {
     for server in servers(&[]) {
         let mut c = server.client();
-        c.roundtrip(b"set a 0 0 1\r\n1\r\nget a b\r\n", &[b"STORED\r\n".to_vec(), value_block("a", 0, b"1"), b"END\r\n".to_vec()].concat());
+        c.roundtrip(
+            b"set a 0 0 1\r\n1\r\nget a b\r\n",
+            &[b"STORED\r\n".to_vec(), value_block("a", 0, b"1"), b"END\r\n".to_vec()].concat(),
+        );
         let stats = c.stats("");
         for name in [
             "pid",
@@ -239,7 +280,11 @@ fn stats_groups() {
         let settings = c.stats("settings");
         assert!(settings.iter().any(|(n, v)| n == "item_size_max" && v == "1048576"));
         let items = c.stats("items");
-        assert!(items.iter().any(|(n, v)| n.starts_with("items:") && n.ends_with(":number") && v == "1"));
+        assert!(
+            items
+                .iter()
+                .any(|(n, v)| n.starts_with("items:") && n.ends_with(":number") && v == "1")
+        );
         let slabs = c.stats("slabs");
         assert!(slabs.iter().any(|(n, _)| n == "active_slabs"));
         c.roundtrip(b"stats reset\r\n", b"RESET\r\n");

@@ -114,10 +114,10 @@ impl Pending {
     fn deliver(&mut self, peer: usize, reply: FromShard) {
         let slot = &mut self.slots[reply.slot() as usize];
         slot.replies.push((peer, reply));
-        if slot.replies.len() >= slot.expected {
-            if let Some(waker) = slot.waker.take() {
-                waker.wake();
-            }
+        if slot.replies.len() >= slot.expected
+            && let Some(waker) = slot.waker.take()
+        {
+            waker.wake();
         }
     }
 }
@@ -233,12 +233,7 @@ fn reset_local_stats(core: &Core) {
 /// Executes key operations wherever their shards live and calls `each`
 /// with every outcome in the order of `ops`. Remote operations go out as
 /// one message per owning core; local ones run on this core's shard.
-pub async fn execute<'a>(
-    core: &Core,
-    reply_slot: &ReplySlot,
-    ops: &[KeyOp<&'a [u8]>],
-    mut each: impl FnMut(usize, &Outcome<&[u8]>),
-) {
+pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], mut each: impl FnMut(usize, &Outcome<&[u8]>)) {
     let hashes: Vec<KeyHash> = ops.iter().map(|op| KeyHash::of(op.key())).collect();
     // Outcomes from each other core, in the order their ops were sent.
     let mut remote: Vec<std::vec::IntoIter<Outcome<Vec<u8>>>> = (0..core.cores).map(|_| Vec::new().into_iter()).collect();

@@ -69,7 +69,10 @@ impl Drop for Server {
 /// Runs the binary with arguments that must make it fail at start.
 pub fn start_failure(args: &[&str]) -> (i32, String) {
     let output = Command::new(BINARY).args(args).output().expect("run corecache");
-    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 pub struct Client {
@@ -120,7 +123,11 @@ impl Client {
 
     /// `stats [group]` as (name, value) pairs.
     pub fn stats(&mut self, group: &str) -> Vec<(String, String)> {
-        let request = if group.is_empty() { "stats\r\n".to_string() } else { format!("stats {group}\r\n") };
+        let request = if group.is_empty() {
+            "stats\r\n".to_string()
+        } else {
+            format!("stats {group}\r\n")
+        };
         self.send(request.as_bytes());
         let mut stats = Vec::new();
         loop {
@@ -136,7 +143,11 @@ impl Client {
 
     pub fn stat(&mut self, name: &str) -> u64 {
         let stats = self.stats("");
-        let value = &stats.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no stat {name}")).1;
+        let value = &stats
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no stat {name}"))
+            .1;
         value.parse().unwrap()
     }
 
