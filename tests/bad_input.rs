@@ -230,3 +230,12 @@ fn the_binary_protocol_is_not_answered_in_text() {
     c.send(&noop);
     assert!(c.is_closed());
 }
+
+#[test]
+fn a_second_server_on_the_same_port_is_refused() {
+    let server = Server::start(&["-t", "2"]);
+    let port = server.port.to_string();
+    let (code, stderr) = start_failure(&["-t", "2", "-l", "127.0.0.1", "-p", &port]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("cannot listen on 127.0.0.1"), "{stderr}");
+}

@@ -15,6 +15,15 @@ use super::connection;
 /// memcached's answer when `-c` connections are already open.
 const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";
 
+/// Fails if anything listens on `address` already. SO_REUSEPORT would
+/// otherwise let a second server silently share the port with the first;
+/// a plain bind is refused by any existing socket there.
+pub fn ensure_free(address: SocketAddr) -> std::io::Result<()> {
+    let probe = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&address.into())
+}
+
 /// A listening socket with SO_REUSEPORT, so every core can bind the port.
 pub fn bind(address: SocketAddr, backlog: u32) -> std::io::Result<OwnedFd> {
     let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;

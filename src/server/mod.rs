@@ -92,6 +92,10 @@ impl Core {
 /// core starts), one per address per core: SO_REUSEPORT lets the kernel
 /// spread connections over the cores.
 fn bind_listeners(config: &Config) -> Result<Vec<Vec<OwnedFd>>, ServerError> {
+    for &ip in &config.listen {
+        let address = SocketAddr::new(ip, config.port);
+        listener::ensure_free(address).map_err(|source| ServerError::Bind { address, source })?;
+    }
     (0..config.threads())
         .map(|_| {
             config

@@ -22,7 +22,16 @@ impl Server {
     /// Starts corecache with `args` (plus port and loopback address) and
     /// waits until it accepts connections.
     pub fn start(args: &[&str]) -> Server {
-        let port = free_port();
+        // Another test may take the same free port first: then try another.
+        for _ in 0..5 {
+            if let Some(server) = Server::try_start(free_port(), args) {
+                return server;
+            }
+        }
+        panic!("corecache did not start");
+    }
+
+    fn try_start(port: u16, args: &[&str]) -> Option<Server> {
         let child = Command::new(BINARY)
             .args(["-p", &port.to_string(), "-l", "127.0.0.1"])
             .args(args)
@@ -34,12 +43,13 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(15);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("corecache exited at start: {status}");
+                eprintln!("corecache exited at start on port {port}: {status}");
+                return None;
             }
             assert!(Instant::now() < deadline, "corecache did not start listening");
             std::thread::sleep(Duration::from_millis(20));
         }
-        server
+        Some(server)
     }
 
     pub fn client(&self) -> Client {
