@@ -14,6 +14,8 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONCURRENCY=${CONCURRENCY:-20}
 VALUE_SIZE=${VALUE_SIZE:-32}
+# Keys per get (memaslap --division): 1 is single-key gets.
+DIVISION=${DIVISION:-1}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 PORT=${PORT:-31311}
@@ -41,7 +43,7 @@ run_round() {
     wait_ready
     local before after output ops tps
     before=$(server_ticks "$pid")
-    output=$(taskset -c "$LOAD_CPU" memcaslap -s "127.0.0.1:$PORT" -T 1 -c "$CONCURRENCY" -t "$DURATION" -X "$VALUE_SIZE" 2>&1)
+    output=$(taskset -c "$LOAD_CPU" memcaslap -s "127.0.0.1:$PORT" -T 1 -c "$CONCURRENCY" -t "$DURATION" -X "$VALUE_SIZE" -d "$DIVISION" 2>&1)
     after=$(server_ticks "$pid")
     kill "$pid"
     wait "$pid" 2>/dev/null || true
@@ -67,7 +69,7 @@ cc_tps=$(awk '$1 == "corecache" { print $2 }' "$results" | median)
 mc_cpu=$(awk '$1 == "memcached" { print $3 }' "$results" | median)
 cc_cpu=$(awk '$1 == "corecache" { print $3 }' "$results" | median)
 rm -f "$results"
-echo "memaslap: 1 thread, $CONCURRENCY connections, ${VALUE_SIZE}-byte values, get:set 9:1, $DURATION x $ROUNDS rounds"
+echo "memaslap: 1 thread, $CONCURRENCY connections, ${VALUE_SIZE}-byte values, get:set 9:1, $DIVISION keys per get, $DURATION x $ROUNDS rounds"
 printf '%-10s %12s %18s\n' server "ops/s" "server us/op"
 printf '%-10s %12s %18s\n' memcached "$mc_tps" "$mc_cpu"
 printf '%-10s %12s %18s\n' corecache "$cc_tps" "$cc_cpu"
