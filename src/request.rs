@@ -11,17 +11,64 @@ pub enum StoreMode {
     Replace,
     Append,
     Prepend,
-    /// Compare-and-swap against the given CAS unique.
-    Cas,
+}
+
+/// Options of a read (gat/gats and meta get).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GetOptions {
+    /// New exptime on a hit (gat, mg T).
+    pub touch: Option<i64>,
+    /// On a miss, create an empty item with this exptime and win (mg N).
+    pub vivify: Option<i64>,
+    /// Win the recache if fewer seconds than this remain (mg R).
+    pub recache_below: Option<i64>,
+    /// Leave LRU position, hit bit and access time alone (mg u).
+    pub no_bump: bool,
+}
+
+/// Options of a store (cas, binary CAS, meta set).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Store only if the item's CAS equals this (cas, ms C).
+    pub compare_cas: Option<u64>,
+    /// With compare_cas: an older CAS still stores, marking the item stale (ms I).
+    pub invalidate: bool,
+    /// Use this as the new item's CAS (ms E).
+    pub new_cas: Option<u64>,
+    /// Append/prepend on a miss creates the item with this exptime (ms N).
+    pub vivify: Option<i64>,
+}
+
+/// Options of a delete (meta delete).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeleteOptions {
+    pub compare_cas: Option<u64>,
+    /// Keep the item, marked stale with a new CAS (md I).
+    pub invalidate: bool,
+    /// With invalidate: new exptime (md T).
+    pub touch: Option<i64>,
+    /// Keep the item with an empty value (md x).
+    pub remove_value: bool,
+    pub new_cas: Option<u64>,
+}
+
+/// Options of incr/decr (binary initial value, meta arithmetic).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArithOptions {
+    pub compare_cas: Option<u64>,
+    /// On a miss, create the item with (initial value, exptime).
+    pub vivify: Option<(u64, i64)>,
+    /// New exptime on success (ma T).
+    pub touch: Option<i64>,
+    pub new_cas: Option<u64>,
 }
 
 /// One operation on one key: the unit routed to the owning shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyOp<B> {
-    /// get/gets; with `touch`, gat/gats (new exptime).
     Get {
         key: B,
-        touch: Option<i64>,
+        options: GetOptions,
     },
     Store {
         mode: StoreMode,
@@ -29,15 +76,17 @@ pub enum KeyOp<B> {
         client_flags: u32,
         exptime: i64,
         value: B,
-        cas: u64,
+        options: StoreOptions,
     },
     Delete {
         key: B,
+        options: DeleteOptions,
     },
     Arith {
         key: B,
         incr: bool,
         delta: u64,
+        options: ArithOptions,
     },
     Touch {
         key: B,
@@ -50,7 +99,7 @@ impl<B: AsRef<[u8]>> KeyOp<B> {
         match self {
             KeyOp::Get { key, .. }
             | KeyOp::Store { key, .. }
-            | KeyOp::Delete { key }
+            | KeyOp::Delete { key, .. }
             | KeyOp::Arith { key, .. }
             | KeyOp::Touch { key, .. } => key.as_ref(),
         }
@@ -70,9 +119,9 @@ impl<B> KeyOp<B> {
     /// The same operation with its key and value converted by `convert`.
     pub fn map_bytes<'a, C>(&'a self, convert: impl Fn(&'a B) -> C) -> KeyOp<C> {
         match self {
-            KeyOp::Get { key, touch } => KeyOp::Get {
+            KeyOp::Get { key, options } => KeyOp::Get {
                 key: convert(key),
-                touch: *touch,
+                options: *options,
             },
             KeyOp::Store {
                 mode,
@@ -80,20 +129,29 @@ impl<B> KeyOp<B> {
                 client_flags,
                 exptime,
                 value,
-                cas,
+                options,
             } => KeyOp::Store {
                 mode: *mode,
                 key: convert(key),
                 client_flags: *client_flags,
                 exptime: *exptime,
                 value: convert(value),
-                cas: *cas,
+                options: *options,
             },
-            KeyOp::Delete { key } => KeyOp::Delete { key: convert(key) },
-            KeyOp::Arith { key, incr, delta } => KeyOp::Arith {
+            KeyOp::Delete { key, options } => KeyOp::Delete {
+                key: convert(key),
+                options: *options,
+            },
+            KeyOp::Arith {
+                key,
+                incr,
+                delta,
+                options,
+            } => KeyOp::Arith {
                 key: convert(key),
                 incr: *incr,
                 delta: *delta,
+                options: *options,
             },
             KeyOp::Touch { key, exptime } => KeyOp::Touch {
                 key: convert(key),
@@ -103,23 +161,57 @@ impl<B> KeyOp<B> {
     }
 }
 
+/// Who may recache an item (meta W/Z flags).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recache {
+    #[default]
+    None,
+    /// This client won the right to recache (W).
+    Won,
+    /// Another client already won it (Z).
+    AlreadyWon,
+}
+
+/// What a read learns about an item, as of before the read changed it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ItemInfo {
+    pub client_flags: u32,
+    pub cas: u64,
+    /// Seconds left, -1 for never.
+    pub ttl: i64,
+    /// Seconds since the last access.
+    pub idle: u32,
+    pub hit_before: bool,
+    pub stale: bool,
+    pub recache: Recache,
+}
+
 /// What a shard answers for one KeyOp.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome<B> {
     Hit {
-        client_flags: u32,
-        cas: u64,
+        info: ItemInfo,
         value: B,
     },
     Miss,
-    Stored,
+    /// Stored, with the new item's CAS and value length.
+    Stored {
+        cas: u64,
+        value_len: usize,
+    },
     NotStored,
     Exists,
     NotFound,
     Deleted,
-    Touched,
+    Touched {
+        cas: u64,
+    },
     /// The new value after incr/decr.
-    Number(u64),
+    Number {
+        value: u64,
+        cas: u64,
+        ttl: i64,
+    },
     NonNumeric,
     TooLarge,
     OutOfMemory,
@@ -140,23 +232,25 @@ impl<B> Outcome<B> {
     /// The same outcome with a hit's value converted by `convert`.
     pub fn map_value<'a, C>(&'a self, convert: impl FnOnce(&'a B) -> C) -> Outcome<C> {
         match self {
-            Outcome::Hit {
-                client_flags,
-                cas,
-                value,
-            } => Outcome::Hit {
-                client_flags: *client_flags,
-                cas: *cas,
+            Outcome::Hit { info, value } => Outcome::Hit {
+                info: *info,
                 value: convert(value),
             },
             Outcome::Miss => Outcome::Miss,
-            Outcome::Stored => Outcome::Stored,
+            Outcome::Stored { cas, value_len } => Outcome::Stored {
+                cas: *cas,
+                value_len: *value_len,
+            },
             Outcome::NotStored => Outcome::NotStored,
             Outcome::Exists => Outcome::Exists,
             Outcome::NotFound => Outcome::NotFound,
             Outcome::Deleted => Outcome::Deleted,
-            Outcome::Touched => Outcome::Touched,
-            Outcome::Number(n) => Outcome::Number(*n),
+            Outcome::Touched { cas } => Outcome::Touched { cas: *cas },
+            Outcome::Number { value, cas, ttl } => Outcome::Number {
+                value: *value,
+                cas: *cas,
+                ttl: *ttl,
+            },
             Outcome::NonNumeric => Outcome::NonNumeric,
             Outcome::TooLarge => Outcome::TooLarge,
             Outcome::OutOfMemory => Outcome::OutOfMemory,

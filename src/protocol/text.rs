@@ -5,7 +5,7 @@
 
 use memchr::memchr;
 
-use crate::request::{KeyOp, StoreMode};
+use crate::request::{ArithOptions, DeleteOptions, KeyOp, StoreMode, StoreOptions};
 use crate::store::KEY_MAX_LENGTH;
 
 /// A line without a newline longer than this closes the connection, as in
@@ -190,12 +190,12 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
     match name {
         b"get" | b"gets" => parse_get(line, &tokens, name == b"gets", false, consumed),
         b"gat" | b"gats" => parse_get(line, &tokens, name == b"gats", true, consumed),
-        b"set" => parse_store(buf, consumed, &tokens, StoreMode::Set, limits),
-        b"add" => parse_store(buf, consumed, &tokens, StoreMode::Add, limits),
-        b"replace" => parse_store(buf, consumed, &tokens, StoreMode::Replace, limits),
-        b"append" => parse_store(buf, consumed, &tokens, StoreMode::Append, limits),
-        b"prepend" => parse_store(buf, consumed, &tokens, StoreMode::Prepend, limits),
-        b"cas" => parse_store(buf, consumed, &tokens, StoreMode::Cas, limits),
+        b"set" => parse_store(buf, consumed, &tokens, StoreMode::Set, false, limits),
+        b"add" => parse_store(buf, consumed, &tokens, StoreMode::Add, false, limits),
+        b"replace" => parse_store(buf, consumed, &tokens, StoreMode::Replace, false, limits),
+        b"append" => parse_store(buf, consumed, &tokens, StoreMode::Append, false, limits),
+        b"prepend" => parse_store(buf, consumed, &tokens, StoreMode::Prepend, false, limits),
+        b"cas" => parse_store(buf, consumed, &tokens, StoreMode::Set, true, limits),
         b"delete" => parse_delete(&tokens, consumed),
         b"incr" | b"decr" => {
             if !(3..=4).contains(&tokens.count) {
@@ -218,7 +218,12 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
             };
             let incr = name == b"incr";
             command(Command::Keyed {
-                op: KeyOp::Arith { key, incr, delta },
+                op: KeyOp::Arith {
+                    key,
+                    incr,
+                    delta,
+                    options: ArithOptions::default(),
+                },
                 noreply,
             })
         }
@@ -340,13 +345,20 @@ fn parse_get<'a>(line: &'a [u8], tokens: &Tokens<'a>, with_cas: bool, touch: boo
     }
 }
 
-fn parse_store<'a>(buf: &'a [u8], line_len: usize, tokens: &Tokens<'a>, mode: StoreMode, limits: &TextLimits) -> Parsed<'a> {
+fn parse_store<'a>(
+    buf: &'a [u8],
+    line_len: usize,
+    tokens: &Tokens<'a>,
+    mode: StoreMode,
+    is_cas: bool,
+    limits: &TextLimits,
+) -> Parsed<'a> {
     let error = |reply| Parsed::Error {
         reply,
         consumed: line_len,
         noreply: false,
     };
-    let arguments = if mode == StoreMode::Cas { 6 } else { 5 };
+    let arguments = if is_cas { 6 } else { 5 };
     if tokens.count != arguments && tokens.count != arguments + 1 {
         return error(ERROR);
     }
@@ -363,13 +375,13 @@ fn parse_store<'a>(buf: &'a [u8], line_len: usize, tokens: &Tokens<'a>, mode: St
     else {
         return error(BAD_FORMAT);
     };
-    let cas = if mode == StoreMode::Cas {
+    let compare_cas = if is_cas {
         match parse_u64(tokens.get(5)) {
-            Some(cas) => cas,
+            Some(cas) => Some(cas),
             None => return error(BAD_FORMAT),
         }
     } else {
-        0
+        None
     };
     if length < 0 {
         return error(BAD_FORMAT);
@@ -403,7 +415,10 @@ fn parse_store<'a>(buf: &'a [u8], line_len: usize, tokens: &Tokens<'a>, mode: St
                 client_flags,
                 exptime,
                 value: &buf[line_len..end - 2],
-                cas,
+                options: StoreOptions {
+                    compare_cas,
+                    ..StoreOptions::default()
+                },
             },
             noreply,
         },
@@ -435,7 +450,10 @@ fn parse_delete<'a>(tokens: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
     }
     Parsed::Command {
         command: Command::Keyed {
-            op: KeyOp::Delete { key },
+            op: KeyOp::Delete {
+                key,
+                options: DeleteOptions::default(),
+            },
             noreply,
         },
         consumed,
@@ -480,7 +498,7 @@ mod tests {
                     client_flags: 5,
                     exptime: 10,
                     value: b"bar",
-                    cas: 0
+                    options: StoreOptions::default(),
                 },
                 noreply: false
             }
@@ -489,12 +507,15 @@ mod tests {
             command(b"cas k 0 -1 0 77 noreply\r\n\r\n"),
             Command::Keyed {
                 op: KeyOp::Store {
-                    mode: StoreMode::Cas,
+                    mode: StoreMode::Set,
                     key: b"k",
                     client_flags: 0,
                     exptime: -1,
                     value: b"",
-                    cas: 77
+                    options: StoreOptions {
+                        compare_cas: Some(77),
+                        ..StoreOptions::default()
+                    },
                 },
                 noreply: true
             }
@@ -540,14 +561,20 @@ mod tests {
         assert_eq!(
             command(b"delete k\r\n"),
             Command::Keyed {
-                op: KeyOp::Delete { key: b"k" },
+                op: KeyOp::Delete {
+                    key: b"k",
+                    options: DeleteOptions::default()
+                },
                 noreply: false
             }
         );
         assert_eq!(
             command(b"delete k 0 noreply\r\n"),
             Command::Keyed {
-                op: KeyOp::Delete { key: b"k" },
+                op: KeyOp::Delete {
+                    key: b"k",
+                    options: DeleteOptions::default()
+                },
                 noreply: true
             }
         );
@@ -559,7 +586,8 @@ mod tests {
                 op: KeyOp::Arith {
                     key: b"n",
                     incr: true,
-                    delta: u64::MAX
+                    delta: u64::MAX,
+                    options: ArithOptions::default(),
                 },
                 noreply: false
             }

@@ -32,27 +32,22 @@ pub fn end(out: &mut Vec<u8>) {
 
 /// One key of a get/gets/gat/gats: a VALUE block on a hit, nothing on a miss.
 pub fn get_outcome(out: &mut Vec<u8>, key: &[u8], with_cas: bool, outcome: &Outcome<&[u8]>) {
-    if let Outcome::Hit {
-        client_flags,
-        cas,
-        value: data,
-    } = *outcome
-    {
-        value(out, key, client_flags, with_cas.then_some(cas), data);
+    if let Outcome::Hit { info, value: data } = *outcome {
+        value(out, key, info.client_flags, with_cas.then_some(info.cas), data);
     }
 }
 
 /// The reply line to a single-key command.
 pub fn keyed_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
     let text = match outcome {
-        Outcome::Stored => "STORED",
+        Outcome::Stored { .. } => "STORED",
         Outcome::NotStored => "NOT_STORED",
         Outcome::Exists => "EXISTS",
         Outcome::NotFound | Outcome::Miss => "NOT_FOUND",
         Outcome::Deleted => "DELETED",
-        Outcome::Touched => "TOUCHED",
-        Outcome::Number(n) => {
-            out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
+        Outcome::Touched { .. } => "TOUCHED",
+        Outcome::Number { value, .. } => {
+            out.extend_from_slice(itoa::Buffer::new().format(*value).as_bytes());
             out.extend_from_slice(b"\r\n");
             return;
         }

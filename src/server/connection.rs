@@ -12,7 +12,7 @@ use super::Core;
 use super::router::{self, ReplySlot};
 use crate::protocol::text::{self, Command, Parsed, TextLimits};
 use crate::protocol::{BINARY_REQUEST_MAGIC, text_reply};
-use crate::request::{KeyOp, Outcome};
+use crate::request::{DeleteOptions, GetOptions, KeyOp, Outcome};
 use crate::stats;
 
 const READ_BUFFER: usize = 16 * 1024;
@@ -250,12 +250,19 @@ async fn process(core: &Core, reply_slot: &ReplySlot, buf: &[u8], out: &mut Vec<
 fn step_ops<'a>(step: &Step<'a>, ops: &mut Vec<KeyOp<&'a [u8]>>) {
     match step {
         Step::Command(Command::Get { keys, touch, .. }) => {
-            ops.extend(Command::get_keys(keys).map(|key| KeyOp::Get { key, touch: *touch }));
+            let options = GetOptions {
+                touch: *touch,
+                ..GetOptions::default()
+            };
+            ops.extend(Command::get_keys(keys).map(|key| KeyOp::Get { key, options }));
         }
         Step::Command(Command::Keyed { op, .. }) => ops.push(op.clone()),
         Step::Swallow {
             stale_key: Some(key), ..
-        } => ops.push(KeyOp::Delete { key }),
+        } => ops.push(KeyOp::Delete {
+            key,
+            options: DeleteOptions::default(),
+        }),
         _ => {}
     }
 }

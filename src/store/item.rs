@@ -9,6 +9,7 @@
 //! 24  value_len   u32
 //! 28  key_len     u8
 //! 29  bits        u8    LINKED | HAS_FLAGS | ACTIVE | FETCHED | segment<<4
+//!                         | STALE | WON (meta invalidation and recache)
 //! 30  [client flags u32, only when non-zero]
 //!     key, value
 //! ```
@@ -38,6 +39,8 @@ const HAS_FLAGS: u8 = 0x02;
 const ACTIVE: u8 = 0x04;
 const FETCHED: u8 = 0x08;
 const SEGMENT_SHIFT: u8 = 4;
+const STALE: u8 = 0x40;
+const WON: u8 = 0x80;
 const SEGMENT_MASK: u8 = 0x30;
 
 /// Which part of its class's LRU an item sits in (memcached-new_lru.txt).
@@ -99,6 +102,14 @@ impl<'a> Item<'a> {
     }
     pub fn was_fetched(self) -> bool {
         self.bits() & FETCHED != 0
+    }
+    /// Marked stale by a meta invalidation (mg answers X).
+    pub fn is_stale(self) -> bool {
+        self.bits() & STALE != 0
+    }
+    /// A client has been told it won the recache (others get Z).
+    pub fn win_sent(self) -> bool {
+        self.bits() & WON != 0
     }
     pub fn segment(self) -> Segment {
         match (self.bits() & SEGMENT_MASK) >> SEGMENT_SHIFT {
@@ -207,6 +218,12 @@ impl ItemMut<'_> {
     }
     pub fn set_fetched(&mut self) {
         self.set_bit(FETCHED, true);
+    }
+    pub fn set_stale(&mut self, on: bool) {
+        self.set_bit(STALE, on);
+    }
+    pub fn set_win_sent(&mut self, on: bool) {
+        self.set_bit(WON, on);
     }
     pub fn set_segment(&mut self, segment: Segment) {
         self.0[BITS] = (self.0[BITS] & !SEGMENT_MASK) | ((segment as u8) << SEGMENT_SHIFT);

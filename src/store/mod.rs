@@ -10,6 +10,7 @@
 //! - `stats`: counters with memcached's names
 
 pub mod clock;
+mod commands;
 pub mod index;
 pub mod item;
 pub mod lru;

@@ -9,7 +9,7 @@ use super::lru::Lru;
 use super::slab::{Slab, class_sizes};
 use super::stats::{ClassCounters, ClassReport, ShardCounters, ShardReport};
 use crate::hash::KeyHash;
-use crate::request::{KeyOp, Outcome, StoreMode};
+use crate::request::{ItemInfo, Recache};
 
 /// Expired items looked at from a class's tails before evicting.
 const EXPIRED_PROBES: usize = 5;
@@ -35,37 +35,36 @@ pub struct ShardConfig {
 }
 
 /// Why a key lookup found nothing usable.
-enum Lookup {
+pub(super) enum Lookup {
     Found(u32),
     Missing,
     Expired,
     Flushed,
 }
 
-/// Why an allocation failed.
-enum AllocError {
-    OutOfMemory,
-}
+/// No memory could be found for an item.
+#[derive(Debug)]
+pub(super) struct OutOfMemory;
 
 pub struct Shard {
-    id: usize,
-    slab: Slab,
-    lru: Lru,
-    index: Index,
-    clock: Clock,
-    cas_counter: u64,
-    item_size_max: usize,
-    evictions: bool,
+    pub(super) id: usize,
+    pub(super) slab: Slab,
+    pub(super) lru: Lru,
+    pub(super) index: Index,
+    pub(super) clock: Clock,
+    pub(super) cas_counter: u64,
+    pub(super) item_size_max: usize,
+    pub(super) evictions: bool,
     /// flush_all: items last touched at or before this time are dead once
     /// it has passed, and so are items with a CAS below `oldest_cas`.
-    oldest_live: Option<RelTime>,
-    oldest_cas: u64,
-    counters: ShardCounters,
-    class_counters: Vec<ClassCounters>,
-    bytes: usize,
-    sweep_cursor: usize,
+    pub(super) oldest_live: Option<RelTime>,
+    pub(super) oldest_cas: u64,
+    pub(super) counters: ShardCounters,
+    pub(super) class_counters: Vec<ClassCounters>,
+    pub(super) bytes: usize,
+    pub(super) sweep_cursor: usize,
     /// Reused buffer for append/prepend and incr (no allocation per request).
-    scratch: Vec<u8>,
+    pub(super) scratch: Vec<u8>,
 }
 
 impl Shard {
@@ -123,26 +122,7 @@ impl Shard {
         self.index.memory_bytes()
     }
 
-    /// Applies one key operation. `hash` is the key's hash, computed once by
-    /// the caller.
-    pub fn execute(&mut self, hash: KeyHash, op: &KeyOp<&[u8]>) -> Outcome<&[u8]> {
-        match *op {
-            KeyOp::Get { key, touch } => self.get(hash, key, touch),
-            KeyOp::Store {
-                mode,
-                key,
-                client_flags,
-                exptime,
-                value,
-                cas,
-            } => self.store(hash, mode, key, client_flags, exptime, value, cas),
-            KeyOp::Delete { key } => self.delete(hash, key),
-            KeyOp::Arith { key, incr, delta } => self.arith(hash, key, incr, delta),
-            KeyOp::Touch { key, exptime } => self.touch(hash, key, exptime),
-        }
-    }
-
-    fn next_cas(&mut self) -> u64 {
+    pub(super) fn next_cas(&mut self) -> u64 {
         self.cas_counter += 1;
         // The low byte names the shard: unique per node.
         (self.cas_counter << 8) | (self.id as u64 & 0xff)
@@ -158,7 +138,7 @@ impl Shard {
     }
 
     /// Finds a live item; a dead one found on the way is unlinked.
-    fn lookup(&mut self, hash: KeyHash, key: &[u8]) -> Lookup {
+    pub(super) fn lookup(&mut self, hash: KeyHash, key: &[u8]) -> Lookup {
         let Some(handle) = self.index.find(&self.slab, hash, key) else {
             return Lookup::Missing;
         };
@@ -175,7 +155,7 @@ impl Shard {
     }
 
     /// Removes an item from index and LRU and frees its chunk.
-    fn unlink(&mut self, hash: KeyHash, handle: u32) {
+    pub(super) fn unlink(&mut self, hash: KeyHash, handle: u32) {
         let class = self.slab.class_of(handle);
         self.index.remove(hash, handle);
         self.lru.unlink(&mut self.slab, class, handle);
@@ -186,7 +166,7 @@ impl Shard {
 
     /// Frees an item picked by eviction or reclaim (its hash is recomputed:
     /// this is off the per-request path).
-    fn remove_victim(&mut self, handle: u32) {
+    pub(super) fn remove_victim(&mut self, handle: u32) {
         let hash = KeyHash::of(Item(self.slab.chunk(handle)).key());
         self.unlink(hash, handle);
     }
@@ -228,7 +208,7 @@ impl Shard {
         })
     }
 
-    fn count_reclaim(&mut self, class: usize, handle: u32) {
+    pub(super) fn count_reclaim(&mut self, class: usize, handle: u32) {
         let fetched = Item(self.slab.chunk(handle)).was_fetched();
         self.counters.reclaimed += 1;
         self.class_counters[class].reclaimed += 1;
@@ -300,7 +280,7 @@ impl Shard {
     /// A chunk for an item of `size` bytes: free chunk, new page, expired
     /// item, eviction, then memory from another class. `protect` is the
     /// item being replaced, which must survive until the new one is written.
-    fn allocate(&mut self, size: usize, protect: Option<u32>) -> Result<u32, AllocError> {
+    pub(super) fn allocate(&mut self, size: usize, protect: Option<u32>) -> Result<u32, OutOfMemory> {
         let class = self.slab.class_for(size);
         let lru_class = class.unwrap_or(self.slab.large_class());
         // Each round frees something or gives up, so this ends.
@@ -326,21 +306,11 @@ impl Shard {
             }
         }
         self.class_counters[lru_class].outofmemory += 1;
-        Err(AllocError::OutOfMemory)
-    }
-
-    /// Lays out a new item's header and key in `handle`, with a fresh CAS;
-    /// the caller then fills the value.
-    fn write_header(&mut self, handle: u32, key: &[u8], value_len: usize, client_flags: u32, expiry: RelTime) -> ItemMut<'_> {
-        let cas = self.next_cas();
-        let now = self.clock.now;
-        let mut item = ItemMut(self.slab.chunk_mut(handle));
-        item.init(key, value_len, client_flags, expiry, cas, now);
-        item
+        Err(OutOfMemory)
     }
 
     /// Links a fully written item into index and LRU, replacing `old`.
-    fn link_new(&mut self, hash: KeyHash, handle: u32, old: Option<u32>) {
+    pub(super) fn link_new(&mut self, hash: KeyHash, handle: u32, old: Option<u32>) {
         match old {
             Some(old) => {
                 let old_class = self.slab.class_of(old);
@@ -360,241 +330,44 @@ impl Shard {
         self.class_counters[class].cmd_set += 1;
     }
 
+    /// Allocates, writes and links a new item whose value is `parts`
+    /// concatenated, replacing `old` (which survives if this fails).
+    /// Returns the new handle and CAS.
     #[allow(clippy::too_many_arguments)]
-    fn store(
+    pub(super) fn create(
         &mut self,
         hash: KeyHash,
-        mode: StoreMode,
         key: &[u8],
+        parts: [&[u8]; 2],
         client_flags: u32,
-        exptime: i64,
-        value: &[u8],
-        cas: u64,
-    ) -> Outcome<&[u8]> {
-        self.counters.cmd_set += 1;
-        let existing = match self.lookup(hash, key) {
-            Lookup::Found(handle) => Some(handle),
-            _ => None,
-        };
-        match (mode, existing) {
-            (StoreMode::Add, Some(handle)) => {
-                // memcached refreshes the item's LRU position on a failed add.
-                let class = self.slab.class_of(handle);
-                self.lru.touch(&mut self.slab, class, handle);
-                return Outcome::NotStored;
-            }
-            (StoreMode::Replace | StoreMode::Append | StoreMode::Prepend, None) => return Outcome::NotStored,
-            (StoreMode::Cas, None) => {
-                self.counters.cas_misses += 1;
-                return Outcome::NotFound;
-            }
-            (StoreMode::Cas, Some(handle)) if Item(self.slab.chunk(handle)).cas() != cas => {
-                self.counters.cas_badval += 1;
-                let class = self.slab.class_of(handle);
-                self.class_counters[class].cas_badval += 1;
-                return Outcome::Exists;
-            }
-            _ => {}
-        }
-
-        // Append and prepend keep the old item's flags and expiry.
-        let (client_flags, expiry, value_len) = match (mode, existing) {
-            (StoreMode::Append | StoreMode::Prepend, Some(handle)) => {
-                let old = Item(self.slab.chunk(handle));
-                (old.client_flags(), old.expiry(), old.value_len() + value.len())
-            }
-            _ => (client_flags, self.clock.expiry_of(exptime), value.len()),
-        };
-        let size = item_size(key.len(), value_len, client_flags);
-        if key.len() > KEY_MAX_LENGTH || size > self.item_size_max {
-            self.counters.store_too_large += 1;
-            self.drop_stale_on_set_failure(mode, hash, existing);
-            return Outcome::TooLarge;
-        }
-        if let (StoreMode::Append | StoreMode::Prepend, Some(handle)) = (mode, existing) {
-            self.scratch.clear();
-            let old_value = Item(self.slab.chunk(handle)).value();
-            if mode == StoreMode::Append {
-                self.scratch.extend_from_slice(old_value);
-                self.scratch.extend_from_slice(value);
-            } else {
-                self.scratch.extend_from_slice(value);
-                self.scratch.extend_from_slice(old_value);
-            }
-        }
-        let handle = match self.allocate(size, existing) {
-            Ok(handle) => handle,
-            Err(AllocError::OutOfMemory) => {
-                self.counters.store_no_memory += 1;
-                self.drop_stale_on_set_failure(mode, hash, existing);
-                return Outcome::OutOfMemory;
-            }
-        };
-        let scratch = std::mem::take(&mut self.scratch);
-        let mut item = self.write_header(handle, key, value_len, client_flags, expiry);
-        match mode {
-            StoreMode::Append | StoreMode::Prepend => item.value_mut().copy_from_slice(&scratch),
-            _ => item.value_mut().copy_from_slice(value),
-        }
-        self.scratch = scratch;
-        self.link_new(hash, handle, existing);
-        if mode == StoreMode::Cas {
-            self.counters.cas_hits += 1;
-            let class = self.slab.class_of(handle);
-            self.class_counters[class].cas_hits += 1;
-        }
-        Outcome::Stored
-    }
-
-    /// memcached: a SET that cannot be stored must not leave the old value
-    /// behind ("stale data persisting in cache").
-    fn drop_stale_on_set_failure(&mut self, mode: StoreMode, hash: KeyHash, existing: Option<u32>) {
-        if let (StoreMode::Set, Some(handle)) = (mode, existing) {
-            self.unlink(hash, handle);
-        }
-    }
-
-    fn count_miss(&mut self, lookup: &Lookup, touch: bool) {
-        if touch {
-            self.counters.touch_misses += 1;
-        } else {
-            self.counters.get_misses += 1;
-        }
-        match lookup {
-            Lookup::Expired => self.counters.get_expired += 1,
-            Lookup::Flushed => self.counters.get_flushed += 1,
-            _ => {}
-        }
-    }
-
-    fn get(&mut self, hash: KeyHash, key: &[u8], touch: Option<i64>) -> Outcome<&[u8]> {
-        if touch.is_some() {
-            self.counters.cmd_touch += 1;
-        }
-        self.counters.cmd_get += 1;
-        let handle = match self.lookup(hash, key) {
-            Lookup::Found(handle) => handle,
-            miss => {
-                self.count_miss(&miss, touch.is_some());
-                return Outcome::Miss;
-            }
-        };
-        let class = self.slab.class_of(handle);
-        if touch.is_some() {
-            self.counters.touch_hits += 1;
-            self.class_counters[class].touch_hits += 1;
-        } else {
-            self.counters.get_hits += 1;
-            self.class_counters[class].get_hits += 1;
-        }
-        self.lru.touch(&mut self.slab, class, handle);
+        expiry: RelTime,
+        cas: Option<u64>,
+        old: Option<u32>,
+    ) -> Result<(u32, u64), OutOfMemory> {
+        let value_len = parts[0].len() + parts[1].len();
+        let handle = self.allocate(item_size(key.len(), value_len, client_flags), old)?;
+        let cas = cas.unwrap_or_else(|| self.next_cas());
         let now = self.clock.now;
-        let expiry = touch.map(|exptime| self.clock.expiry_of(exptime));
         let mut item = ItemMut(self.slab.chunk_mut(handle));
-        item.set_fetched();
-        item.set_last_access(now);
-        if let Some(expiry) = expiry {
-            item.set_expiry(expiry);
-        }
+        item.init(key, value_len, client_flags, expiry, cas, now);
+        let value = item.value_mut();
+        value[..parts[0].len()].copy_from_slice(parts[0]);
+        value[parts[0].len()..].copy_from_slice(parts[1]);
+        self.link_new(hash, handle, old);
+        Ok((handle, cas))
+    }
+
+    /// What a read reports about an item (before the read changes it).
+    pub(super) fn info(&self, handle: u32) -> ItemInfo {
         let item = Item(self.slab.chunk(handle));
-        Outcome::Hit {
+        ItemInfo {
             client_flags: item.client_flags(),
             cas: item.cas(),
-            value: item.value(),
-        }
-    }
-
-    fn delete(&mut self, hash: KeyHash, key: &[u8]) -> Outcome<&[u8]> {
-        match self.lookup(hash, key) {
-            Lookup::Found(handle) => {
-                let class = self.slab.class_of(handle);
-                self.class_counters[class].delete_hits += 1;
-                self.counters.delete_hits += 1;
-                self.unlink(hash, handle);
-                Outcome::Deleted
-            }
-            _ => {
-                self.counters.delete_misses += 1;
-                Outcome::NotFound
-            }
-        }
-    }
-
-    fn touch(&mut self, hash: KeyHash, key: &[u8], exptime: i64) -> Outcome<&[u8]> {
-        self.counters.cmd_touch += 1;
-        match self.lookup(hash, key) {
-            Lookup::Found(handle) => {
-                let class = self.slab.class_of(handle);
-                self.counters.touch_hits += 1;
-                self.class_counters[class].touch_hits += 1;
-                let expiry = self.clock.expiry_of(exptime);
-                let now = self.clock.now;
-                self.lru.touch(&mut self.slab, class, handle);
-                let mut item = ItemMut(self.slab.chunk_mut(handle));
-                item.set_expiry(expiry);
-                item.set_last_access(now);
-                Outcome::Touched
-            }
-            _ => {
-                self.counters.touch_misses += 1;
-                Outcome::NotFound
-            }
-        }
-    }
-
-    fn arith(&mut self, hash: KeyHash, key: &[u8], incr: bool, delta: u64) -> Outcome<&[u8]> {
-        let handle = match self.lookup(hash, key) {
-            Lookup::Found(handle) => handle,
-            _ => {
-                if incr {
-                    self.counters.incr_misses += 1;
-                } else {
-                    self.counters.decr_misses += 1;
-                }
-                return Outcome::NotFound;
-            }
-        };
-        let item = Item(self.slab.chunk(handle));
-        let Some(current) = parse_counter(item.value()) else {
-            return Outcome::NonNumeric;
-        };
-        let class = self.slab.class_of(handle);
-        let result = if incr {
-            self.counters.incr_hits += 1;
-            self.class_counters[class].incr_hits += 1;
-            current.wrapping_add(delta)
-        } else {
-            self.counters.decr_hits += 1;
-            self.class_counters[class].decr_hits += 1;
-            current.saturating_sub(delta)
-        };
-        let mut digits = itoa::Buffer::new();
-        let digits = digits.format(result).as_bytes();
-        let (client_flags, expiry, old_size) = (item.client_flags(), item.expiry(), item.total_size());
-        let new_size = item_size(key.len(), digits.len(), client_flags);
-        if new_size <= self.slab.chunk(handle).len() {
-            // Fits its chunk (the value is the item's tail): rewrite in place
-            // with a new CAS, keeping the LRU position.
-            let cas = self.next_cas();
-            let mut item = ItemMut(self.slab.chunk_mut(handle));
-            item.set_value_len(digits.len());
-            item.value_mut().copy_from_slice(digits);
-            item.set_cas(cas);
-            self.bytes = self.bytes - old_size + new_size;
-            return Outcome::Number(result);
-        }
-        match self.allocate(new_size, Some(handle)) {
-            Ok(new_handle) => {
-                self.write_header(new_handle, key, digits.len(), client_flags, expiry)
-                    .value_mut()
-                    .copy_from_slice(digits);
-                self.link_new(hash, new_handle, Some(handle));
-                Outcome::Number(result)
-            }
-            Err(AllocError::OutOfMemory) => {
-                self.counters.store_no_memory += 1;
-                Outcome::OutOfMemory
-            }
+            ttl: self.clock.ttl_of(item.expiry()),
+            idle: self.clock.now.saturating_sub(item.last_access()),
+            hit_before: item.was_fetched(),
+            stale: item.is_stale(),
+            recache: Recache::None,
         }
     }
 }
@@ -691,7 +464,7 @@ impl Shard {
 
 /// An item value as incr/decr read it: decimal digits, optionally followed
 /// by spaces (memcached pads in place), fitting 64 bits.
-fn parse_counter(value: &[u8]) -> Option<u64> {
+pub(super) fn parse_counter(value: &[u8]) -> Option<u64> {
     let digits_end = value.iter().position(|&b| b == b' ').unwrap_or(value.len());
     let (digits, rest) = value.split_at(digits_end);
     if digits.is_empty() || !rest.iter().all(|&b| b == b' ') {

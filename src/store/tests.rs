@@ -10,7 +10,7 @@ use super::clock::CLOCK_START;
 use super::slab::PAGE_SIZE;
 use super::{Shard, ShardConfig};
 use crate::hash::KeyHash;
-use crate::request::{KeyOp, Outcome, StoreMode};
+use crate::request::{ArithOptions, DeleteOptions, GetOptions, KeyOp, Outcome, Recache, StoreMode, StoreOptions};
 
 const START_UNIX: i64 = 1_700_000_000;
 
@@ -35,7 +35,29 @@ fn run<'s>(shard: &'s mut Shard, op: KeyOp<&[u8]>) -> Outcome<&'s [u8]> {
     shard.execute(hash, &op)
 }
 
+/// A store; `cas` 0 means no compare (classic set family).
 fn store(shard: &mut Shard, mode: StoreMode, key: &[u8], value: &[u8], exptime: i64, cas: u64) -> Outcome<Vec<u8>> {
+    store_with(
+        shard,
+        mode,
+        key,
+        value,
+        exptime,
+        StoreOptions {
+            compare_cas: (cas != 0).then_some(cas),
+            ..StoreOptions::default()
+        },
+    )
+}
+
+fn store_with(
+    shard: &mut Shard,
+    mode: StoreMode,
+    key: &[u8],
+    value: &[u8],
+    exptime: i64,
+    options: StoreOptions,
+) -> Outcome<Vec<u8>> {
     run(
         shard,
         KeyOp::Store {
@@ -44,18 +66,36 @@ fn store(shard: &mut Shard, mode: StoreMode, key: &[u8], value: &[u8], exptime: 
             client_flags: 0,
             exptime,
             value,
-            cas,
+            options,
         },
     )
     .to_owned_outcome()
 }
 
+fn stored(outcome: Outcome<Vec<u8>>) -> bool {
+    matches!(outcome, Outcome::Stored { .. })
+}
+
+fn get_op(key: &[u8]) -> KeyOp<&[u8]> {
+    KeyOp::Get {
+        key,
+        options: GetOptions::default(),
+    }
+}
+
+fn delete_op(key: &[u8]) -> KeyOp<&[u8]> {
+    KeyOp::Delete {
+        key,
+        options: DeleteOptions::default(),
+    }
+}
+
 fn set(shard: &mut Shard, key: &[u8], value: &[u8]) {
-    assert_eq!(store(shard, StoreMode::Set, key, value, 0, 0), Outcome::Stored);
+    assert!(stored(store(shard, StoreMode::Set, key, value, 0, 0)));
 }
 
 fn get(shard: &mut Shard, key: &[u8]) -> Option<Vec<u8>> {
-    match run(shard, KeyOp::Get { key, touch: None }) {
+    match run(shard, get_op(key)) {
         Outcome::Hit { value, .. } => Some(value.to_vec()),
         Outcome::Miss => None,
         other => panic!("get answered {other:?}"),
@@ -63,18 +103,29 @@ fn get(shard: &mut Shard, key: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn gets(shard: &mut Shard, key: &[u8]) -> (u32, u64, Vec<u8>) {
-    match run(shard, KeyOp::Get { key, touch: None }) {
-        Outcome::Hit {
-            client_flags,
-            cas,
-            value,
-        } => (client_flags, cas, value.to_vec()),
+    match run(shard, get_op(key)) {
+        Outcome::Hit { info, value } => (info.client_flags, info.cas, value.to_vec()),
         other => panic!("gets answered {other:?}"),
     }
 }
 
+fn number(value: u64) -> Outcome<Vec<u8>> {
+    Outcome::Number { value, cas: 0, ttl: 0 }
+}
+
+/// incr/decr, with CAS and TTL zeroed so tests compare the number.
 fn arith(shard: &mut Shard, key: &[u8], incr: bool, delta: u64) -> Outcome<Vec<u8>> {
-    run(shard, KeyOp::Arith { key, incr, delta }).to_owned_outcome()
+    run(
+        shard,
+        KeyOp::Arith {
+            key,
+            incr,
+            delta,
+            options: ArithOptions::default(),
+        },
+    )
+    .to_owned_outcome()
+    .normalized()
 }
 
 #[test]
@@ -82,11 +133,11 @@ fn store_modes() {
     let mut shard = shard();
     assert_eq!(store(&mut shard, StoreMode::Replace, b"k", b"v", 0, 0), Outcome::NotStored);
     assert_eq!(store(&mut shard, StoreMode::Append, b"k", b"v", 0, 0), Outcome::NotStored);
-    assert_eq!(store(&mut shard, StoreMode::Add, b"k", b"one", 0, 0), Outcome::Stored);
+    assert!(stored(store(&mut shard, StoreMode::Add, b"k", b"one", 0, 0)));
     assert_eq!(store(&mut shard, StoreMode::Add, b"k", b"two", 0, 0), Outcome::NotStored);
-    assert_eq!(store(&mut shard, StoreMode::Replace, b"k", b"three", 0, 0), Outcome::Stored);
-    assert_eq!(store(&mut shard, StoreMode::Append, b"k", b"!", 0, 0), Outcome::Stored);
-    assert_eq!(store(&mut shard, StoreMode::Prepend, b"k", b"<", 0, 0), Outcome::Stored);
+    assert!(stored(store(&mut shard, StoreMode::Replace, b"k", b"three", 0, 0)));
+    assert!(stored(store(&mut shard, StoreMode::Append, b"k", b"!", 0, 0)));
+    assert!(stored(store(&mut shard, StoreMode::Prepend, b"k", b"<", 0, 0)));
     assert_eq!(get(&mut shard, b"k").unwrap(), b"<three!");
     assert_eq!(get(&mut shard, b"missing"), None);
 }
@@ -100,10 +151,10 @@ fn append_keeps_flags_and_expiry() {
         client_flags: 42,
         exptime: 10,
         value: &b"a"[..],
-        cas: 0,
+        options: StoreOptions::default(),
     };
-    assert_eq!(run(&mut shard, op), Outcome::Stored);
-    assert_eq!(store(&mut shard, StoreMode::Append, b"k", b"b", 0, 0), Outcome::Stored);
+    assert!(matches!(run(&mut shard, op), Outcome::Stored { .. }));
+    assert!(stored(store(&mut shard, StoreMode::Append, b"k", b"b", 0, 0)));
     assert_eq!(gets(&mut shard, b"k").0, 42);
     shard.set_now(CLOCK_START + 10);
     assert_eq!(get(&mut shard, b"k"), None, "append must keep the expiry");
@@ -112,16 +163,16 @@ fn append_keeps_flags_and_expiry() {
 #[test]
 fn cas_is_checked_unique_and_tagged_with_the_shard() {
     let mut shard = shard();
-    assert_eq!(store(&mut shard, StoreMode::Cas, b"k", b"v", 0, 1), Outcome::NotFound);
+    assert_eq!(store(&mut shard, StoreMode::Set, b"k", b"v", 0, 1), Outcome::NotFound);
     set(&mut shard, b"k", b"v1");
     let (_, cas1, _) = gets(&mut shard, b"k");
     assert_eq!(cas1 & 0xff, 3, "low byte names the shard");
-    assert_eq!(store(&mut shard, StoreMode::Cas, b"k", b"v2", 0, cas1 + 1), Outcome::Exists);
-    assert_eq!(store(&mut shard, StoreMode::Cas, b"k", b"v2", 0, cas1), Outcome::Stored);
+    assert_eq!(store(&mut shard, StoreMode::Set, b"k", b"v2", 0, cas1 + 1), Outcome::Exists);
+    assert!(stored(store(&mut shard, StoreMode::Set, b"k", b"v2", 0, cas1)));
     let (_, cas2, value) = gets(&mut shard, b"k");
     assert_eq!(value, b"v2");
     assert_ne!(cas1, cas2);
-    assert_eq!(store(&mut shard, StoreMode::Cas, b"k", b"v3", 0, cas1), Outcome::Exists);
+    assert_eq!(store(&mut shard, StoreMode::Set, b"k", b"v3", 0, cas1), Outcome::Exists);
     let report = shard.report();
     assert_eq!(
         (
@@ -138,21 +189,17 @@ fn incr_and_decr() {
     let mut shard = shard();
     assert_eq!(arith(&mut shard, b"n", true, 1), Outcome::NotFound);
     set(&mut shard, b"n", b"9");
-    assert_eq!(arith(&mut shard, b"n", true, 1), Outcome::Number(10));
+    assert_eq!(arith(&mut shard, b"n", true, 1), number(10));
     assert_eq!(get(&mut shard, b"n").unwrap(), b"10", "value grows a digit");
-    assert_eq!(arith(&mut shard, b"n", false, 3), Outcome::Number(7));
+    assert_eq!(arith(&mut shard, b"n", false, 3), number(7));
     assert_eq!(get(&mut shard, b"n").unwrap(), b"7", "and shrinks again");
-    assert_eq!(arith(&mut shard, b"n", false, 100), Outcome::Number(0), "decr floors at 0");
+    assert_eq!(arith(&mut shard, b"n", false, 100), number(0), "decr floors at 0");
     set(&mut shard, b"n", b"18446744073709551615");
-    assert_eq!(arith(&mut shard, b"n", true, 2), Outcome::Number(1), "incr wraps");
+    assert_eq!(arith(&mut shard, b"n", true, 2), number(1), "incr wraps");
     set(&mut shard, b"n", b"12abc");
     assert_eq!(arith(&mut shard, b"n", true, 1), Outcome::NonNumeric);
     set(&mut shard, b"n", b"5  ");
-    assert_eq!(
-        arith(&mut shard, b"n", true, 1),
-        Outcome::Number(6),
-        "trailing spaces are accepted"
-    );
+    assert_eq!(arith(&mut shard, b"n", true, 1), number(6), "trailing spaces are accepted");
     // A new CAS on every change.
     let (_, before, _) = gets(&mut shard, b"n");
     arith(&mut shard, b"n", true, 1);
@@ -163,26 +210,28 @@ fn incr_and_decr() {
 fn delete_and_touch() {
     let mut shard = shard();
     set(&mut shard, b"k", b"v");
-    assert_eq!(run(&mut shard, KeyOp::Touch { key: b"k", exptime: 5 }), Outcome::Touched);
+    assert_eq!(
+        run(&mut shard, KeyOp::Touch { key: b"k", exptime: 5 })
+            .to_owned_outcome()
+            .normalized(),
+        Outcome::Touched { cas: 0 }
+    );
     assert_eq!(run(&mut shard, KeyOp::Touch { key: b"x", exptime: 5 }), Outcome::NotFound);
     shard.set_now(CLOCK_START + 5);
     assert_eq!(get(&mut shard, b"k"), None, "touch set the expiry");
     set(&mut shard, b"k", b"v");
-    assert_eq!(run(&mut shard, KeyOp::Delete { key: b"k" }), Outcome::Deleted);
-    assert_eq!(run(&mut shard, KeyOp::Delete { key: b"k" }), Outcome::NotFound);
+    assert_eq!(run(&mut shard, delete_op(b"k")), Outcome::Deleted);
+    assert_eq!(run(&mut shard, delete_op(b"k")), Outcome::NotFound);
     assert!(shard.is_empty());
 }
 
 #[test]
 fn expiry_follows_the_clock() {
     let mut shard = shard();
-    assert_eq!(store(&mut shard, StoreMode::Set, b"ttl", b"v", 10, 0), Outcome::Stored);
-    assert_eq!(
-        store(&mut shard, StoreMode::Set, b"abs", b"v", START_UNIX + 20, 0),
-        Outcome::Stored
-    );
-    assert_eq!(store(&mut shard, StoreMode::Set, b"neg", b"v", -1, 0), Outcome::Stored);
-    assert_eq!(store(&mut shard, StoreMode::Set, b"forever", b"v", 0, 0), Outcome::Stored);
+    assert!(stored(store(&mut shard, StoreMode::Set, b"ttl", b"v", 10, 0)));
+    assert!(stored(store(&mut shard, StoreMode::Set, b"abs", b"v", START_UNIX + 20, 0)));
+    assert!(stored(store(&mut shard, StoreMode::Set, b"neg", b"v", -1, 0)));
+    assert!(stored(store(&mut shard, StoreMode::Set, b"forever", b"v", 0, 0)));
     assert_eq!(get(&mut shard, b"neg"), None, "negative exptime is already expired");
     shard.set_now(CLOCK_START + 9);
     assert!(get(&mut shard, b"ttl").is_some());
@@ -202,12 +251,15 @@ fn expiry_follows_the_clock() {
 #[test]
 fn gat_updates_expiry() {
     let mut shard = shard();
-    assert_eq!(store(&mut shard, StoreMode::Set, b"k", b"v", 5, 0), Outcome::Stored);
+    assert!(stored(store(&mut shard, StoreMode::Set, b"k", b"v", 5, 0)));
     let hit = run(
         &mut shard,
         KeyOp::Get {
             key: b"k",
-            touch: Some(100),
+            options: GetOptions {
+                touch: Some(100),
+                ..GetOptions::default()
+            },
         },
     );
     assert!(matches!(hit, Outcome::Hit { .. }));
@@ -221,10 +273,14 @@ fn the_sweep_reclaims_expired_items_without_reads() {
     for i in 0..1000 {
         let key = format!("key{i}");
         let exptime = if i % 2 == 0 { 5 } else { 0 };
-        assert_eq!(
-            store(&mut shard, StoreMode::Set, key.as_bytes(), b"value", exptime, 0),
-            Outcome::Stored
-        );
+        assert!(stored(store(
+            &mut shard,
+            StoreMode::Set,
+            key.as_bytes(),
+            b"value",
+            exptime,
+            0
+        )));
     }
     let bytes_before = shard.report().bytes;
     shard.set_now(CLOCK_START + 5);
@@ -317,9 +373,8 @@ fn memory_limit_holds_under_mixed_sizes() {
         };
         let value = vec![b'x'; size];
         let key = format!("key{}", i % 5000);
-        assert_eq!(
-            store(&mut shard, StoreMode::Set, key.as_bytes(), &value, 0, 0),
-            Outcome::Stored,
+        assert!(
+            stored(store(&mut shard, StoreMode::Set, key.as_bytes(), &value, 0, 0)),
             "size {size}"
         );
         assert!(shard.memory_used() <= limit, "{} > {limit}", shard.memory_used());
@@ -344,7 +399,7 @@ fn items_larger_than_a_page_are_stored_and_accounted() {
         store(&mut shard, StoreMode::Set, b"huge", &vec![0; 4 * PAGE_SIZE], 0, 0),
         Outcome::TooLarge
     );
-    assert_eq!(run(&mut shard, KeyOp::Delete { key: b"big" }), Outcome::Deleted);
+    assert_eq!(run(&mut shard, delete_op(b"big")), Outcome::Deleted);
     assert_eq!(shard.memory_used(), 0);
 }
 
@@ -384,19 +439,189 @@ fn without_evictions_a_full_shard_refuses() {
         evictions: false,
         ..config(PAGE_SIZE)
     });
-    let mut outcome = Outcome::Stored;
-    let mut stored = 0;
-    while outcome == Outcome::Stored {
-        outcome = store(&mut shard, StoreMode::Set, format!("k{stored}").as_bytes(), &[0; 200], 100, 0);
-        stored += 1;
+    let mut outcome = Outcome::NotStored;
+    let mut count = 0;
+    while count == 0 || stored(outcome.clone()) {
+        outcome = store(&mut shard, StoreMode::Set, format!("k{count}").as_bytes(), &[0; 200], 100, 0);
+        count += 1;
     }
     assert_eq!(outcome, Outcome::OutOfMemory);
     assert!(get(&mut shard, b"k0").is_some(), "nothing was evicted");
     assert_eq!(shard.report().counters.evictions, 0);
     // Expired items are still reclaimed with -M.
     shard.set_now(CLOCK_START + 100);
-    assert_eq!(store(&mut shard, StoreMode::Set, b"fresh", &[0; 200], 0, 0), Outcome::Stored);
+    assert!(stored(store(&mut shard, StoreMode::Set, b"fresh", &[0; 200], 0, 0)));
     assert_eq!(shard.report().counters.reclaimed, 1);
+}
+
+fn meta_get(shard: &mut Shard, key: &[u8], options: GetOptions) -> Option<(crate::request::ItemInfo, Vec<u8>)> {
+    match run(shard, KeyOp::Get { key, options }) {
+        Outcome::Hit { info, value } => Some((info, value.to_vec())),
+        Outcome::Miss => None,
+        other => panic!("meta get answered {other:?}"),
+    }
+}
+
+#[test]
+fn vivify_on_miss_wins_once() {
+    let mut shard = shard();
+    let vivify = GetOptions {
+        vivify: Some(30),
+        ..GetOptions::default()
+    };
+    let (info, value) = meta_get(&mut shard, b"k", vivify).unwrap();
+    assert_eq!((info.recache, value.len(), info.ttl), (Recache::Won, 0, 30));
+    let (info, _) = meta_get(&mut shard, b"k", vivify).unwrap();
+    assert_eq!(info.recache, Recache::AlreadyWon);
+    // The winner stores the real value: the placeholder is gone.
+    set(&mut shard, b"k", b"real");
+    let (info, value) = meta_get(&mut shard, b"k", vivify).unwrap();
+    assert_eq!((info.recache, value.as_slice()), (Recache::None, &b"real"[..]));
+}
+
+#[test]
+fn recache_is_won_when_ttl_runs_low() {
+    let mut shard = shard();
+    assert!(stored(store(&mut shard, StoreMode::Set, b"k", b"v", 100, 0)));
+    let recache = GetOptions {
+        recache_below: Some(30),
+        ..GetOptions::default()
+    };
+    assert_eq!(meta_get(&mut shard, b"k", recache).unwrap().0.recache, Recache::None);
+    shard.set_now(CLOCK_START + 80);
+    assert_eq!(meta_get(&mut shard, b"k", recache).unwrap().0.recache, Recache::Won);
+    assert_eq!(meta_get(&mut shard, b"k", recache).unwrap().0.recache, Recache::AlreadyWon);
+}
+
+#[test]
+fn invalidation_marks_stale_and_hands_out_one_win() {
+    let mut shard = shard();
+    set(&mut shard, b"k", b"v1");
+    let (_, cas, _) = gets(&mut shard, b"k");
+    let invalidate = DeleteOptions {
+        invalidate: true,
+        touch: Some(30),
+        ..DeleteOptions::default()
+    };
+    let outcome = run(
+        &mut shard,
+        KeyOp::Delete {
+            key: b"k",
+            options: invalidate,
+        },
+    )
+    .to_owned_outcome();
+    assert_eq!(outcome, Outcome::Deleted);
+    let (info, value) = meta_get(&mut shard, b"k", GetOptions::default()).unwrap();
+    assert!(info.stale && info.cas != cas && info.ttl == 30);
+    assert_eq!((info.recache, value.as_slice()), (Recache::Won, &b"v1"[..]));
+    assert_eq!(
+        meta_get(&mut shard, b"k", GetOptions::default()).unwrap().0.recache,
+        Recache::AlreadyWon
+    );
+    // A set with the old CAS and I is accepted but stays stale.
+    let stale_set = StoreOptions {
+        compare_cas: Some(cas),
+        invalidate: true,
+        ..StoreOptions::default()
+    };
+    assert!(stored(store_with(&mut shard, StoreMode::Set, b"k", b"v2", 0, stale_set)));
+    assert!(meta_get(&mut shard, b"k", GetOptions::default()).unwrap().0.stale);
+    // A plain set clears it.
+    set(&mut shard, b"k", b"v3");
+    assert!(!meta_get(&mut shard, b"k", GetOptions::default()).unwrap().0.stale);
+}
+
+#[test]
+fn explicit_cas_and_emptied_values() {
+    let mut shard = shard();
+    let explicit = StoreOptions {
+        new_cas: Some(12345),
+        ..StoreOptions::default()
+    };
+    assert_eq!(
+        store_with(&mut shard, StoreMode::Set, b"k", b"value", 0, explicit),
+        Outcome::Stored {
+            cas: 12345,
+            value_len: 5
+        }
+    );
+    assert_eq!(gets(&mut shard, b"k").1, 12345);
+    let empty = DeleteOptions {
+        remove_value: true,
+        ..DeleteOptions::default()
+    };
+    assert_eq!(
+        run(
+            &mut shard,
+            KeyOp::Delete {
+                key: b"k",
+                options: empty
+            }
+        )
+        .to_owned_outcome(),
+        Outcome::Deleted
+    );
+    assert_eq!(get(&mut shard, b"k").unwrap(), b"");
+    let compare = DeleteOptions {
+        compare_cas: Some(1),
+        ..DeleteOptions::default()
+    };
+    assert_eq!(
+        run(
+            &mut shard,
+            KeyOp::Delete {
+                key: b"k",
+                options: compare
+            }
+        )
+        .to_owned_outcome(),
+        Outcome::Exists
+    );
+}
+
+#[test]
+fn append_can_vivify() {
+    let mut shard = shard();
+    let vivify = StoreOptions {
+        vivify: Some(0),
+        ..StoreOptions::default()
+    };
+    assert!(stored(store_with(&mut shard, StoreMode::Append, b"k", b"first", 0, vivify)));
+    assert!(stored(store_with(&mut shard, StoreMode::Append, b"k", b"+second", 0, vivify)));
+    assert_eq!(get(&mut shard, b"k").unwrap(), b"first+second");
+}
+
+#[test]
+fn arithmetic_with_initial_value_and_cas() {
+    let mut shard = shard();
+    let op = |options| KeyOp::Arith {
+        key: &b"n"[..],
+        incr: true,
+        delta: 5,
+        options,
+    };
+    let vivify = ArithOptions {
+        vivify: Some((10, 0)),
+        ..ArithOptions::default()
+    };
+    // A miss creates the item with the initial value, no delta applied.
+    let Outcome::Number { value: 10, cas, .. } = run(&mut shard, op(vivify)).to_owned_outcome() else {
+        panic!()
+    };
+    assert!(matches!(
+        run(&mut shard, op(vivify)).to_owned_outcome(),
+        Outcome::Number { value: 15, .. }
+    ));
+    let stale_cas = ArithOptions {
+        compare_cas: Some(cas),
+        ..ArithOptions::default()
+    };
+    assert_eq!(run(&mut shard, op(stale_cas)).to_owned_outcome(), Outcome::Exists);
+    assert_eq!(
+        run(&mut shard, op(ArithOptions::default())).to_owned_outcome().normalized(),
+        number(20)
+    );
 }
 
 #[derive(Clone, Debug)]
@@ -440,49 +665,49 @@ proptest! {
             match op {
                 ModelOp::Set(k, v) => {
                     let key = vec![b'k', k];
-                    prop_assert_eq!(store(&mut shard, StoreMode::Set, &key, &v, 0, 0), Outcome::Stored);
+                    prop_assert!(stored(store(&mut shard, StoreMode::Set, &key, &v, 0, 0)));
                     model.insert(key, v);
                 }
                 ModelOp::Add(k, v) => {
                     let key = vec![b'k', k];
-                    let expected = if model.contains_key(&key) { Outcome::NotStored } else { Outcome::Stored };
-                    prop_assert_eq!(store(&mut shard, StoreMode::Add, &key, &v, 0, 0), expected.clone());
+                    let expected = if model.contains_key(&key) { Outcome::NotStored } else { Outcome::Stored { cas: 0, value_len: 0 } };
+                    prop_assert_eq!(store(&mut shard, StoreMode::Add, &key, &v, 0, 0).normalized(), expected.clone());
                     model.entry(key).or_insert(v);
                 }
                 ModelOp::Replace(k, v) => {
                     let key = vec![b'k', k];
-                    let expected = if model.contains_key(&key) { Outcome::Stored } else { Outcome::NotStored };
-                    prop_assert_eq!(store(&mut shard, StoreMode::Replace, &key, &v, 0, 0), expected);
+                    let expected = if model.contains_key(&key) { Outcome::Stored { cas: 0, value_len: 0 } } else { Outcome::NotStored };
+                    prop_assert_eq!(store(&mut shard, StoreMode::Replace, &key, &v, 0, 0).normalized(), expected);
                     if let Some(old) = model.get_mut(&key) { *old = v; }
                 }
                 ModelOp::Append(k, v) => {
                     let key = vec![b'k', k];
-                    let expected = if model.contains_key(&key) { Outcome::Stored } else { Outcome::NotStored };
-                    prop_assert_eq!(store(&mut shard, StoreMode::Append, &key, &v, 0, 0), expected);
+                    let expected = if model.contains_key(&key) { Outcome::Stored { cas: 0, value_len: 0 } } else { Outcome::NotStored };
+                    prop_assert_eq!(store(&mut shard, StoreMode::Append, &key, &v, 0, 0).normalized(), expected);
                     if let Some(old) = model.get_mut(&key) { old.extend_from_slice(&v); }
                 }
                 ModelOp::Prepend(k, v) => {
                     let key = vec![b'k', k];
-                    let expected = if model.contains_key(&key) { Outcome::Stored } else { Outcome::NotStored };
-                    prop_assert_eq!(store(&mut shard, StoreMode::Prepend, &key, &v, 0, 0), expected);
+                    let expected = if model.contains_key(&key) { Outcome::Stored { cas: 0, value_len: 0 } } else { Outcome::NotStored };
+                    prop_assert_eq!(store(&mut shard, StoreMode::Prepend, &key, &v, 0, 0).normalized(), expected);
                     if let Some(old) = model.get_mut(&key) { *old = [v, old.clone()].concat(); }
                 }
                 ModelOp::Delete(k) => {
                     let key = vec![b'k', k];
                     let expected = if model.remove(&key).is_some() { Outcome::Deleted } else { Outcome::NotFound };
-                    prop_assert_eq!(run(&mut shard, KeyOp::Delete { key: &key }).to_owned_outcome(), expected);
+                    prop_assert_eq!(run(&mut shard, delete_op(&key)).to_owned_outcome(), expected);
                 }
                 ModelOp::Incr(k, delta) => {
                     let key = vec![b'k', k];
                     let expected = match model.get(&key) {
                         None => Outcome::NotFound,
                         Some(v) => match std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()).filter(|_| !v.starts_with(b"+")) {
-                            Some(n) => Outcome::Number(n.wrapping_add(delta)),
+                            Some(n) => number(n.wrapping_add(delta)),
                             None => Outcome::NonNumeric,
                         },
                     };
                     prop_assert_eq!(arith(&mut shard, &key, true, delta), expected.clone());
-                    if let Outcome::Number(n) = expected { model.insert(key, n.to_string().into_bytes()); }
+                    if let Outcome::Number { value, .. } = expected { model.insert(key, value.to_string().into_bytes()); }
                 }
                 ModelOp::Get(k) => {
                     let key = vec![b'k', k];
@@ -493,5 +718,21 @@ proptest! {
         prop_assert_eq!(shard.len(), model.len());
         let expected_bytes: usize = model.iter().map(|(k, v)| super::item::item_size(k.len(), v.len(), 0)).sum();
         prop_assert_eq!(shard.report().bytes as usize, expected_bytes);
+    }
+}
+
+/// Outcomes with CAS, TTL and sizes zeroed, for comparing kinds and numbers.
+trait Normalized {
+    fn normalized(self) -> Self;
+}
+
+impl Normalized for Outcome<Vec<u8>> {
+    fn normalized(self) -> Self {
+        match self {
+            Outcome::Stored { .. } => Outcome::Stored { cas: 0, value_len: 0 },
+            Outcome::Touched { .. } => Outcome::Touched { cas: 0 },
+            Outcome::Number { value, .. } => Outcome::Number { value, cas: 0, ttl: 0 },
+            other => other,
+        }
     }
 }

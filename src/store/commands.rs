@@ -1,0 +1,360 @@
+//! The store's commands: every KeyOp a shard executes, with memcached's
+//! semantics (classic, binary and meta variants through their options).
+
+use super::clock::RelTime;
+use super::item::{Item, ItemMut, item_size};
+use super::shard::{KEY_MAX_LENGTH, Lookup, OutOfMemory, Shard, parse_counter};
+use crate::hash::KeyHash;
+use crate::request::{ArithOptions, DeleteOptions, GetOptions, KeyOp, Outcome, Recache, StoreMode, StoreOptions};
+
+impl Shard {
+    /// Applies one key operation. `hash` is the key's hash, computed once by
+    /// the caller.
+    pub fn execute(&mut self, hash: KeyHash, op: &KeyOp<&[u8]>) -> Outcome<&[u8]> {
+        match *op {
+            KeyOp::Get { key, options } => self.get(hash, key, options),
+            KeyOp::Store {
+                mode,
+                key,
+                client_flags,
+                exptime,
+                value,
+                options,
+            } => self.store(hash, mode, key, client_flags, exptime, value, options),
+            KeyOp::Delete { key, options } => self.delete(hash, key, options),
+            KeyOp::Arith {
+                key,
+                incr,
+                delta,
+                options,
+            } => self.arith(hash, key, incr, delta, options),
+            KeyOp::Touch { key, exptime } => self.touch(hash, key, exptime),
+        }
+    }
+
+    fn found(&mut self, hash: KeyHash, key: &[u8]) -> Option<u32> {
+        match self.lookup(hash, key) {
+            Lookup::Found(handle) => Some(handle),
+            _ => None,
+        }
+    }
+
+    fn get(&mut self, hash: KeyHash, key: &[u8], options: GetOptions) -> Outcome<&[u8]> {
+        if options.touch.is_some() {
+            self.counters.cmd_touch += 1;
+        }
+        self.counters.cmd_get += 1;
+        let handle = match self.lookup(hash, key) {
+            Lookup::Found(handle) => handle,
+            miss => {
+                self.count_miss(&miss, options.touch.is_some());
+                return match options.vivify {
+                    Some(exptime) => self.vivify(hash, key, exptime),
+                    None => Outcome::Miss,
+                };
+            }
+        };
+        let class = self.slab.class_of(handle);
+        if options.touch.is_some() {
+            self.counters.touch_hits += 1;
+            self.class_counters[class].touch_hits += 1;
+        } else {
+            self.counters.get_hits += 1;
+            self.class_counters[class].get_hits += 1;
+        }
+        let mut info = self.info(handle);
+        let now = self.clock.now;
+        let expiry = options.touch.map(|exptime| self.clock.expiry_of(exptime));
+        // A stale item, or one close to expiring, goes to the first asker.
+        let wants_recache = info.stale || options.recache_below.is_some_and(|below| info.ttl != -1 && info.ttl < below);
+        let item = Item(self.slab.chunk(handle));
+        if item.win_sent() {
+            info.recache = Recache::AlreadyWon;
+        } else if wants_recache {
+            info.recache = Recache::Won;
+        }
+        if !options.no_bump {
+            self.lru.touch(&mut self.slab, class, handle);
+        }
+        let mut item = ItemMut(self.slab.chunk_mut(handle));
+        if !options.no_bump {
+            item.set_fetched();
+            item.set_last_access(now);
+        }
+        if info.recache == Recache::Won {
+            item.set_win_sent(true);
+        }
+        if let Some(expiry) = expiry {
+            item.set_expiry(expiry);
+            info.ttl = self.clock.ttl_of(expiry);
+        }
+        Outcome::Hit {
+            info,
+            value: Item(self.slab.chunk(handle)).value(),
+        }
+    }
+
+    /// mg N on a miss: an empty placeholder item whose creator wins the recache.
+    fn vivify(&mut self, hash: KeyHash, key: &[u8], exptime: i64) -> Outcome<&[u8]> {
+        let expiry = self.clock.expiry_of(exptime);
+        match self.create(hash, key, [b"", b""], 0, expiry, None, None) {
+            Ok((handle, _)) => {
+                ItemMut(self.slab.chunk_mut(handle)).set_win_sent(true);
+                let mut info = self.info(handle);
+                info.recache = Recache::Won;
+                Outcome::Hit { info, value: b"" }
+            }
+            Err(OutOfMemory) => Outcome::OutOfMemory,
+        }
+    }
+
+    fn count_miss(&mut self, lookup: &Lookup, touch: bool) {
+        if touch {
+            self.counters.touch_misses += 1;
+        } else {
+            self.counters.get_misses += 1;
+        }
+        match lookup {
+            Lookup::Expired => self.counters.get_expired += 1,
+            Lookup::Flushed => self.counters.get_flushed += 1,
+            _ => {}
+        }
+    }
+
+    /// memcached: a SET that cannot be stored must not leave the old value
+    /// behind ("stale data persisting in cache").
+    fn drop_stale_on_set_failure(&mut self, mode: StoreMode, hash: KeyHash, existing: Option<u32>) {
+        if let (StoreMode::Set, Some(handle)) = (mode, existing) {
+            self.unlink(hash, handle);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &mut self,
+        hash: KeyHash,
+        mode: StoreMode,
+        key: &[u8],
+        client_flags: u32,
+        exptime: i64,
+        value: &[u8],
+        options: StoreOptions,
+    ) -> Outcome<&[u8]> {
+        self.counters.cmd_set += 1;
+        let existing = self.found(hash, key);
+        let mut mark_stale = false;
+        if let Some(expected) = options.compare_cas {
+            let Some(handle) = existing else {
+                self.counters.cas_misses += 1;
+                return Outcome::NotFound;
+            };
+            let current = Item(self.slab.chunk(handle)).cas();
+            let class = self.slab.class_of(handle);
+            if current != expected {
+                // ms I: an older CAS still writes, but the item is stale.
+                if options.invalidate && expected < current {
+                    mark_stale = true;
+                } else {
+                    self.counters.cas_badval += 1;
+                    self.class_counters[class].cas_badval += 1;
+                    return Outcome::Exists;
+                }
+            }
+            self.counters.cas_hits += 1;
+            self.class_counters[class].cas_hits += 1;
+        }
+        let appending = matches!(mode, StoreMode::Append | StoreMode::Prepend);
+        let (mode, exptime) = match (mode, existing) {
+            (StoreMode::Add, Some(handle)) => {
+                // memcached refreshes the item's LRU position on a failed add.
+                let class = self.slab.class_of(handle);
+                self.lru.touch(&mut self.slab, class, handle);
+                return Outcome::NotStored;
+            }
+            (StoreMode::Append | StoreMode::Prepend, None) => match options.vivify {
+                // ms N: append on a miss creates the item.
+                Some(exptime) => (StoreMode::Set, exptime),
+                None => return Outcome::NotStored,
+            },
+            (StoreMode::Replace, None) => return Outcome::NotStored,
+            _ => (mode, exptime),
+        };
+
+        // Append and prepend keep the old item's flags and expiry.
+        let (client_flags, expiry, old_len) = match (appending, existing) {
+            (true, Some(handle)) => {
+                let old = Item(self.slab.chunk(handle));
+                (old.client_flags(), old.expiry(), old.value_len())
+            }
+            _ => (client_flags, self.clock.expiry_of(exptime), 0),
+        };
+        let size = item_size(key.len(), old_len + value.len(), client_flags);
+        if key.len() > KEY_MAX_LENGTH || size > self.item_size_max {
+            self.counters.store_too_large += 1;
+            self.drop_stale_on_set_failure(mode, hash, existing);
+            return Outcome::TooLarge;
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        if let (true, Some(handle)) = (appending, existing) {
+            scratch.extend_from_slice(Item(self.slab.chunk(handle)).value());
+        }
+        let parts = match mode {
+            StoreMode::Prepend => [value, &scratch[..]],
+            _ => [&scratch[..], value],
+        };
+        let created = self.create(hash, key, parts, client_flags, expiry, options.new_cas, existing);
+        self.scratch = scratch;
+        match created {
+            Ok((handle, cas)) => {
+                if mark_stale {
+                    ItemMut(self.slab.chunk_mut(handle)).set_stale(true);
+                }
+                Outcome::Stored {
+                    cas,
+                    value_len: Item(self.slab.chunk(handle)).value_len(),
+                }
+            }
+            Err(OutOfMemory) => {
+                self.counters.store_no_memory += 1;
+                self.drop_stale_on_set_failure(mode, hash, existing);
+                Outcome::OutOfMemory
+            }
+        }
+    }
+
+    fn delete(&mut self, hash: KeyHash, key: &[u8], options: DeleteOptions) -> Outcome<&[u8]> {
+        let Some(handle) = self.found(hash, key) else {
+            self.counters.delete_misses += 1;
+            return Outcome::NotFound;
+        };
+        let item = Item(self.slab.chunk(handle));
+        if options.compare_cas.is_some_and(|cas| cas != item.cas()) {
+            return Outcome::Exists;
+        }
+        let class = self.slab.class_of(handle);
+        self.class_counters[class].delete_hits += 1;
+        self.counters.delete_hits += 1;
+        if !options.invalidate && !options.remove_value {
+            self.unlink(hash, handle);
+            return Outcome::Deleted;
+        }
+        // md I / md x: the item stays, with a new CAS; stale and/or emptied.
+        let (client_flags, mut expiry) = (item.client_flags(), item.expiry());
+        if let (true, Some(exptime)) = (options.invalidate, options.touch) {
+            expiry = self.clock.expiry_of(exptime);
+        }
+        let handle = if options.remove_value {
+            match self.create(hash, key, [b"", b""], client_flags, expiry, options.new_cas, Some(handle)) {
+                Ok((handle, _)) => handle,
+                Err(OutOfMemory) => return Outcome::OutOfMemory,
+            }
+        } else {
+            let cas = options.new_cas.unwrap_or_else(|| self.next_cas());
+            let mut item = ItemMut(self.slab.chunk_mut(handle));
+            item.set_cas(cas);
+            item.set_expiry(expiry);
+            handle
+        };
+        if options.invalidate {
+            let mut item = ItemMut(self.slab.chunk_mut(handle));
+            item.set_stale(true);
+            item.set_win_sent(false);
+        }
+        Outcome::Deleted
+    }
+
+    fn touch(&mut self, hash: KeyHash, key: &[u8], exptime: i64) -> Outcome<&[u8]> {
+        self.counters.cmd_touch += 1;
+        let Some(handle) = self.found(hash, key) else {
+            self.counters.touch_misses += 1;
+            return Outcome::NotFound;
+        };
+        let class = self.slab.class_of(handle);
+        self.counters.touch_hits += 1;
+        self.class_counters[class].touch_hits += 1;
+        let expiry = self.clock.expiry_of(exptime);
+        let now = self.clock.now;
+        self.lru.touch(&mut self.slab, class, handle);
+        let mut item = ItemMut(self.slab.chunk_mut(handle));
+        item.set_expiry(expiry);
+        item.set_last_access(now);
+        Outcome::Touched { cas: item.view().cas() }
+    }
+
+    fn arith(&mut self, hash: KeyHash, key: &[u8], incr: bool, delta: u64, options: ArithOptions) -> Outcome<&[u8]> {
+        let Some(handle) = self.found(hash, key) else {
+            if incr {
+                self.counters.incr_misses += 1;
+            } else {
+                self.counters.decr_misses += 1;
+            }
+            return match options.vivify {
+                Some((initial, exptime)) => {
+                    self.store_number(hash, key, initial, 0, self.clock.expiry_of(exptime), None, options.new_cas)
+                }
+                None => Outcome::NotFound,
+            };
+        };
+        let item = Item(self.slab.chunk(handle));
+        if options.compare_cas.is_some_and(|cas| cas != item.cas()) {
+            return Outcome::Exists;
+        }
+        let Some(current) = parse_counter(item.value()) else {
+            return Outcome::NonNumeric;
+        };
+        let class = self.slab.class_of(handle);
+        let result = if incr {
+            self.counters.incr_hits += 1;
+            self.class_counters[class].incr_hits += 1;
+            current.wrapping_add(delta)
+        } else {
+            self.counters.decr_hits += 1;
+            self.class_counters[class].decr_hits += 1;
+            current.saturating_sub(delta)
+        };
+        let expiry = match options.touch {
+            Some(exptime) => self.clock.expiry_of(exptime),
+            None => item.expiry(),
+        };
+        self.store_number(hash, key, result, item.client_flags(), expiry, Some(handle), options.new_cas)
+    }
+
+    /// Writes a counter's new value: in place when it fits the chunk (the
+    /// value is the item's tail, so the LRU position is kept), else into a
+    /// new item.
+    #[allow(clippy::too_many_arguments)]
+    fn store_number(
+        &mut self,
+        hash: KeyHash,
+        key: &[u8],
+        number: u64,
+        client_flags: u32,
+        expiry: RelTime,
+        existing: Option<u32>,
+        new_cas: Option<u64>,
+    ) -> Outcome<&[u8]> {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(number).as_bytes();
+        let new_size = item_size(key.len(), digits.len(), client_flags);
+        let ttl = self.clock.ttl_of(expiry);
+        if let Some(handle) = existing.filter(|&handle| new_size <= self.slab.chunk(handle).len()) {
+            let cas = new_cas.unwrap_or_else(|| self.next_cas());
+            let old_size = Item(self.slab.chunk(handle)).total_size();
+            let mut item = ItemMut(self.slab.chunk_mut(handle));
+            item.set_value_len(digits.len());
+            item.value_mut().copy_from_slice(digits);
+            item.set_cas(cas);
+            item.set_expiry(expiry);
+            self.bytes = self.bytes - old_size + new_size;
+            return Outcome::Number { value: number, cas, ttl };
+        }
+        match self.create(hash, key, [digits, b""], client_flags, expiry, new_cas, existing) {
+            Ok((_, cas)) => Outcome::Number { value: number, cas, ttl },
+            Err(OutOfMemory) => {
+                self.counters.store_no_memory += 1;
+                Outcome::OutOfMemory
+            }
+        }
+    }
+}
