@@ -4,13 +4,35 @@
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::protocol::text_reply::stat;
+use crate::server::router::{self, ReplySlot};
 use crate::server::{Core, Global};
 use crate::store::stats::ShardReport;
 
 /// The version reported by `version` and `stats`: the memcached protocol
 /// level corecache implements, then its own version.
 pub const VERSION: &str = concat!("1.6.45-corecache-", env!("CARGO_PKG_VERSION"));
+
+/// Receives each stat as (name, value); each protocol writes them its way.
+pub type Emit<'a> = dyn FnMut(&str, &str) + 'a;
+
+/// Writes a `stats` group with `write_stat`; false for an unknown group.
+pub async fn write_group(
+    out: &mut Vec<u8>,
+    core: &Core,
+    reply_slot: &ReplySlot,
+    group: &[u8],
+    write_stat: &mut dyn FnMut(&mut Vec<u8>, &str, &str),
+) -> bool {
+    let mut emit = |name: &str, value: &str| write_stat(out, name, value);
+    match group {
+        b"" => general(&mut emit, &core.global, &router::report(core, reply_slot).await),
+        b"settings" => settings(&mut emit, &core.global, core.verbosity.get()),
+        b"items" => items(&mut emit, &router::report(core, reply_slot).await),
+        b"slabs" => slabs(&mut emit, &router::report(core, reply_slot).await),
+        _ => return false,
+    }
+    true
+}
 
 /// One core's contribution to `stats`.
 #[derive(Clone, Debug, Default)]
@@ -51,32 +73,36 @@ fn rusage() -> (String, String) {
 }
 
 /// The general `stats` reply.
-pub fn general(out: &mut Vec<u8>, global: &Global, report: &CoreReport, verbosity: u32) {
-    let _ = verbosity;
+pub fn general(emit: &mut Emit<'_>, global: &Global, report: &CoreReport) {
     let config = &global.config;
     let now_unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (user, system) = rusage();
     let counters = report.shard.counters.fields();
     let counter = |name: &str| counters.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v);
-    stat(out, "pid", std::process::id());
-    stat(out, "uptime", global.started.elapsed().as_secs());
-    stat(out, "time", now_unix);
-    stat(out, "version", VERSION);
-    stat(out, "pointer_size", usize::BITS);
-    stat(out, "rusage_user", user);
-    stat(out, "rusage_system", system);
-    stat(out, "max_connections", config.max_connections);
-    stat(out, "curr_connections", global.curr_connections.load(Ordering::Relaxed));
-    stat(out, "total_connections", global.total_connections.load(Ordering::Relaxed));
-    stat(
-        out,
-        "rejected_connections",
-        global.rejected_connections.load(Ordering::Relaxed),
+    emit("pid", &(std::process::id()).to_string());
+    emit("uptime", &global.started.elapsed().as_secs().to_string());
+    emit("time", &now_unix.to_string());
+    emit("version", &VERSION.to_string());
+    emit("pointer_size", &(usize::BITS).to_string());
+    emit("rusage_user", &user.to_string());
+    emit("rusage_system", &system.to_string());
+    emit("max_connections", &config.max_connections.to_string());
+    emit(
+        "curr_connections",
+        &(global.curr_connections.load(Ordering::Relaxed)).to_string(),
     );
-    stat(out, "cmd_get", counter("cmd_get"));
-    stat(out, "cmd_set", counter("cmd_set"));
-    stat(out, "cmd_flush", report.cmd_flush);
-    stat(out, "cmd_touch", counter("cmd_touch"));
+    emit(
+        "total_connections",
+        &(global.total_connections.load(Ordering::Relaxed)).to_string(),
+    );
+    emit(
+        "rejected_connections",
+        &global.rejected_connections.load(Ordering::Relaxed).to_string(),
+    );
+    emit("cmd_get", &counter("cmd_get").to_string());
+    emit("cmd_set", &counter("cmd_set").to_string());
+    emit("cmd_flush", &report.cmd_flush.to_string());
+    emit("cmd_touch", &counter("cmd_touch").to_string());
     for name in [
         "get_hits",
         "get_misses",
@@ -96,71 +122,71 @@ pub fn general(out: &mut Vec<u8>, global: &Global, report: &CoreReport, verbosit
         "store_too_large",
         "store_no_memory",
     ] {
-        stat(out, name, counter(name));
+        emit(name, &counter(name).to_string());
     }
-    stat(out, "bytes_read", report.bytes_read);
-    stat(out, "bytes_written", report.bytes_written);
-    stat(out, "limit_maxbytes", config.memory_limit);
-    stat(out, "threads", config.threads());
-    stat(out, "bytes", report.shard.bytes);
-    stat(out, "curr_items", report.shard.curr_items);
-    stat(out, "total_items", counter("total_items"));
-    stat(out, "expired_unfetched", counter("expired_unfetched"));
-    stat(out, "evicted_unfetched", counter("evicted_unfetched"));
-    stat(out, "evictions", counter("evictions"));
-    stat(out, "reclaimed", counter("reclaimed"));
+    emit("bytes_read", &report.bytes_read.to_string());
+    emit("bytes_written", &report.bytes_written.to_string());
+    emit("limit_maxbytes", &config.memory_limit.to_string());
+    emit("threads", &config.threads().to_string());
+    emit("bytes", &report.shard.bytes.to_string());
+    emit("curr_items", &report.shard.curr_items.to_string());
+    emit("total_items", &counter("total_items").to_string());
+    emit("expired_unfetched", &counter("expired_unfetched").to_string());
+    emit("evicted_unfetched", &counter("evicted_unfetched").to_string());
+    emit("evictions", &counter("evictions").to_string());
+    emit("reclaimed", &counter("reclaimed").to_string());
     // corecache's own: memory taken from the limit and the index's size.
-    stat(out, "memory_used", report.shard.memory_used);
-    stat(out, "index_bytes", report.shard.index_bytes);
+    emit("memory_used", &report.shard.memory_used.to_string());
+    emit("index_bytes", &report.shard.index_bytes.to_string());
 }
 
 /// `stats settings`.
-pub fn settings(out: &mut Vec<u8>, global: &Global, verbosity: u32) {
+pub fn settings(emit: &mut Emit<'_>, global: &Global, verbosity: u32) {
     let config = &global.config;
     let on_off = |b: bool| if b { "on" } else { "off" };
     let yes_no = |b: bool| if b { "yes" } else { "no" };
-    stat(out, "maxbytes", config.memory_limit);
-    stat(out, "maxconns", config.max_connections);
-    stat(out, "tcpport", config.port);
-    stat(out, "udpport", 0);
+    emit("maxbytes", &config.memory_limit.to_string());
+    emit("maxconns", &config.max_connections.to_string());
+    emit("tcpport", &config.port.to_string());
+    emit("udpport", &0.to_string());
     let listen: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
-    stat(out, "inter", listen.join(","));
-    stat(out, "verbosity", verbosity);
-    stat(out, "oldest", 0);
-    stat(out, "evictions", on_off(config.evictions));
-    stat(out, "domain_socket", "NULL");
-    stat(out, "umask", 700);
-    stat(out, "growth_factor", format!("{:.2}", config.growth_factor));
-    stat(out, "chunk_size", config.slab_min_size);
-    stat(out, "num_threads", config.threads());
-    stat(out, "stat_key_prefix", ":");
-    stat(out, "detail_enabled", "no");
-    stat(out, "reqs_per_event", config.max_requests_per_event);
-    stat(out, "cas_enabled", "yes");
-    stat(out, "tcp_backlog", config.backlog);
-    stat(out, "binding_protocol", "auto-negotiate");
-    stat(out, "auth_enabled_sasl", "no");
-    stat(out, "item_size_max", config.item_size_max);
-    stat(out, "maxconns_fast", "yes");
-    stat(out, "flush_enabled", yes_no(config.flush_enabled));
-    stat(out, "shutdown_enabled", yes_no(config.shutdown_enabled));
-    stat(out, "slab_reassign", "yes");
-    stat(out, "lru_segmented", "yes");
-    stat(out, "hot_lru_pct", 20);
-    stat(out, "warm_lru_pct", 40);
+    emit("inter", &(listen.join(",")).to_string());
+    emit("verbosity", &verbosity.to_string());
+    emit("oldest", &0.to_string());
+    emit("evictions", &on_off(config.evictions).to_string());
+    emit("domain_socket", &"NULL".to_string());
+    emit("umask", &700.to_string());
+    emit("growth_factor", &(format!("{:.2}", config.growth_factor)).to_string());
+    emit("chunk_size", &config.slab_min_size.to_string());
+    emit("num_threads", &config.threads().to_string());
+    emit("stat_key_prefix", &(":").to_string());
+    emit("detail_enabled", &"no".to_string());
+    emit("reqs_per_event", &config.max_requests_per_event.to_string());
+    emit("cas_enabled", &"yes".to_string());
+    emit("tcp_backlog", &config.backlog.to_string());
+    emit("binding_protocol", &("auto-negotiate").to_string());
+    emit("auth_enabled_sasl", &"no".to_string());
+    emit("item_size_max", &config.item_size_max.to_string());
+    emit("maxconns_fast", &"yes".to_string());
+    emit("flush_enabled", &yes_no(config.flush_enabled).to_string());
+    emit("shutdown_enabled", &yes_no(config.shutdown_enabled).to_string());
+    emit("slab_reassign", &"yes".to_string());
+    emit("lru_segmented", &"yes".to_string());
+    emit("hot_lru_pct", &20.to_string());
+    emit("warm_lru_pct", &40.to_string());
     let cores: Vec<String> = config.cores.iter().map(ToString::to_string).collect();
-    stat(out, "cores", cores.join(","));
-    stat(out, "io_memory", config.io_memory);
+    emit("cores", &(cores.join(",")).to_string());
+    emit("io_memory", &config.io_memory.to_string());
 }
 
 /// `stats items`: one block per class that holds items.
-pub fn items(out: &mut Vec<u8>, report: &CoreReport) {
+pub fn items(emit: &mut Emit<'_>, report: &CoreReport) {
     for (index, class) in report.shard.classes.iter().enumerate() {
         if class.number == 0 {
             continue;
         }
         let id = index + 1;
-        let mut item = |name: &str, value: u64| stat(out, &format!("items:{id}:{name}"), value);
+        let mut item = |name: &str, value: u64| emit(&format!("items:{id}:{name}"), &value.to_string());
         item("number", class.number);
         item("number_hot", class.number_hot);
         item("number_warm", class.number_warm);
@@ -175,7 +201,7 @@ pub fn items(out: &mut Vec<u8>, report: &CoreReport) {
 }
 
 /// `stats slabs`: one block per class that has pages, then totals.
-pub fn slabs(out: &mut Vec<u8>, report: &CoreReport) {
+pub fn slabs(emit: &mut Emit<'_>, report: &CoreReport) {
     let mut active = 0;
     for (index, class) in report.shard.classes.iter().enumerate() {
         if class.total_pages == 0 && class.number == 0 {
@@ -183,7 +209,7 @@ pub fn slabs(out: &mut Vec<u8>, report: &CoreReport) {
         }
         active += 1;
         let id = index + 1;
-        let mut slab = |name: &str, value: u64| stat(out, &format!("{id}:{name}"), value);
+        let mut slab = |name: &str, value: u64| emit(&format!("{id}:{name}"), &value.to_string());
         slab("chunk_size", class.chunk_size);
         slab("chunks_per_page", class.chunks_per_page);
         slab("total_pages", class.total_pages);
@@ -199,6 +225,6 @@ pub fn slabs(out: &mut Vec<u8>, report: &CoreReport) {
         slab("cas_badval", class.counters.cas_badval);
         slab("touch_hits", class.counters.touch_hits);
     }
-    stat(out, "active_slabs", active);
-    stat(out, "total_malloced", report.shard.memory_used);
+    emit("active_slabs", &active.to_string());
+    emit("total_malloced", &report.shard.memory_used.to_string());
 }

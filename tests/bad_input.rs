@@ -224,18 +224,6 @@ fn bad_flags_fail_at_start_with_a_reason() {
 }
 
 #[test]
-fn the_binary_protocol_is_not_answered_in_text() {
-    let server = Server::start(&["-t", "1"]);
-    let mut c = server.client();
-    // A binary NOOP: corecache does not serve binary yet and closes.
-    let mut noop = vec![0u8; 24];
-    noop[0] = 0x80;
-    noop[1] = 0x0a;
-    c.send(&noop);
-    assert!(c.is_closed());
-}
-
-#[test]
 fn a_second_server_on_the_same_port_is_refused() {
     let server = Server::start(&["-t", "2"]);
     let port = server.port.to_string();

@@ -4,9 +4,12 @@
 //! replies back (two meshes, so that a core waiting to send a reply can
 //! never block a core waiting to send a request).
 
+pub mod binary_session;
 pub mod connection;
 pub mod listener;
 pub mod router;
+pub mod session;
+pub mod text_session;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;

@@ -1,0 +1,180 @@
+//! The text protocol (classic commands) as a Session.
+
+use super::Core;
+use super::router::{self, ReplySlot};
+use super::session::{After, Parse, Session};
+use crate::protocol::text::{self, Command, Parsed, TextLimits};
+use crate::protocol::text_reply;
+use crate::request::{DeleteOptions, GetOptions, KeyOp, Outcome};
+use crate::stats;
+
+/// A unit of a text batch, in the client's order.
+pub enum Step<'a> {
+    Command(Command<'a>),
+    /// An error line from the parser.
+    Reply {
+        text: &'static str,
+        noreply: bool,
+    },
+    /// A rejected value: the reply, and for set the key whose old value is dropped.
+    Swallow {
+        reply: &'static str,
+        noreply: bool,
+        stale_key: Option<&'a [u8]>,
+    },
+    Close(&'static str),
+}
+
+pub struct TextSession {
+    pub limits: TextLimits,
+}
+
+impl Session for TextSession {
+    type Step<'a> = Step<'a>;
+
+    fn parse<'a>(&self, buf: &'a [u8]) -> Parse<Step<'a>> {
+        match text::parse(buf, &self.limits) {
+            Parsed::Incomplete => Parse::Incomplete,
+            Parsed::Command { command, consumed } => Parse::Step {
+                last: matches!(command, Command::Quit | Command::Shutdown),
+                step: Step::Command(command),
+                consumed,
+            },
+            Parsed::Error {
+                reply,
+                consumed,
+                noreply,
+            } => Parse::Step {
+                step: Step::Reply { text: reply, noreply },
+                consumed,
+                last: false,
+            },
+            Parsed::Swallow {
+                reply,
+                consumed,
+                skip,
+                noreply,
+                stale_key,
+            } => Parse::Swallow {
+                step: Step::Swallow {
+                    reply,
+                    noreply,
+                    stale_key,
+                },
+                consumed,
+                skip,
+            },
+            Parsed::Close { reply } => Parse::Close {
+                step: Step::Close(reply),
+            },
+        }
+    }
+
+    fn is_barrier(step: &Step<'_>) -> bool {
+        !matches!(
+            step,
+            Step::Command(Command::Get { .. } | Command::Keyed { .. }) | Step::Reply { .. } | Step::Swallow { .. }
+        )
+    }
+
+    fn key_ops<'a>(step: &Step<'a>, ops: &mut Vec<KeyOp<&'a [u8]>>) -> usize {
+        let before = ops.len();
+        match step {
+            Step::Command(Command::Get { keys, touch, .. }) => {
+                let options = GetOptions {
+                    touch: *touch,
+                    ..GetOptions::default()
+                };
+                ops.extend(Command::get_keys(keys).map(|key| KeyOp::Get { key, options }));
+            }
+            Step::Command(Command::Keyed { op, .. }) => ops.push(op.clone()),
+            // A set whose value was refused drops the old value, as memcached.
+            Step::Swallow {
+                stale_key: Some(key), ..
+            } => ops.push(KeyOp::Delete {
+                key,
+                options: DeleteOptions::default(),
+            }),
+            _ => {}
+        }
+        ops.len() - before
+    }
+
+    fn write_outcome(step: &Step<'_>, key: &[u8], outcome: &Outcome<&[u8]>, out: &mut Vec<u8>) {
+        match step {
+            Step::Command(Command::Get { with_cas, .. }) => text_reply::get_outcome(out, key, *with_cas, outcome),
+            Step::Command(Command::Keyed { noreply: false, .. }) => text_reply::keyed_outcome(out, outcome),
+            // noreply, or the silent delete of a stale value.
+            _ => {}
+        }
+    }
+
+    fn finish(step: &Step<'_>, out: &mut Vec<u8>) {
+        match step {
+            Step::Command(Command::Get { .. }) => text_reply::end(out),
+            Step::Reply { text, noreply: false } => text_reply::line(out, text),
+            Step::Swallow {
+                reply, noreply: false, ..
+            } => text_reply::line(out, reply),
+            _ => {}
+        }
+    }
+
+    async fn barrier<'s>(&self, core: &Core, reply_slot: &ReplySlot, step: &Self::Step<'s>, out: &mut Vec<u8>) -> After {
+        let config = &core.global.config;
+        let command = match step {
+            Step::Command(command) => command,
+            Step::Close(reply) => {
+                text_reply::line(out, reply);
+                return After::Close;
+            }
+            _ => return After::Continue,
+        };
+        match *command {
+            Command::FlushAll { delay, noreply } => {
+                let reply = if config.flush_enabled {
+                    router::flush_all(core, reply_slot, delay).await;
+                    "OK"
+                } else {
+                    "CLIENT_ERROR flush_all not allowed"
+                };
+                if !noreply {
+                    text_reply::line(out, reply);
+                }
+            }
+            Command::Version => {
+                out.extend_from_slice(b"VERSION ");
+                text_reply::line(out, stats::VERSION);
+            }
+            Command::Verbosity { level, noreply } => {
+                router::verbosity(core, reply_slot, level).await;
+                if !noreply {
+                    text_reply::line(out, "OK");
+                }
+            }
+            Command::Stats { group } => {
+                if group == b"reset" {
+                    router::reset_stats(core, reply_slot).await;
+                    text_reply::line(out, "RESET");
+                } else if stats::write_group(out, core, reply_slot, group, &mut |out, name, value| {
+                    text_reply::stat(out, name, value)
+                })
+                .await
+                {
+                    text_reply::end(out);
+                } else {
+                    text_reply::line(out, text::ERROR);
+                }
+            }
+            Command::Quit => return After::Close,
+            Command::Shutdown => {
+                if config.shutdown_enabled {
+                    return After::Shutdown;
+                }
+                text_reply::line(out, "ERROR: shutdown not enabled");
+            }
+            Command::Get { .. } | Command::Keyed { .. } => {}
+        }
+        After::Continue
+    }
+}
