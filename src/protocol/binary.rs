@@ -506,7 +506,7 @@ mod tests {
         // Bad magic.
         assert!(matches!(parse(&[0x42; 24], 1 << 20), Parsed::Close { frame: None, .. }));
         // An oversized value is answered and swallowed.
-        let big = request(SET, b"k", &[0; 8], &vec![0; 100], 0);
+        let big = request(SET, b"k", &[0; 8], &[0; 100], 0);
         assert_eq!(
             parse(&big[..30], 50),
             Parsed::Error {
