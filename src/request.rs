@@ -184,6 +184,9 @@ pub struct ItemInfo {
     pub hit_before: bool,
     pub stale: bool,
     pub recache: Recache,
+    /// Slab class (1-based, as `stats slabs`) and bytes the item occupies.
+    pub class: u32,
+    pub total_size: u32,
 }
 
 /// What a shard answers for one KeyOp.

@@ -5,6 +5,7 @@
 
 use memchr::memchr;
 
+use super::meta::{self, MetaCommand, MetaOp, MetaParsed};
 use crate::request::{ArithOptions, DeleteOptions, KeyOp, StoreMode, StoreOptions};
 use crate::store::KEY_MAX_LENGTH;
 
@@ -44,6 +45,10 @@ pub enum Command<'a> {
     },
     Quit,
     Shutdown,
+    /// mg, ms, md, ma, me.
+    Meta(MetaCommand<'a>),
+    /// mn: answers MN once everything before it has been answered.
+    MetaNoop,
 }
 
 impl<'a> Command<'a> {
@@ -277,6 +282,33 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
         b"stats" => command(Command::Stats {
             group: after_tokens(line, 1),
         }),
+        b"mg" | b"ms" | b"md" | b"ma" | b"me" => match meta::parse(name, line, &buf[consumed..], limits.max_payload) {
+            MetaParsed::Command(meta) => {
+                let data = match &meta.op {
+                    MetaOp::Set { value, .. } => value.len() + 2,
+                    _ => 0,
+                };
+                Parsed::Command {
+                    command: Command::Meta(meta),
+                    consumed: consumed + data,
+                }
+            }
+            MetaParsed::NeedData => Parsed::Incomplete,
+            MetaParsed::Error(reply) => error(reply),
+            MetaParsed::TooLarge { skip } => Parsed::Swallow {
+                reply: TOO_LARGE,
+                consumed,
+                skip,
+                noreply: false,
+                stale_key: None,
+            },
+            MetaParsed::BadDataChunk { data_end } => Parsed::Error {
+                reply: BAD_DATA_CHUNK,
+                consumed: consumed + data_end,
+                noreply: false,
+            },
+        },
+        b"mn" => command(Command::MetaNoop),
         b"quit" => command(Command::Quit),
         b"shutdown" => command(Command::Shutdown),
         _ => error(ERROR),

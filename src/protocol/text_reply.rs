@@ -1,7 +1,8 @@
 //! The text protocol's reply writer: every byte the server sends to a
 //! text client is written here, into the connection's output buffer.
 
-use crate::request::Outcome;
+use super::meta::{MetaCommand, MetaKind, flag_tokens};
+use crate::request::{ItemInfo, Outcome, Recache};
 
 pub fn line(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(text.as_bytes());
@@ -64,4 +65,127 @@ pub fn keyed_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
 pub fn stat(out: &mut Vec<u8>, name: &str, value: impl std::fmt::Display) {
     use std::io::Write;
     let _ = write!(out, "STAT {name} {value}\r\n");
+}
+
+/// The reply to a meta command (mg, ms, md, ma, me).
+pub fn meta_outcome(out: &mut Vec<u8>, command: &MetaCommand<'_>, outcome: &Outcome<&[u8]>) {
+    match (command.kind, outcome) {
+        (MetaKind::Debug, Outcome::Hit { info, .. }) => meta_debug(out, command, info),
+        (MetaKind::Get | MetaKind::Debug, Outcome::Miss) => {
+            if !command.quiet || command.kind == MetaKind::Debug {
+                out.extend_from_slice(b"EN\r\n");
+            }
+        }
+        (_, Outcome::Hit { info, value }) => {
+            let value = (command.want_value && command.unless_cas != Some(info.cas)).then_some(*value);
+            meta_line(out, command, value, Some(info), None);
+        }
+        (_, Outcome::Stored { cas, value_len }) => {
+            if !command.quiet {
+                let info = ItemInfo {
+                    cas: *cas,
+                    total_size: *value_len as u32,
+                    ..ItemInfo::default()
+                };
+                meta_line(out, command, None, Some(&info), None);
+            }
+        }
+        (_, Outcome::Deleted) => {
+            if !command.quiet {
+                meta_line(out, command, None, None, None);
+            }
+        }
+        (_, Outcome::Number { value, cas, ttl }) => {
+            if !command.quiet || command.want_value {
+                let info = ItemInfo {
+                    cas: *cas,
+                    ttl: *ttl,
+                    ..ItemInfo::default()
+                };
+                let digits = itoa::Buffer::new().format(*value).as_bytes().to_vec();
+                let shown = command.want_value.then_some(&digits[..]);
+                meta_line(out, command, shown, Some(&info), None);
+            }
+        }
+        (_, Outcome::NotStored) => meta_line(out, command, None, None, Some("NS")),
+        (_, Outcome::Exists) => meta_line(out, command, None, None, Some("EX")),
+        (_, Outcome::NotFound | Outcome::Miss) => meta_line(out, command, None, None, Some("NF")),
+        (_, Outcome::Touched { .. }) => meta_line(out, command, None, None, None),
+        (_, other) => keyed_outcome(out, other),
+    }
+}
+
+/// `VA <size> <flags>` + data, `HD <flags>`, or `<code> <flags>`.
+fn meta_line(out: &mut Vec<u8>, command: &MetaCommand<'_>, value: Option<&[u8]>, info: Option<&ItemInfo>, code: Option<&str>) {
+    let mut number = itoa::Buffer::new();
+    match (code, value) {
+        (Some(code), _) => out.extend_from_slice(code.as_bytes()),
+        (None, Some(value)) => {
+            out.extend_from_slice(b"VA ");
+            out.extend_from_slice(number.format(value.len()).as_bytes());
+        }
+        (None, None) => out.extend_from_slice(b"HD"),
+    }
+    for token in flag_tokens(command.flags) {
+        let flag = token[0];
+        // Item facts only come with a success.
+        let fact = |out: &mut Vec<u8>, text: &[u8]| {
+            out.push(b' ');
+            out.push(flag);
+            out.extend_from_slice(text);
+        };
+        match (flag, info) {
+            (b'O', _) => fact(out, &token[1..]),
+            (b'k', _) => {
+                fact(out, command.raw_key);
+                // As memcached: a base64 key is returned followed by 'b'.
+                if command.base64 {
+                    out.extend_from_slice(b" b");
+                }
+            }
+            (b'c', Some(info)) => fact(out, number.format(info.cas).as_bytes()),
+            (b'f', Some(info)) => fact(out, number.format(info.client_flags).as_bytes()),
+            (b'h', Some(info)) => fact(out, if info.hit_before { b"1" } else { b"0" }),
+            (b'l', Some(info)) => fact(out, number.format(info.idle).as_bytes()),
+            (b't', Some(info)) => fact(out, number.format(info.ttl).as_bytes()),
+            (b's', Some(info)) => {
+                let size = match (command.kind, value) {
+                    (MetaKind::Get, Some(value)) => value.len() as u64,
+                    _ => u64::from(info.total_size),
+                };
+                fact(out, number.format(size).as_bytes())
+            }
+            _ => {}
+        }
+    }
+    if let Some(info) = info {
+        // memcached's order: Z, then X, then W.
+        if info.recache == Recache::AlreadyWon {
+            out.extend_from_slice(b" Z");
+        }
+        if info.stale {
+            out.extend_from_slice(b" X");
+        }
+        if info.recache == Recache::Won {
+            out.extend_from_slice(b" W");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    if let Some(value) = value {
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// `ME <key> exp=.. la=.. cas=.. fetch=.. cls=.. size=..`.
+fn meta_debug(out: &mut Vec<u8>, command: &MetaCommand<'_>, info: &ItemInfo) {
+    use std::io::Write;
+    out.extend_from_slice(b"ME ");
+    out.extend_from_slice(command.raw_key);
+    let fetched = if info.hit_before { "yes" } else { "no" };
+    let _ = write!(
+        out,
+        " exp={} la={} cas={} fetch={} cls={} size={}\r\n",
+        info.ttl, info.idle, info.cas, fetched, info.class, info.total_size
+    );
 }

@@ -60,7 +60,7 @@ impl Session for BinarySession {
         )
     }
 
-    fn key_ops<'a>(step: &Step<'a>, ops: &mut Vec<KeyOp<&'a [u8]>>) -> usize {
+    fn key_ops<'s>(step: &'s Step<'_>, ops: &mut Vec<KeyOp<&'s [u8]>>) -> usize {
         match step {
             Step::Request {
                 command: Command::Keyed(op),

@@ -49,7 +49,7 @@ pub trait Session {
     fn is_barrier(step: &Self::Step<'_>) -> bool;
 
     /// Appends the step's key operations; returns how many.
-    fn key_ops<'a>(step: &Self::Step<'a>, ops: &mut Vec<KeyOp<&'a [u8]>>) -> usize;
+    fn key_ops<'s>(step: &'s Self::Step<'_>, ops: &mut Vec<KeyOp<&'s [u8]>>) -> usize;
 
     /// Writes the reply for one of the step's operations.
     fn write_outcome(step: &Self::Step<'_>, key: &[u8], outcome: &Outcome<&[u8]>, out: &mut Vec<u8>);

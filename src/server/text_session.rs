@@ -73,11 +73,13 @@ impl Session for TextSession {
     fn is_barrier(step: &Step<'_>) -> bool {
         !matches!(
             step,
-            Step::Command(Command::Get { .. } | Command::Keyed { .. }) | Step::Reply { .. } | Step::Swallow { .. }
+            Step::Command(Command::Get { .. } | Command::Keyed { .. } | Command::Meta(_) | Command::MetaNoop)
+                | Step::Reply { .. }
+                | Step::Swallow { .. }
         )
     }
 
-    fn key_ops<'a>(step: &Step<'a>, ops: &mut Vec<KeyOp<&'a [u8]>>) -> usize {
+    fn key_ops<'s>(step: &'s Step<'_>, ops: &mut Vec<KeyOp<&'s [u8]>>) -> usize {
         let before = ops.len();
         match step {
             Step::Command(Command::Get { keys, touch, .. }) => {
@@ -88,6 +90,7 @@ impl Session for TextSession {
                 ops.extend(Command::get_keys(keys).map(|key| KeyOp::Get { key, options }));
             }
             Step::Command(Command::Keyed { op, .. }) => ops.push(op.clone()),
+            Step::Command(Command::Meta(meta)) => ops.push(meta.key_op()),
             // A set whose value was refused drops the old value, as memcached.
             Step::Swallow {
                 stale_key: Some(key), ..
@@ -104,6 +107,7 @@ impl Session for TextSession {
         match step {
             Step::Command(Command::Get { with_cas, .. }) => text_reply::get_outcome(out, key, *with_cas, outcome),
             Step::Command(Command::Keyed { noreply: false, .. }) => text_reply::keyed_outcome(out, outcome),
+            Step::Command(Command::Meta(meta)) => text_reply::meta_outcome(out, meta, outcome),
             // noreply, or the silent delete of a stale value.
             _ => {}
         }
@@ -112,6 +116,7 @@ impl Session for TextSession {
     fn finish(step: &Step<'_>, out: &mut Vec<u8>) {
         match step {
             Step::Command(Command::Get { .. }) => text_reply::end(out),
+            Step::Command(Command::MetaNoop) => text_reply::line(out, "MN"),
             Step::Reply { text, noreply: false } => text_reply::line(out, text),
             Step::Swallow {
                 reply, noreply: false, ..
@@ -173,7 +178,7 @@ impl Session for TextSession {
                 }
                 text_reply::line(out, "ERROR: shutdown not enabled");
             }
-            Command::Get { .. } | Command::Keyed { .. } => {}
+            Command::Get { .. } | Command::Keyed { .. } | Command::Meta(_) | Command::MetaNoop => {}
         }
         After::Continue
     }

@@ -368,6 +368,8 @@ impl Shard {
             hit_before: item.was_fetched(),
             stale: item.is_stale(),
             recache: Recache::None,
+            class: self.slab.class_of(handle) as u32 + 1,
+            total_size: item.total_size() as u32,
         }
     }
 }

@@ -1,0 +1,470 @@
+//! Meta commands (mg, ms, md, ma, mn, me): the flag-driven half of the
+//! text protocol. A command line is `<cm> <key> [<datalen>] <flags>*`; each
+//! flag is one character, some with a token glued to it (`T30`, `Oabc`).
+
+use std::borrow::Cow;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::request::{ArithOptions, DeleteOptions, GetOptions, KeyOp, StoreMode, StoreOptions};
+use crate::store::KEY_MAX_LENGTH;
+
+pub const INVALID_FLAG: &str = "CLIENT_ERROR invalid flag";
+pub const DUPLICATE_FLAG: &str = "CLIENT_ERROR duplicate flag";
+pub const BAD_TOKEN: &str = "CLIENT_ERROR bad token in command line format";
+pub const OPAQUE_TOO_LONG: &str = "CLIENT_ERROR opaque token too long";
+pub const BAD_KEY_ENCODING: &str = "CLIENT_ERROR error decoding key";
+pub const INVALID_MODE: &str = "CLIENT_ERROR invalid mode for ms STORE";
+const MAX_OPAQUE: usize = 32;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaKind {
+    Get,
+    Set,
+    Delete,
+    Arith,
+    Debug,
+}
+
+/// The key operation a meta command performs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaOp<'a> {
+    Get(GetOptions),
+    Set {
+        mode: StoreMode,
+        client_flags: u32,
+        exptime: i64,
+        value: &'a [u8],
+        options: StoreOptions,
+    },
+    Delete(DeleteOptions),
+    Arith {
+        incr: bool,
+        delta: u64,
+        options: ArithOptions,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaCommand<'a> {
+    pub kind: MetaKind,
+    /// The key to look up (base64-decoded with `b`).
+    pub key: Cow<'a, [u8]>,
+    /// The key as sent, which `k` returns.
+    pub raw_key: &'a [u8],
+    pub base64: bool,
+    /// `q`: leave out the reply that means "as expected" (HD, or EN for mg).
+    pub quiet: bool,
+    /// `v`: return the value.
+    pub want_value: bool,
+    /// mg `C`: leave the value out if the item's CAS equals this.
+    pub unless_cas: Option<u64>,
+    /// The flag tokens as sent: the reply echoes return flags in this order.
+    pub flags: &'a [u8],
+    pub op: MetaOp<'a>,
+}
+
+impl MetaCommand<'_> {
+    pub fn key_op(&self) -> KeyOp<&[u8]> {
+        let key = &self.key[..];
+        match &self.op {
+            MetaOp::Get(options) => KeyOp::Get { key, options: *options },
+            MetaOp::Set {
+                mode,
+                client_flags,
+                exptime,
+                value,
+                options,
+            } => KeyOp::Store {
+                mode: *mode,
+                key,
+                client_flags: *client_flags,
+                exptime: *exptime,
+                value,
+                options: *options,
+            },
+            MetaOp::Delete(options) => KeyOp::Delete { key, options: *options },
+            MetaOp::Arith { incr, delta, options } => KeyOp::Arith {
+                key,
+                incr: *incr,
+                delta: *delta,
+                options: *options,
+            },
+        }
+    }
+
+    /// The `O` token, if any.
+    pub fn opaque(&self) -> Option<&[u8]> {
+        flag_tokens(self.flags)
+            .find(|token| token[0] == b'O')
+            .map(|token| &token[1..])
+    }
+}
+
+/// Each flag token of a flags string.
+pub fn flag_tokens(flags: &[u8]) -> impl Iterator<Item = &[u8]> {
+    flags.split(|&b| b == b' ').filter(|token| !token.is_empty())
+}
+
+/// Flags each command accepts (P and L are proxy hints, always ignored).
+fn allowed(kind: MetaKind) -> &'static [u8] {
+    match kind {
+        MetaKind::Get => b"bcfhklOqstuvENRTCPL",
+        MetaKind::Set => b"bcCEFIkOqsTMNPL",
+        MetaKind::Delete => b"bCEIkOqTxPL",
+        MetaKind::Arith => b"bCENJDTMOqtcvkPL",
+        MetaKind::Debug => b"b",
+    }
+}
+
+fn number<T: std::str::FromStr>(token: &[u8]) -> Result<T, &'static str> {
+    std::str::from_utf8(token)
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or(BAD_TOKEN)
+}
+
+/// The parsed flags of one meta command.
+struct Flags<'a> {
+    seen: [bool; 128],
+    tokens: [Option<&'a [u8]>; 128],
+}
+
+impl<'a> Flags<'a> {
+    fn parse(flags: &'a [u8], kind: MetaKind) -> Result<Flags<'a>, &'static str> {
+        let mut parsed = Flags {
+            seen: [false; 128],
+            tokens: [None; 128],
+        };
+        for token in flag_tokens(flags) {
+            let flag = token[0];
+            if !flag.is_ascii() || !allowed(kind).contains(&flag) {
+                return Err(INVALID_FLAG);
+            }
+            if parsed.seen[usize::from(flag)] {
+                return Err(DUPLICATE_FLAG);
+            }
+            if flag == b'O' && token.len() - 1 > MAX_OPAQUE {
+                return Err(OPAQUE_TOO_LONG);
+            }
+            parsed.seen[usize::from(flag)] = true;
+            parsed.tokens[usize::from(flag)] = Some(&token[1..]);
+        }
+        Ok(parsed)
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.seen[usize::from(flag)]
+    }
+
+    /// The numeric token of a flag, if the flag was given.
+    fn number<T: std::str::FromStr>(&self, flag: u8) -> Result<Option<T>, &'static str> {
+        self.tokens[usize::from(flag)].map(number).transpose()
+    }
+}
+
+/// What the meta parser made of a command line.
+pub enum MetaParsed<'a> {
+    Command(MetaCommand<'a>),
+    /// The line needs a data block that has not fully arrived (ms).
+    NeedData,
+    Error(&'static str),
+    /// ms with a value over the limit: reply, then discard `skip` bytes.
+    TooLarge {
+        skip: usize,
+    },
+    /// ms whose data block does not end in "\r\n".
+    BadDataChunk {
+        data_end: usize,
+    },
+}
+
+/// Parses a meta command. `line` excludes the line end; `data` is
+/// everything after the line (ms's data block starts there).
+pub fn parse<'a>(name: &[u8], line: &'a [u8], data: &'a [u8], max_payload: usize) -> MetaParsed<'a> {
+    let kind = match name {
+        b"mg" => MetaKind::Get,
+        b"ms" => MetaKind::Set,
+        b"md" => MetaKind::Delete,
+        b"ma" => MetaKind::Arith,
+        _ => MetaKind::Debug,
+    };
+    let mut words = line.split(|&b| b == b' ').filter(|word| !word.is_empty());
+    words.next(); // the command
+    let Some(raw_key) = words.next() else {
+        return MetaParsed::Error(super::text::BAD_FORMAT);
+    };
+    let datalen = if kind == MetaKind::Set {
+        match words.next().map(number::<usize>) {
+            Some(Ok(length)) => Some(length),
+            _ => return MetaParsed::Error(super::text::BAD_FORMAT),
+        }
+    } else {
+        None
+    };
+    // The flags are the rest of the line after the key (and datalen).
+    let flags_start = words
+        .next()
+        .map_or(line.len(), |first| first.as_ptr() as usize - line.as_ptr() as usize);
+    let flags_text = &line[flags_start..];
+    match build(kind, raw_key, flags_text, datalen, data, max_payload) {
+        Ok(parsed) => parsed,
+        Err(error) => MetaParsed::Error(error),
+    }
+}
+
+fn build<'a>(
+    kind: MetaKind,
+    raw_key: &'a [u8],
+    flags_text: &'a [u8],
+    datalen: Option<usize>,
+    data: &'a [u8],
+    max_payload: usize,
+) -> Result<MetaParsed<'a>, &'static str> {
+    let flags = Flags::parse(flags_text, kind)?;
+    let base64 = flags.has(b'b');
+    let key: Cow<'a, [u8]> = if base64 {
+        Cow::Owned(BASE64.decode(raw_key).map_err(|_| BAD_KEY_ENCODING)?)
+    } else {
+        Cow::Borrowed(raw_key)
+    };
+    if key.is_empty() || key.len() > KEY_MAX_LENGTH {
+        return Err(super::text::BAD_FORMAT);
+    }
+    let compare_cas = flags.number::<u64>(b'C')?;
+    let new_cas = flags.number::<u64>(b'E')?;
+    let ttl = flags.number::<i64>(b'T')?;
+    let op = match kind {
+        MetaKind::Get | MetaKind::Debug => MetaOp::Get(GetOptions {
+            touch: ttl,
+            vivify: flags.number(b'N')?,
+            recache_below: flags.number(b'R')?,
+            no_bump: flags.has(b'u') || kind == MetaKind::Debug,
+        }),
+        MetaKind::Set => {
+            let length = datalen.unwrap_or(0);
+            if key.len() + length > max_payload {
+                return Ok(MetaParsed::TooLarge { skip: length + 2 });
+            }
+            if data.len() < length + 2 {
+                return Ok(MetaParsed::NeedData);
+            }
+            if &data[length..length + 2] != b"\r\n" {
+                return Ok(MetaParsed::BadDataChunk { data_end: length + 2 });
+            }
+            let mode = match flags.tokens[usize::from(b'M')] {
+                None => StoreMode::Set,
+                Some(token) => match token.first().map(u8::to_ascii_uppercase) {
+                    Some(b'S') => StoreMode::Set,
+                    Some(b'E') => StoreMode::Add,
+                    Some(b'R') => StoreMode::Replace,
+                    Some(b'A') => StoreMode::Append,
+                    Some(b'P') => StoreMode::Prepend,
+                    _ => return Err(INVALID_MODE),
+                },
+            };
+            MetaOp::Set {
+                mode,
+                client_flags: flags.number(b'F')?.unwrap_or(0),
+                exptime: ttl.unwrap_or(0),
+                value: &data[..length],
+                options: StoreOptions {
+                    compare_cas,
+                    invalidate: flags.has(b'I'),
+                    new_cas,
+                    vivify: flags.number(b'N')?,
+                },
+            }
+        }
+        MetaKind::Delete => MetaOp::Delete(DeleteOptions {
+            compare_cas,
+            invalidate: flags.has(b'I'),
+            touch: ttl,
+            remove_value: flags.has(b'x'),
+            new_cas,
+        }),
+        MetaKind::Arith => {
+            let incr = match flags.tokens[usize::from(b'M')] {
+                None => true,
+                Some(token) => match token.first().map(u8::to_ascii_uppercase) {
+                    Some(b'I' | b'+') => true,
+                    Some(b'D' | b'-') => false,
+                    _ => return Err(INVALID_MODE),
+                },
+            };
+            let vivify = flags.number::<i64>(b'N')?;
+            let initial = flags.number::<u64>(b'J')?.unwrap_or(0);
+            MetaOp::Arith {
+                incr,
+                delta: flags.number(b'D')?.unwrap_or(1),
+                options: ArithOptions {
+                    compare_cas,
+                    vivify: vivify.map(|exptime| (initial, exptime)),
+                    touch: ttl,
+                    new_cas,
+                },
+            }
+        }
+    };
+    Ok(MetaParsed::Command(MetaCommand {
+        kind,
+        key,
+        raw_key,
+        base64,
+        quiet: flags.has(b'q'),
+        want_value: flags.has(b'v'),
+        unless_cas: if kind == MetaKind::Get { compare_cas } else { None },
+        flags: flags_text,
+        op,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(line: &[u8], data: &[u8]) -> MetaCommand<'static> {
+        let line: &'static [u8] = Box::leak(line.to_vec().into_boxed_slice());
+        let data: &'static [u8] = Box::leak(data.to_vec().into_boxed_slice());
+        match parse(&line[..2], line, data, 1 << 20) {
+            MetaParsed::Command(command) => command,
+            MetaParsed::Error(error) => panic!("{error}"),
+            _ => panic!("no command"),
+        }
+    }
+
+    fn error(line: &[u8]) -> &'static str {
+        match parse(&line[..2], line, b"", 1 << 20) {
+            MetaParsed::Error(error) => error,
+            _ => panic!("expected an error"),
+        }
+    }
+
+    #[test]
+    fn meta_get_flags() {
+        let mg = command(b"mg foo v c f t k Oxyz q T30 N10 R5 u", b"");
+        assert_eq!(
+            (mg.kind, &mg.key[..], mg.quiet, mg.want_value),
+            (MetaKind::Get, &b"foo"[..], true, true)
+        );
+        assert_eq!(mg.opaque(), Some(&b"xyz"[..]));
+        assert_eq!(
+            mg.op,
+            MetaOp::Get(GetOptions {
+                touch: Some(30),
+                vivify: Some(10),
+                recache_below: Some(5),
+                no_bump: true
+            })
+        );
+        let base64 = command(b"mg Zm9v b k", b"");
+        assert_eq!(
+            (&base64.key[..], base64.raw_key, base64.base64),
+            (&b"foo"[..], &b"Zm9v"[..], true)
+        );
+        assert_eq!(command(b"mg foo C99 v", b"").unless_cas, Some(99));
+    }
+
+    #[test]
+    fn meta_set_modes_and_data() {
+        let ms = command(b"ms foo 5 T60 F3 MA C7 I E9 N30 c k s", b"hello\r\n");
+        let MetaOp::Set {
+            mode,
+            client_flags,
+            exptime,
+            value,
+            options,
+        } = ms.op
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (mode, client_flags, exptime, value),
+            (StoreMode::Append, 3, 60, &b"hello"[..])
+        );
+        assert_eq!(
+            options,
+            StoreOptions {
+                compare_cas: Some(7),
+                invalidate: true,
+                new_cas: Some(9),
+                vivify: Some(30)
+            }
+        );
+        for (token, mode) in [
+            ("E", StoreMode::Add),
+            ("R", StoreMode::Replace),
+            ("P", StoreMode::Prepend),
+            ("S", StoreMode::Set),
+        ] {
+            let line = format!("ms k 1 M{token}");
+            let MetaOp::Set { mode: parsed, .. } = command(line.as_bytes(), b"x\r\n").op else {
+                panic!()
+            };
+            assert_eq!(parsed, mode);
+        }
+        assert!(matches!(parse(b"ms", b"ms k 5", b"hel", 1 << 20), MetaParsed::NeedData));
+        assert!(matches!(
+            parse(b"ms", b"ms k 5", b"hello!!", 1 << 20),
+            MetaParsed::BadDataChunk { data_end: 7 }
+        ));
+        assert!(matches!(
+            parse(b"ms", b"ms k 5000", b"", 100),
+            MetaParsed::TooLarge { skip: 5002 }
+        ));
+    }
+
+    #[test]
+    fn meta_delete_and_arith() {
+        let md = command(b"md foo I T30 x C5 q", b"");
+        assert_eq!(
+            md.op,
+            MetaOp::Delete(DeleteOptions {
+                compare_cas: Some(5),
+                invalidate: true,
+                touch: Some(30),
+                remove_value: true,
+                new_cas: None
+            })
+        );
+        let ma = command(b"ma n N0 J10 D5 MD v t", b"");
+        assert_eq!(
+            ma.op,
+            MetaOp::Arith {
+                incr: false,
+                delta: 5,
+                options: ArithOptions {
+                    compare_cas: None,
+                    vivify: Some((10, 0)),
+                    touch: None,
+                    new_cas: None
+                }
+            }
+        );
+        let default = command(b"ma n", b"");
+        assert!(matches!(
+            default.op,
+            MetaOp::Arith {
+                incr: true,
+                delta: 1,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn meta_errors() {
+        assert_eq!(error(b"mg"), super::super::text::BAD_FORMAT);
+        assert_eq!(error(b"mg foo z"), INVALID_FLAG);
+        assert_eq!(error(b"mg foo v v"), DUPLICATE_FLAG);
+        assert_eq!(error(b"mg foo Tabc"), BAD_TOKEN);
+        assert_eq!(error(b"ma foo Mx"), INVALID_MODE);
+        assert_eq!(error(b"mg !!! b"), BAD_KEY_ENCODING);
+        let long_opaque = format!("mg foo O{}", "o".repeat(33));
+        assert_eq!(error(long_opaque.as_bytes()), OPAQUE_TOO_LONG);
+        let long_key = format!("mg {}", "k".repeat(251));
+        assert_eq!(error(long_key.as_bytes()), super::super::text::BAD_FORMAT);
+        assert_eq!(error(b"ms foo bar"), super::super::text::BAD_FORMAT);
+    }
+}
