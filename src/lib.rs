@@ -6,22 +6,26 @@
 //! config.rs        command line (memcached's flags) -> validated Config
 //! hash.rs          the one key hasher: picks the shard, feeds the index
 //! request.rs       protocol-neutral requests (KeyOp) and answers (Outcome)
-//! protocol/        bytes <-> requests: text (classic commands) parser and
-//!                  its reply writer
+//! protocol/        bytes <-> requests, one parser and one reply writer per
+//!                  protocol: text (+ meta commands) and binary
 //! server/          cores and sockets: one glommio executor per core
 //!   mod.rs           starts the cores, the channel mesh, the sweeper
 //!   listener.rs      SO_REUSEPORT listener per core, connection limit
-//!   connection.rs    read buffer -> parse -> route -> replies, one send
+//!   connection.rs    read buffer -> parse -> route -> replies, one send;
+//!                    the first byte picks the protocol's Session
+//!   session.rs       what a protocol provides to the connection
+//!   text_session.rs, binary_session.rs   the two Sessions
 //!   router.rs        hash once, run local ops, batch remote ops per core
 //! store/           one Shard per core: index + slab + segmented LRU + expiry
 //! stats.rs         `stats` output: shard reports + server counters
 //! ```
 //!
 //! A request travels: bytes read by `server::connection` -> parsed by
-//! `protocol::text` into commands -> `server::router` hashes each key once,
+//! `protocol::text` or `protocol::binary` into steps -> `server::router`
+//! hashes each key once,
 //! runs it on the local `store::Shard` or batches it to the owning core over
 //! the channel mesh -> `Outcome`s come back in request order ->
-//! `protocol::text` writes the replies -> one send per batch.
+//! the protocol's reply writer writes them -> one send per batch.
 
 pub mod config;
 pub mod hash;

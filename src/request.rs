@@ -24,6 +24,8 @@ pub struct GetOptions {
     pub recache_below: Option<i64>,
     /// Leave LRU position, hit bit and access time alone (mg u).
     pub no_bump: bool,
+    /// The CAS of an item this read creates (mg E with N).
+    pub new_cas: Option<u64>,
 }
 
 /// Options of a store (cas, binary CAS, meta set).

@@ -67,6 +67,8 @@ fn invalidation_then_recache_win() {
     // Vivify on miss: one winner.
     c.roundtrip(b"mg hot N30 v\r\n", b"VA 0 W\r\n\r\n");
     c.roundtrip(b"mg hot N30 v\r\n", b"VA 0 Z\r\n\r\n");
+    // E gives a vivified item the client's CAS.
+    c.roundtrip(b"mg cold N30 E777 c\r\n", b"HD c777 W\r\n");
 }
 
 #[test]

@@ -241,6 +241,7 @@ fn build<'a>(
             vivify: flags.number(b'N')?,
             recache_below: flags.number(b'R')?,
             no_bump: flags.has(b'u') || kind == MetaKind::Debug,
+            new_cas,
         }),
         MetaKind::Set => {
             let length = datalen.unwrap_or(0);
@@ -355,7 +356,8 @@ mod tests {
                 touch: Some(30),
                 vivify: Some(10),
                 recache_below: Some(5),
-                no_bump: true
+                no_bump: true,
+                new_cas: None,
             })
         );
         let base64 = command(b"mg Zm9v b k", b"");

@@ -49,7 +49,7 @@ impl Shard {
             miss => {
                 self.count_miss(&miss, options.touch.is_some());
                 return match options.vivify {
-                    Some(exptime) => self.vivify(hash, key, exptime),
+                    Some(exptime) => self.vivify(hash, key, exptime, options.new_cas),
                     None => Outcome::Miss,
                 };
             }
@@ -95,9 +95,9 @@ impl Shard {
     }
 
     /// mg N on a miss: an empty placeholder item whose creator wins the recache.
-    fn vivify(&mut self, hash: KeyHash, key: &[u8], exptime: i64) -> Outcome<&[u8]> {
+    fn vivify(&mut self, hash: KeyHash, key: &[u8], exptime: i64, cas: Option<u64>) -> Outcome<&[u8]> {
         let expiry = self.clock.expiry_of(exptime);
-        match self.create(hash, key, [b"", b""], 0, expiry, None, None) {
+        match self.create(hash, key, [b"", b""], 0, expiry, cas, None) {
             Ok((handle, _)) => {
                 ItemMut(self.slab.chunk_mut(handle)).set_win_sent(true);
                 let mut info = self.info(handle);
