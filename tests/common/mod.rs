@@ -14,6 +14,18 @@ pub struct Server {
     child: Child,
 }
 
+/// True once a corecache answers `version` on the port. A bare connect is
+/// not enough: a connect to an unused port in the ephemeral range can
+/// connect the socket to itself.
+fn answers_version(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut reply = [0u8; 8];
+    stream.write_all(b"version\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"VERSION "
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -41,7 +53,7 @@ impl Server {
             .expect("start corecache");
         let mut server = Server { port, child };
         let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !answers_version(port) {
             if let Ok(Some(status)) = server.child.try_wait() {
                 eprintln!("corecache exited at start on port {port}: {status}");
                 return None;
