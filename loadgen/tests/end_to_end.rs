@@ -12,7 +12,11 @@ use corecache_loadgen::results::Report;
 fn corecache_binary() -> PathBuf {
     let deps = std::env::current_exe().unwrap();
     let binary = deps.parent().unwrap().parent().unwrap().join("corecache");
-    assert!(binary.exists(), "{} is missing: run `cargo test --workspace`", binary.display());
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo test --workspace`",
+        binary.display()
+    );
     binary
 }
 
@@ -57,7 +61,11 @@ fn loadgen(port: u16, extra: &[&str]) -> Report {
         .args(extra)
         .output()
         .unwrap();
-    assert!(output.status.success(), "loadgen failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "loadgen failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains("p99 us"), "{table}");
     serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
@@ -69,13 +77,36 @@ fn closed_loop_report_for_each_protocol() {
     for protocol in ["text", "meta", "binary"] {
         let report = loadgen(
             port,
-            &["--protocol", protocol, "--duration", "1.5", "-c", "4", "--pipeline", "8", "--keys", "2000", "--prefill", "--verify", "--multiget", "2", "--incr", "1", "--delete", "1"],
+            &[
+                "--protocol",
+                protocol,
+                "--duration",
+                "1.5",
+                "-c",
+                "4",
+                "--pipeline",
+                "8",
+                "--keys",
+                "2000",
+                "--prefill",
+                "--verify",
+                "--multiget",
+                "2",
+                "--incr",
+                "1",
+                "--delete",
+                "1",
+            ],
         );
         assert_eq!(report.protocol, protocol);
         assert!(report.operations > 1000, "{protocol}: {} operations", report.operations);
         assert!(report.errors.is_empty(), "{protocol}: {:?}", report.errors);
         assert_eq!(report.verify_failures, 0);
-        assert!(report.hits > 0 && report.hit_ratio > 0.3, "{protocol}: hit ratio {}", report.hit_ratio);
+        assert!(
+            report.hits > 0 && report.hit_ratio > 0.3,
+            "{protocol}: hit ratio {}",
+            report.hit_ratio
+        );
         let all = &report.latency["all"];
         assert!(all.p50_us > 0.0 && all.p50_us <= all.p99_us && all.p99_us <= all.max_us);
         for kind in ["get", "set", "delete", "incr"] {

@@ -165,6 +165,7 @@ impl<'a> Flags<'a> {
 }
 
 /// What the meta parser made of a command line.
+#[derive(Debug)]
 pub enum MetaParsed<'a> {
     Command(MetaCommand<'a>),
     /// The line needs a data block that has not fully arrived (ms).
@@ -178,6 +179,12 @@ pub enum MetaParsed<'a> {
     BadDataChunk {
         data_end: usize,
     },
+}
+
+impl MetaParsed<'_> {
+    pub fn is_error(&self) -> bool {
+        matches!(self, MetaParsed::Error(_))
+    }
 }
 
 /// Parses a meta command. `line` excludes the line end; `data` is
