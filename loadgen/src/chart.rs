@@ -51,7 +51,12 @@ pub fn draw(series: &[(String, Report)], title: &str, path: &Path) -> Result<(),
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("latency (us)")
-        .x_label_formatter(&|x| format!("p{}", 100.0 - 100.0 * 10f64.powf(-x)))
+        .x_labels(7)
+        .x_label_formatter(&|x| {
+            // One label per nine: p0, p90, p99, p99.9, ...
+            let percentile = 100.0 - 100.0 * 10f64.powf(-x.round());
+            format!("p{}", format!("{percentile:.4}").trim_end_matches('0').trim_end_matches('.'))
+        })
         .draw()?;
     let colors = [RED, BLUE, GREEN, MAGENTA, CYAN, BLACK];
     for (index, (label, points)) in lines.into_iter().enumerate() {
