@@ -73,7 +73,7 @@ for round in $(seq 1 "$ROUNDS"); do
     for server in memcached corecache; do
         start_server "$server"
         # Load every key first, outside any measurement.
-        "$LOADGEN" run -s "127.0.0.1:$PORT" --cpus "$LOAD_CPU" $(workload_args text-p1) --prefill --requests 1 --warmup 0 \
+        "$LOADGEN" run -s "127.0.0.1:$PORT" --cpus "$LOAD_CPU" -c 20 --keys 100000 --value-size 32 --prefill --requests 1 --warmup 0 \
             >/dev/null 2>"$OUT/loadgen.log"
         for workload in "${WORKLOADS[@]}"; do
             if [ "$workload" = open-loop ] && [ -z "$RATE" ]; then
