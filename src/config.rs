@@ -71,6 +71,9 @@ pub struct Args {
     /// io_uring registered memory per core, with k/m suffix
     #[arg(long = "io-memory", default_value = "1m")]
     pub io_memory: String,
+    /// Serve Prometheus metrics over HTTP on this port (first -l address)
+    #[arg(long = "metrics-port")]
+    pub metrics_port: Option<u16>,
 }
 
 #[derive(Debug, Error, PartialEq)]
@@ -124,6 +127,7 @@ pub struct Config {
     pub verbose: u8,
     pub user: Option<String>,
     pub io_memory: usize,
+    pub metrics_port: Option<u16>,
     /// `-o` options that were not understood (warned at start).
     pub ignored_options: Vec<String>,
 }
@@ -136,6 +140,16 @@ impl Config {
     /// Each shard's share of `-m`.
     pub fn shard_memory(&self) -> usize {
         self.memory_limit / self.threads()
+    }
+
+    /// What the host check compares the machine with.
+    pub fn host_layout(&self) -> crate::host::Layout {
+        crate::host::Layout {
+            worker_cores: self.cores.clone(),
+            backlog: self.backlog,
+            max_connections: self.max_connections,
+            io_memory: self.io_memory,
+        }
     }
 
     /// Largest key + value a request may carry (`-I` less the item header).
@@ -295,6 +309,7 @@ impl Args {
             verbose: self.verbose,
             user: self.user.clone(),
             io_memory,
+            metrics_port: self.metrics_port,
             ignored_options,
         })
     }

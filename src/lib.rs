@@ -5,6 +5,8 @@
 //! ```text
 //! config.rs        command line (memcached's flags) -> validated Config
 //! hash.rs          the one key hasher: picks the shard, feeds the index
+//! host.rs          the host check (sysctls, IRQs, limits) for a core layout
+//! metrics.rs       Prometheus exposition of stats and latency (--metrics-port)
 //! request.rs       protocol-neutral requests (KeyOp) and answers (Outcome)
 //! protocol/        bytes <-> requests, one parser and one reply writer per
 //!                  protocol: text (+ meta commands) and binary
@@ -29,6 +31,8 @@
 
 pub mod config;
 pub mod hash;
+pub mod host;
+pub mod metrics;
 pub mod protocol;
 pub mod request;
 pub mod server;

@@ -4,7 +4,9 @@
 //! `send`: the seam where a direct io_uring path can replace glommio's
 //! socket later.
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::time::Instant;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -16,6 +18,10 @@ use super::session::{After, Parse, Session};
 use super::text_session::TextSession;
 use crate::protocol::binary::REQUEST_MAGIC;
 use crate::protocol::text::TextLimits;
+use crate::stats::{CommandLatency, LATENCY_COMMANDS};
+
+/// The latency slot of commands that are not key operations.
+const OTHER_COMMANDS: usize = LATENCY_COMMANDS.len() - 1;
 
 const READ_BUFFER: usize = 16 * 1024;
 /// Requests handled per batch before replies are sent.
@@ -83,23 +89,31 @@ struct Batch {
 }
 
 pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
+    let fd = stream.as_raw_fd();
+    core.connections.borrow_mut().insert(fd);
+    serve_until_closed(&core, &mut stream).await;
+    core.connections.borrow_mut().remove(&fd);
+    let _ = stream.close().await;
+}
+
+async fn serve_until_closed(core: &Rc<Core>, stream: &mut TcpStream) {
+    let core = core.clone();
     let reply_slot = ReplySlot::open(&core);
     let mut input = ReadBuffer::new();
-    if fill(&core, &mut input, &mut stream).await == 0 {
+    if fill(&core, &mut input, stream).await == 0 {
         return;
     }
     let max_payload = core.global.config.max_payload();
     let after = if input.unparsed()[0] == REQUEST_MAGIC {
-        serve_session(&core, &reply_slot, &BinarySession { max_payload }, &mut input, &mut stream).await
+        serve_session(&core, &reply_slot, &BinarySession { max_payload }, &mut input, stream).await
     } else {
         let limits = TextLimits { max_payload };
-        serve_session(&core, &reply_slot, &TextSession { limits }, &mut input, &mut stream).await
+        serve_session(&core, &reply_slot, &TextSession { limits }, &mut input, stream).await
     };
     if after == After::Shutdown {
         tracing::info!("shutdown requested by a client");
-        std::process::exit(0);
+        super::stop(&core.global);
     }
-    let _ = stream.close().await;
 }
 
 /// Reads into the buffer, counting bytes; 0 on end of stream or error.
@@ -163,6 +177,7 @@ async fn send(core: &Core, stream: &mut TcpStream, bytes: &[u8]) -> std::io::Res
 /// Parses up to MAX_STEPS requests from `buf`, executes them and writes
 /// their replies, in order, to `out`.
 async fn process<S: Session>(core: &Core, reply_slot: &ReplySlot, session: &S, buf: &[u8], out: &mut Vec<u8>) -> Batch {
+    let started = Instant::now();
     let mut steps = Vec::new();
     let mut batch = Batch {
         consumed: 0,
@@ -204,11 +219,14 @@ async fn process<S: Session>(core: &Core, reply_slot: &ReplySlot, session: &S, b
     while !rest.is_empty() {
         let run = rest.iter().position(S::is_barrier).unwrap_or(rest.len());
         if run > 0 {
-            execute_run::<S>(core, reply_slot, &rest[..run], out).await;
+            execute_run::<S>(core, reply_slot, &rest[..run], out, started).await;
             rest = &rest[run..];
             continue;
         }
         batch.after = session.barrier(core, reply_slot, &rest[0], out).await;
+        core.latency
+            .borrow_mut()
+            .record(OTHER_COMMANDS, started.elapsed().as_nanos() as u64);
         rest = &rest[1..];
         if batch.after != After::Continue {
             break;
@@ -219,7 +237,13 @@ async fn process<S: Session>(core: &Core, reply_slot: &ReplySlot, session: &S, b
 
 /// Routes the key operations of consecutive non-barrier steps as one batch
 /// and writes every step's replies in order.
-async fn execute_run<S: Session>(core: &Core, reply_slot: &ReplySlot, steps: &[S::Step<'_>], out: &mut Vec<u8>) {
+async fn execute_run<S: Session>(
+    core: &Core,
+    reply_slot: &ReplySlot,
+    steps: &[S::Step<'_>],
+    out: &mut Vec<u8>,
+    started: Instant,
+) {
     let mut ops = Vec::new();
     let counts: Vec<usize> = steps.iter().map(|step| S::key_ops(step, &mut ops)).collect();
     // Outcomes arrive in op order; step `current` owns the next `left` of them.
@@ -239,4 +263,10 @@ async fn execute_run<S: Session>(core: &Core, reply_slot: &ReplySlot, steps: &[S
         advance(out, &mut current, &mut left);
     })
     .await;
+    // One clock read per run: every op of the batch took this long.
+    let nanos = started.elapsed().as_nanos() as u64;
+    let mut latency = core.latency.borrow_mut();
+    for op in &ops {
+        latency.record(CommandLatency::command_of(op), nanos);
+    }
 }

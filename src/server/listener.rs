@@ -65,6 +65,8 @@ pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
+            // Stopping: the listener was shut down.
+            Err(_) if core.global.stopping.load(Ordering::Relaxed) => return,
             Err(error) => {
                 tracing::warn!("accept failed: {error}");
                 glommio::timer::sleep(std::time::Duration::from_millis(10)).await;

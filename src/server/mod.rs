@@ -12,11 +12,14 @@ pub mod session;
 pub mod text_session;
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::channels::channel_mesh::FullMesh;
@@ -24,6 +27,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use thiserror::Error;
 
 use crate::config::Config;
+use crate::stats::{CommandLatency, CoreReport};
 use crate::store::clock::CLOCK_START;
 use crate::store::{RelTime, Shard, ShardConfig};
 use router::{FromShard, Mesh, Pending, ToShard};
@@ -33,6 +37,11 @@ const MESH_CAPACITY: usize = 1024;
 /// The active expiry sweep: how often, and how many chunks per run.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 const SWEEP_BUDGET: usize = 10_000;
+/// Sweep ticks between two stats snapshots for the metrics endpoint.
+const PUBLISH_EVERY: u32 = 10;
+/// How often a core looks at the stop flag, and how long a stop may take.
+const STOP_POLL: Duration = Duration::from_millis(50);
+const STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -48,6 +57,11 @@ pub enum ServerError {
 /// change only on accept and close (never per request).
 pub struct Global {
     pub config: Config,
+    /// Set by SIGTERM/SIGINT (or `shutdown`): stop accepting, finish what
+    /// was read, close.
+    pub stopping: AtomicBool,
+    /// Each core's latest stats snapshot, for the metrics endpoint.
+    pub published: Mutex<Vec<Option<CoreReport>>>,
     pub started: Instant,
     pub started_unix: i64,
     pub curr_connections: AtomicUsize,
@@ -80,6 +94,9 @@ pub struct Core {
     pub pending: RefCell<Pending>,
     pub counters: CoreCounters,
     pub verbosity: Cell<u32>,
+    pub latency: RefCell<CommandLatency>,
+    /// Sockets of the open connections (shut for reading on stop).
+    pub connections: RefCell<HashSet<RawFd>>,
 }
 
 impl Core {
@@ -125,7 +142,14 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         curr_connections: AtomicUsize::new(0),
         total_connections: AtomicU64::new(0),
         rejected_connections: AtomicU64::new(0),
+        stopping: AtomicBool::new(false),
+        published: Mutex::new(vec![None; config.threads()]),
     });
+    watch_signals(global.clone())?;
+    if let Some(port) = config.metrics_port {
+        let address = SocketAddr::new(config.listen[0], port);
+        crate::metrics::serve(global.clone(), address).map_err(|source| ServerError::Bind { address, source })?;
+    }
     let cores = config.threads();
     let request_mesh = FullMesh::<ToShard>::full(cores, MESH_CAPACITY);
     let reply_mesh = FullMesh::<FromShard>::full(cores, MESH_CAPACITY);
@@ -135,7 +159,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let cpu = config.cores[index];
         let global = global.clone();
         let (request_mesh, reply_mesh) = (request_mesh.clone(), reply_mesh.clone());
-        let fds: Vec<i32> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
+        let fds: Vec<RawFd> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("core-{index}"))
             .io_memory(config.io_memory)
@@ -166,9 +190,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                     pending: RefCell::new(Pending::default()),
                     counters: CoreCounters::default(),
                     verbosity: Cell::new(0),
+                    latency: RefCell::new(CommandLatency::default()),
+                    connections: RefCell::new(HashSet::new()),
                 });
                 router::spawn_mesh_tasks(&core);
                 glommio::spawn_local(sweep(core.clone())).detach();
+                glommio::spawn_local(stop_when_asked(core.clone(), fds.clone())).detach();
                 let accepts: Vec<_> = fds
                     .into_iter()
                     // SAFETY: each fd was just bound for this core and is owned by nothing else.
@@ -180,6 +207,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                     .collect();
                 for accept in accepts {
                     accept.await;
+                }
+                // Stopping: let the connections answer what they have read.
+                let deadline = Instant::now() + STOP_DEADLINE;
+                while !core.connections.borrow().is_empty() && Instant::now() < deadline {
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
                 }
             })
             .map_err(|error| ServerError::Executor {
@@ -196,11 +228,71 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 }
 
 /// Active expiry: a bounded slice of the shard is swept on every tick.
+/// Every PUBLISH_EVERY ticks the core also publishes its stats snapshot.
 async fn sweep(core: Rc<Core>) {
+    let mut ticks = 0u32;
     loop {
         glommio::timer::sleep(SWEEP_INTERVAL).await;
         core.shard_now().sweep(SWEEP_BUDGET);
+        ticks += 1;
+        if ticks.is_multiple_of(PUBLISH_EVERY) && core.global.config.metrics_port.is_some() {
+            let report = CoreReport::of(&core);
+            core.global.published.lock().expect("snapshot lock")[core.id] = Some(report);
+        }
     }
+}
+
+/// On stop: shut the listeners (accepts end) and the read side of every
+/// connection (each answers the complete requests it has, then closes).
+async fn stop_when_asked(core: Rc<Core>, listeners: Vec<RawFd>) {
+    while !core.global.stopping.load(Ordering::Relaxed) {
+        glommio::timer::sleep(STOP_POLL).await;
+    }
+    // SAFETY: shutdown on descriptors this core owns; a closed one just fails.
+    unsafe {
+        for fd in listeners {
+            libc::shutdown(fd, libc::SHUT_RDWR);
+        }
+        for &fd in core.connections.borrow().iter() {
+            libc::shutdown(fd, libc::SHUT_RD);
+        }
+    }
+}
+
+/// SIGTERM and SIGINT start a graceful stop; the process exits 0 when the
+/// cores are done, or after STOP_DEADLINE whatever happens.
+fn watch_signals(global: Arc<Global>) -> Result<(), ServerError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]).map_err(|error| ServerError::Executor {
+        core: 0,
+        cpu: 0,
+        reason: format!("cannot install signal handlers: {error}"),
+    })?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                tracing::info!("stopping");
+                stop(&global);
+            }
+        })
+        .map(|_| ())
+        .map_err(|error| ServerError::Executor {
+            core: 0,
+            cpu: 0,
+            reason: error.to_string(),
+        })
+}
+
+/// Starts a graceful stop, bounded by STOP_DEADLINE.
+pub fn stop(global: &Global) {
+    if global.stopping.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    std::thread::spawn(|| {
+        std::thread::sleep(STOP_DEADLINE);
+        std::process::exit(0);
+    });
 }
 
 /// `-u`: when started as root, switch to this user (as memcached does).

@@ -34,17 +34,27 @@ impl Server {
     /// Starts corecache with `args` (plus port and loopback address) and
     /// waits until it accepts connections.
     pub fn start(args: &[&str]) -> Server {
+        Server::start_as(None, args)
+    }
+
+    /// Starts corecache as another user (uid), e.g. 65534 (nobody).
+    pub fn start_as(uid: Option<u32>, args: &[&str]) -> Server {
         // Another test may take the same free port first: then try another.
         for _ in 0..5 {
-            if let Some(server) = Server::try_start(free_port(), args) {
+            if let Some(server) = Server::try_start(free_port(), uid, args) {
                 return server;
             }
         }
         panic!("corecache did not start");
     }
 
-    fn try_start(port: u16, args: &[&str]) -> Option<Server> {
-        let child = Command::new(BINARY)
+    fn try_start(port: u16, uid: Option<u32>, args: &[&str]) -> Option<Server> {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(BINARY);
+        if let Some(uid) = uid {
+            command.uid(uid).gid(uid);
+        }
+        let child = command
             .args(["-p", &port.to_string(), "-l", "127.0.0.1"])
             .args(args)
             .stdout(Stdio::null())
@@ -66,6 +76,19 @@ impl Server {
 
     pub fn client(&self) -> Client {
         Client::connect(self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the server process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     /// Waits for the process to exit by itself.
