@@ -71,6 +71,10 @@ pub struct Args {
     /// io_uring registered memory per core, with k/m suffix
     #[arg(long = "io-memory", default_value = "1m")]
     pub io_memory: String,
+    /// CPU reserved for the replication core: validated, and never given to
+    /// a worker (replication itself is not served yet)
+    #[arg(long = "repl-core")]
+    pub repl_core: Option<usize>,
     /// Serve Prometheus metrics over HTTP on this port (first -l address)
     #[arg(long = "metrics-port")]
     pub metrics_port: Option<u16>,
@@ -100,6 +104,12 @@ pub enum ConfigError {
     CoreList(String),
     #[error("--cores {cpu}: CPU {cpu} is not available to this process")]
     CoreUnavailable { cpu: usize },
+    #[error("--repl-core {cpu}: CPU {cpu} is not available to this process")]
+    ReplCoreUnavailable { cpu: usize },
+    #[error("--repl-core {cpu} is also a worker core in --cores; give it a CPU of its own")]
+    ReplCoreOverlap { cpu: usize },
+    #[error("--repl-core {cpu} leaves no CPU for the workers")]
+    NoWorkerCpu { cpu: usize },
     #[error("--cores lists {cores} CPUs but -t asks for {threads} threads")]
     CoreCount { cores: usize, threads: usize },
     #[error("-l '{0}': not an IP address")]
@@ -128,6 +138,7 @@ pub struct Config {
     pub user: Option<String>,
     pub io_memory: usize,
     pub metrics_port: Option<u16>,
+    pub repl_core: Option<usize>,
     /// `-o` options that were not understood (warned at start).
     pub ignored_options: Vec<String>,
 }
@@ -236,9 +247,17 @@ impl Args {
         if self.max_connections == 0 {
             return Err(ConfigError::Connections(0));
         }
+        if let Some(cpu) = self.repl_core.filter(|cpu| !allowed.contains(cpu)) {
+            return Err(ConfigError::ReplCoreUnavailable { cpu });
+        }
+        // Workers never run on the replication core's CPU.
+        let worker_cpus: Vec<usize> = allowed.iter().copied().filter(|&cpu| Some(cpu) != self.repl_core).collect();
         let cores = match &self.cores {
             Some(list) => {
                 let cores = parse_cpu_list(list)?;
+                if let Some(cpu) = self.repl_core.filter(|cpu| cores.contains(cpu)) {
+                    return Err(ConfigError::ReplCoreOverlap { cpu });
+                }
                 if let Some(&cpu) = cores.iter().find(|cpu| !allowed.contains(cpu)) {
                     return Err(ConfigError::CoreUnavailable { cpu });
                 }
@@ -252,8 +271,13 @@ impl Args {
             }
             // More threads than CPUs: wrap around the allowed CPUs.
             None => {
-                let threads = self.threads.unwrap_or(allowed.len()).max(1);
-                (0..threads).map(|i| allowed[i % allowed.len()]).collect()
+                if worker_cpus.is_empty() {
+                    return Err(ConfigError::NoWorkerCpu {
+                        cpu: self.repl_core.unwrap_or(0),
+                    });
+                }
+                let threads = self.threads.unwrap_or(worker_cpus.len()).max(1);
+                (0..threads).map(|i| worker_cpus[i % worker_cpus.len()]).collect()
             }
         };
         let threads = cores.len();
@@ -310,6 +334,7 @@ impl Args {
             user: self.user.clone(),
             io_memory,
             metrics_port: self.metrics_port,
+            repl_core: self.repl_core,
             ignored_options,
         })
     }
@@ -386,6 +411,28 @@ mod tests {
         assert_eq!(args("-t 1").validate_with_cpus(&[0, 1]).unwrap().cores, vec![0]);
         assert_eq!(args("--cores 1").validate_with_cpus(&[0, 1]).unwrap().cores, vec![1]);
         assert_eq!(args("-t 3").validate_with_cpus(&[0, 1]).unwrap().cores, vec![0, 1, 0]);
+    }
+
+    #[test]
+    fn the_replication_core_is_kept_apart() {
+        let cpus = [0, 1, 2, 3];
+        assert_eq!(args("--repl-core 3").validate_with_cpus(&cpus).unwrap().cores, vec![0, 1, 2]);
+        assert_eq!(
+            args("--repl-core 0 -t 2").validate_with_cpus(&cpus).unwrap().cores,
+            vec![1, 2]
+        );
+        assert_eq!(
+            args("--repl-core 1 --cores 0-2").validate_with_cpus(&cpus).unwrap_err(),
+            ConfigError::ReplCoreOverlap { cpu: 1 }
+        );
+        assert_eq!(
+            args("--repl-core 9").validate_with_cpus(&cpus).unwrap_err(),
+            ConfigError::ReplCoreUnavailable { cpu: 9 }
+        );
+        assert_eq!(
+            args("--repl-core 0").validate_with_cpus(&[0]).unwrap_err(),
+            ConfigError::NoWorkerCpu { cpu: 0 }
+        );
     }
 
     #[test]

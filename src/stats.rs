@@ -227,6 +227,10 @@ pub fn settings(emit: &mut Emit<'_>, global: &Global, verbosity: u32) {
     let cores: Vec<String> = config.cores.iter().map(ToString::to_string).collect();
     emit("cores", &(cores.join(",")).to_string());
     emit("io_memory", &config.io_memory.to_string());
+    emit(
+        "repl_core",
+        &config.repl_core.map_or("none".to_string(), |cpu| cpu.to_string()),
+    );
 }
 
 /// `stats items`: one block per class that holds items.

@@ -215,6 +215,7 @@ fn bad_flags_fail_at_start_with_a_reason() {
         (&["-t", "0"], "thread count"),
         (&["-m", "1", "-t", "2"], "at least one 1 MiB page"),
         (&["--cores", "999"], "not available"),
+        (&["--cores", "0", "--repl-core", "0"], "also a worker core"),
         (&["-p", "notaport"], "invalid value"),
     ] {
         let (code, stderr) = start_failure(args);
