@@ -1,6 +1,7 @@
 //! Segmented LRU per slab class (memcached-new_lru.txt): new items enter
 //! HOT; HOT and WARM are capped shares of the class; their tails flow to
-//! COLD (or back to WARM when active). A hit only sets the ACTIVE bit,
+//! COLD (or back to WARM when active) when the class must evict, which is
+//! when the order matters (memcached juggles in a background thread). A hit only sets the ACTIVE bit,
 //! except in COLD, where it moves the item to WARM. Evictions take COLD's
 //! tail first. Links are u32 handles kept in the item headers.
 
@@ -10,8 +11,11 @@ use super::slab::Slab;
 /// Share of a class's items allowed in HOT and WARM (memcached's defaults).
 const HOT_PERCENT: usize = 20;
 const WARM_PERCENT: usize = 40;
-/// Tail moves per insert: bounds the work a single request does.
+/// Tail moves per eviction: bounds the work a single request does.
 const MAX_MOVES_PER_BALANCE: usize = 8;
+/// Moves allowed to find COLD an item when it is empty; past this the
+/// eviction takes WARM's or HOT's tail instead.
+const MAX_MOVES_TO_FILL_COLD: usize = 256;
 
 #[derive(Clone, Copy, Debug)]
 struct List {
@@ -115,24 +119,31 @@ impl Lru {
         }
     }
 
-    /// Moves tails out of HOT and WARM while they exceed their share.
+    /// Moves tails out of HOT and WARM while they exceed their share, and
+    /// until COLD has an item to give; called before an eviction, so the
+    /// COLD tail is the least valuable item. Bounded: at most
+    /// MAX_MOVES_TO_FILL_COLD moves.
     pub fn balance(&mut self, slab: &mut Slab, class: usize) {
         let total = self.class_len(class);
         let hot_limit = (total * HOT_PERCENT / 100).max(1);
         let warm_limit = (total * WARM_PERCENT / 100).max(1);
         let mut moves = 0;
-        while self.len(class, Segment::Hot) > hot_limit && moves < MAX_MOVES_PER_BALANCE {
-            let tail = self.lists[class][Segment::Hot as usize].tail;
+        loop {
+            let cold_empty = self.len(class, Segment::Cold) == 0;
+            let hot_over = self.len(class, Segment::Hot) > hot_limit;
+            let warm_over = self.len(class, Segment::Warm) > warm_limit;
+            let within_budget = moves < MAX_MOVES_PER_BALANCE;
+            let cold_empty = cold_empty && moves < MAX_MOVES_TO_FILL_COLD;
+            let source = if (hot_over && within_budget) || (cold_empty && self.len(class, Segment::Hot) > 0) {
+                Segment::Hot
+            } else if (warm_over && within_budget) || (cold_empty && self.len(class, Segment::Warm) > 0) {
+                Segment::Warm
+            } else {
+                return;
+            };
+            let tail = self.lists[class][source as usize].tail;
             let active = Item(slab.chunk(tail)).is_active();
-            // Active HOT items have earned WARM; the rest go to COLD.
-            let target = if active { Segment::Warm } else { Segment::Cold };
-            self.relink(slab, class, tail, target);
-            ItemMut(slab.chunk_mut(tail)).set_active(false);
-            moves += 1;
-        }
-        while self.len(class, Segment::Warm) > warm_limit && moves < MAX_MOVES_PER_BALANCE {
-            let tail = self.lists[class][Segment::Warm as usize].tail;
-            let active = Item(slab.chunk(tail)).is_active();
+            // Active tails have earned WARM; the rest go to COLD.
             let target = if active { Segment::Warm } else { Segment::Cold };
             self.relink(slab, class, tail, target);
             ItemMut(slab.chunk_mut(tail)).set_active(false);

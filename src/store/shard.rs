@@ -298,6 +298,10 @@ impl Shard {
             if !self.evictions {
                 break;
             }
+            // Segments only matter once something must go: the juggling
+            // between HOT, WARM and COLD happens here, under memory
+            // pressure, not on every store.
+            self.lru.balance(&mut self.slab, lru_class);
             if self.evict_from_class(lru_class, protect) {
                 continue;
             }
@@ -324,7 +328,6 @@ impl Shard {
         }
         let class = self.slab.class_of(handle);
         self.lru.link(&mut self.slab, class, Segment::Hot, handle);
-        self.lru.balance(&mut self.slab, class);
         self.bytes += Item(self.slab.chunk(handle)).total_size();
         self.counters.total_items += 1;
         self.class_counters[class].cmd_set += 1;

@@ -36,6 +36,8 @@ impl SlabClass {
 struct Page {
     memory: Box<[u8]>,
     class: u8,
+    /// The class's chunk size, kept here to save a lookup per access.
+    chunk_size: u32,
 }
 
 pub struct Slab {
@@ -140,6 +142,7 @@ impl Slab {
         self.pages[id as usize] = Some(Page {
             memory: vec![0u8; PAGE_SIZE].into_boxed_slice(),
             class: class as u8,
+            chunk_size: self.classes[class].chunk_size as u32,
         });
         self.used += PAGE_SIZE;
         let slab_class = &mut self.classes[class];
@@ -193,7 +196,7 @@ impl Slab {
                 .expect("live large item")
         } else {
             let page = self.pages[(handle >> CHUNK_INDEX_BITS) as usize].as_ref().expect("live page");
-            let size = self.classes[usize::from(page.class)].chunk_size;
+            let size = page.chunk_size as usize;
             let start = (handle & CHUNK_INDEX_MASK) as usize * size;
             &page.memory[start..start + size]
         }
@@ -206,7 +209,7 @@ impl Slab {
                 .expect("live large item")
         } else {
             let page = self.pages[(handle >> CHUNK_INDEX_BITS) as usize].as_mut().expect("live page");
-            let size = self.classes[usize::from(page.class)].chunk_size;
+            let size = page.chunk_size as usize;
             let start = (handle & CHUNK_INDEX_MASK) as usize * size;
             &mut page.memory[start..start + size]
         }
