@@ -26,6 +26,8 @@ pub struct GetOptions {
     pub no_bump: bool,
     /// The CAS of an item this read creates (mg E with N).
     pub new_cas: Option<u64>,
+    /// Look without touching anything, counters included (me).
+    pub peek: bool,
 }
 
 /// Options of a store (cas, binary CAS, meta set).

@@ -61,6 +61,13 @@ fn too_large_values_are_swallowed() {
     c.send(b"\r\nget big other\r\n");
     // memcached drops the old value of a set that failed.
     c.expect(&[value_block("other", 0, b"small"), b"END\r\n".to_vec()].concat());
+    // A too-large cas keeps the value (only set drops it).
+    c.roundtrip(
+        b"set keep 0 0 1\r\nk\r\ncas keep 0 0 5000 1\r\n",
+        b"STORED\r\nSERVER_ERROR object too large for cache\r\n",
+    );
+    c.send(&vec![b'z'; 5002]);
+    c.roundtrip(b"get keep\r\n", &[value_block("keep", 0, b"k"), b"END\r\n".to_vec()].concat());
     c.roundtrip(b"add big 0 0 2000 noreply\r\n", b"");
     c.send(&vec![b'z'; 2002]);
     c.roundtrip(b"get big\r\n", b"END\r\n");

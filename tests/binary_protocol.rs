@@ -189,6 +189,11 @@ fn touch_gat_flush_version_stat() {
     );
     c.send(&request(GAT, b"t", &100u32.to_be_bytes(), &[], 0, 3));
     assert_eq!(response(&mut c).value, b"v");
+    // Expirations are unsigned: 0xfffffffe is an absolute time far ahead.
+    c.send(&request(SET, b"far", &set_extras(0, 0xffff_fffe), b"v", 0, 9));
+    response(&mut c);
+    c.send(&request(GET, b"far", &[], &[], 0, 10));
+    assert_eq!(response(&mut c).status, 0, "not expired at once");
     c.send(&request(VERSION, b"", &[], &[], 0, 4));
     assert!(response(&mut c).value.starts_with(b"1.6"));
     c.send(&request(STAT, b"", &[], &[], 0, 5));

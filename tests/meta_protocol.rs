@@ -123,4 +123,31 @@ fn meta_errors_keep_the_connection() {
     c.roundtrip(b"ms k 2\r\nabc\r\n", b"CLIENT_ERROR bad data chunk\r\nERROR\r\n");
     c.roundtrip(b"mx k\r\n", b"ERROR\r\n");
     c.roundtrip(b"mn\r\n", b"MN\r\n");
+    // A refused ms swallows its data block: the value is never run.
+    c.roundtrip(b"ms victim 1\r\nx\r\n", b"HD\r\n");
+    c.roundtrip(
+        b"ms k 13 MZ\r\ndelete victim\r\nmn\r\n",
+        b"CLIENT_ERROR invalid mode for ms STORE\r\nMN\r\n",
+    );
+    c.roundtrip(b"mg victim v\r\n", b"VA 1\r\nx\r\n");
+    // Lengths that do not fit memcached's signed 32 bits are refused, not trusted.
+    c.roundtrip(
+        b"ms kk 18446744073709551614\r\nmn\r\n",
+        b"CLIENT_ERROR bad command line format\r\nMN\r\n",
+    );
+}
+
+#[test]
+fn meta_debug_changes_nothing() {
+    let server = server();
+    let mut c = server.client();
+    c.roundtrip(b"ms k 1\r\nx\r\nmd k I\r\n", b"HD\r\nHD\r\n");
+    c.send(b"me k\r\n");
+    assert!(c.line().starts_with("ME k exp=-1 "));
+    // The recache win is still there for a real reader.
+    c.roundtrip(b"mg k v\r\n", b"VA 1 X W\r\nx\r\n");
+    let get_hits = c.stat("get_hits");
+    c.send(b"me k\r\n");
+    c.line();
+    assert_eq!(c.stat("get_hits"), get_hits, "me is not a get");
 }

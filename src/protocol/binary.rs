@@ -175,10 +175,10 @@ fn u64_at(buf: &[u8], at: usize) -> u64 {
 /// Longest body of a request that carries no value.
 const MAX_BODY_WITHOUT_VALUE: usize = KEY_MAX_LENGTH + 32;
 
-/// binary exptimes are unsigned 32-bit; memcached reads them as signed
-/// (0xffffffff is "do not create" for incr/decr).
+/// Binary exptimes are unsigned 32-bit, as memcached reads them: large
+/// values are absolute times, never "already expired".
 fn exptime(raw: u32) -> i64 {
-    i64::from(raw as i32)
+    i64::from(raw)
 }
 
 /// Parses the request at the front of `buf`. `max_payload` is the largest

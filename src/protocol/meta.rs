@@ -171,6 +171,11 @@ pub enum MetaParsed<'a> {
     /// The line needs a data block that has not fully arrived (ms).
     NeedData,
     Error(&'static str),
+    /// An error in an ms line: reply, then discard the data block.
+    ErrorSwallow {
+        error: &'static str,
+        skip: usize,
+    },
     /// ms with a value over the limit: reply, then discard `skip` bytes.
     TooLarge {
         skip: usize,
@@ -203,8 +208,9 @@ pub fn parse<'a>(name: &[u8], line: &'a [u8], data: &'a [u8], max_payload: usize
         return MetaParsed::Error(super::text::BAD_FORMAT);
     };
     let datalen = if kind == MetaKind::Set {
-        match words.next().map(number::<usize>) {
-            Some(Ok(length)) => Some(length),
+        // A signed 32-bit length, as memcached reads it.
+        match words.next().map(number::<i32>) {
+            Some(Ok(length)) if length >= 0 => Some(length as usize),
             _ => return MetaParsed::Error(super::text::BAD_FORMAT),
         }
     } else {
@@ -217,7 +223,12 @@ pub fn parse<'a>(name: &[u8], line: &'a [u8], data: &'a [u8], max_payload: usize
     let flags_text = &line[flags_start..];
     match build(kind, raw_key, flags_text, datalen, data, max_payload) {
         Ok(parsed) => parsed,
-        Err(error) => MetaParsed::Error(error),
+        // Once the data length is known, an error still discards the data
+        // block, as memcached does: a value is never run as commands.
+        Err(error) => match datalen {
+            Some(length) => MetaParsed::ErrorSwallow { error, skip: length + 2 },
+            None => MetaParsed::Error(error),
+        },
     }
 }
 
@@ -249,6 +260,7 @@ fn build<'a>(
             recache_below: flags.number(b'R')?,
             no_bump: flags.has(b'u') || kind == MetaKind::Debug,
             new_cas,
+            peek: kind == MetaKind::Debug,
         }),
         MetaKind::Set => {
             let length = datalen.unwrap_or(0);
@@ -365,6 +377,7 @@ mod tests {
                 recache_below: Some(5),
                 no_bump: true,
                 new_cas: None,
+                peek: false,
             })
         );
         let base64 = command(b"mg Zm9v b k", b"");
@@ -475,5 +488,19 @@ mod tests {
         let long_key = format!("mg {}", "k".repeat(251));
         assert_eq!(error(long_key.as_bytes()), super::super::text::BAD_FORMAT);
         assert_eq!(error(b"ms foo bar"), super::super::text::BAD_FORMAT);
+        assert_eq!(error(b"ms foo -5"), super::super::text::BAD_FORMAT);
+        assert_eq!(error(b"ms kk 18446744073709551614"), super::super::text::BAD_FORMAT);
+        // Errors after the length swallow the data block.
+        assert!(matches!(
+            parse(b"ms", b"ms k 13 MZ", b"delete victim\r\n", 1 << 20),
+            MetaParsed::ErrorSwallow {
+                error: INVALID_MODE,
+                skip: 15
+            }
+        ));
+        assert!(matches!(
+            parse(b"ms", b"ms k 3 !", b"", 1 << 20),
+            MetaParsed::ErrorSwallow { skip: 5, .. }
+        ));
     }
 }

@@ -295,6 +295,13 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
             }
             MetaParsed::NeedData => Parsed::Incomplete,
             MetaParsed::Error(reply) => error(reply),
+            MetaParsed::ErrorSwallow { error, skip } => Parsed::Swallow {
+                reply: error,
+                consumed,
+                skip,
+                noreply: false,
+                stale_key: None,
+            },
             MetaParsed::TooLarge { skip } => Parsed::Swallow {
                 reply: TOO_LARGE,
                 consumed,
@@ -425,7 +432,8 @@ fn parse_store<'a>(
             consumed: line_len,
             skip: length + 2,
             noreply,
-            stale_key: (mode == StoreMode::Set).then_some(key),
+            // memcached drops the old value of a failed set (not of a cas).
+            stale_key: (mode == StoreMode::Set && !is_cas).then_some(key),
         };
     }
     let end = line_len + length + 2;

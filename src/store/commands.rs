@@ -40,6 +40,15 @@ impl Shard {
     }
 
     fn get(&mut self, hash: KeyHash, key: &[u8], options: GetOptions) -> Outcome<&[u8]> {
+        if options.peek {
+            return match self.found(hash, key) {
+                Some(handle) => Outcome::Hit {
+                    info: self.info(handle),
+                    value: Item(self.slab.chunk(handle)).value(),
+                },
+                None => Outcome::Miss,
+            };
+        }
         if options.touch.is_some() {
             self.counters.cmd_touch += 1;
         }
@@ -122,9 +131,9 @@ impl Shard {
     }
 
     /// memcached: a SET that cannot be stored must not leave the old value
-    /// behind ("stale data persisting in cache").
-    fn drop_stale_on_set_failure(&mut self, mode: StoreMode, hash: KeyHash, existing: Option<u32>) {
-        if let (StoreMode::Set, Some(handle)) = (mode, existing) {
+    /// behind ("stale data persisting in cache"); a compare-and-swap keeps it.
+    fn drop_stale_on_set_failure(&mut self, mode: StoreMode, options: &StoreOptions, hash: KeyHash, existing: Option<u32>) {
+        if let (StoreMode::Set, None, Some(handle)) = (mode, options.compare_cas, existing) {
             self.unlink(hash, handle);
         }
     }
@@ -191,7 +200,7 @@ impl Shard {
         let size = item_size(key.len(), old_len + value.len(), client_flags);
         if key.len() > KEY_MAX_LENGTH || size > self.item_size_max {
             self.counters.store_too_large += 1;
-            self.drop_stale_on_set_failure(mode, hash, existing);
+            self.drop_stale_on_set_failure(mode, &options, hash, existing);
             return Outcome::TooLarge;
         }
         let mut scratch = std::mem::take(&mut self.scratch);
@@ -217,7 +226,7 @@ impl Shard {
             }
             Err(OutOfMemory) => {
                 self.counters.store_no_memory += 1;
-                self.drop_stale_on_set_failure(mode, hash, existing);
+                self.drop_stale_on_set_failure(mode, &options, hash, existing);
                 Outcome::OutOfMemory
             }
         }
