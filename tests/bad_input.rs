@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use common::{Client, Server, start_failure, value_block};
@@ -238,4 +238,31 @@ fn a_second_server_on_the_same_port_is_refused() {
     let (code, stderr) = start_failure(&["-t", "2", "-l", "127.0.0.1", "-p", &port]);
     assert_ne!(code, 0);
     assert!(stderr.contains("cannot listen on 127.0.0.1"), "{stderr}");
+}
+
+#[test]
+fn a_huge_multi_get_streams_instead_of_buffering() {
+    let server = Server::start(&["-t", "1", "-m", "8"]);
+    let mut c = server.client();
+    let value = vec![b'v'; 64 * 1024];
+    c.send(format!("set big 0 0 {}\r\n", value.len()).as_bytes());
+    c.send(&value);
+    c.roundtrip(b"\r\n", b"STORED\r\n");
+    // 2000 hits of 64 KiB: a 128 MiB reply to one line.
+    let keys = vec!["big"; 2000].join(" ");
+    c.send(format!("get {keys}\r\n").as_bytes());
+    let block = value_block("big", 0, &value);
+    let mut received = vec![0u8; block.len()];
+    for _ in 0..2000 {
+        c.stream.read_exact(&mut received).unwrap();
+        assert!(received == block);
+    }
+    c.expect(b"END\r\n");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
+        .unwrap();
+    assert!(peak_kib < 96 * 1024, "server peaked at {peak_kib} KiB for a streamed reply");
 }

@@ -26,6 +26,11 @@ const OTHER_COMMANDS: usize = LATENCY_COMMANDS.len() - 1;
 const READ_BUFFER: usize = 16 * 1024;
 /// Requests handled per batch before replies are sent.
 const MAX_STEPS: usize = 256;
+/// Key operations routed together; a longer run (a huge multi-get) is
+/// routed in slices of this many.
+const OPS_PER_ROUTE: usize = 256;
+/// Replies gathered past this size are sent before the run goes on.
+const FLUSH_AT: usize = 4 << 20;
 
 /// The connection's input: bytes `start..end` of `data` are unparsed.
 struct ReadBuffer {
@@ -150,7 +155,7 @@ async fn serve_session<S: Session>(
             need_input = false;
             continue;
         }
-        let batch = process(core, reply_slot, session, input.unparsed(), &mut output).await;
+        let batch = process(core, reply_slot, session, input.unparsed(), &mut output, stream).await;
         input.consume(batch.consumed);
         swallow = batch.swallow;
         need_input = batch.need_input;
@@ -176,7 +181,14 @@ async fn send(core: &Core, stream: &mut TcpStream, bytes: &[u8]) -> std::io::Res
 
 /// Parses up to MAX_STEPS requests from `buf`, executes them and writes
 /// their replies, in order, to `out`.
-async fn process<S: Session>(core: &Core, reply_slot: &ReplySlot, session: &S, buf: &[u8], out: &mut Vec<u8>) -> Batch {
+async fn process<S: Session>(
+    core: &Core,
+    reply_slot: &ReplySlot,
+    session: &S,
+    buf: &[u8],
+    out: &mut Vec<u8>,
+    stream: &mut TcpStream,
+) -> Batch {
     let started = Instant::now();
     let mut steps = Vec::new();
     let mut batch = Batch {
@@ -219,7 +231,13 @@ async fn process<S: Session>(core: &Core, reply_slot: &ReplySlot, session: &S, b
     while !rest.is_empty() {
         let run = rest.iter().position(S::is_barrier).unwrap_or(rest.len());
         if run > 0 {
-            execute_run::<S>(core, reply_slot, &rest[..run], out, started).await;
+            if execute_run::<S>(core, reply_slot, &rest[..run], out, stream, started)
+                .await
+                .is_err()
+            {
+                batch.after = After::Close;
+                break;
+            }
             rest = &rest[run..];
             continue;
         }
@@ -242,8 +260,9 @@ async fn execute_run<S: Session>(
     reply_slot: &ReplySlot,
     steps: &[S::Step<'_>],
     out: &mut Vec<u8>,
+    stream: &mut TcpStream,
     started: Instant,
-) {
+) -> std::io::Result<()> {
     let mut ops = Vec::new();
     let counts: Vec<usize> = steps.iter().map(|step| S::key_ops(step, &mut ops)).collect();
     // Outcomes arrive in op order; step `current` owns the next `left` of them.
@@ -257,16 +276,26 @@ async fn execute_run<S: Session>(
         }
     };
     advance(out, &mut current, &mut left);
-    router::execute(core, reply_slot, &ops, |index, outcome| {
-        S::write_outcome(&steps[current], ops[index].key(), outcome, out);
-        left -= 1;
-        advance(out, &mut current, &mut left);
-    })
-    .await;
+    // Routed in slices so that a huge multi-get streams its replies instead
+    // of gathering them all in memory; a normal pipeline is one slice.
+    for (slice, slice_ops) in ops.chunks(OPS_PER_ROUTE).enumerate() {
+        let base = slice * OPS_PER_ROUTE;
+        router::execute(core, reply_slot, slice_ops, |index, outcome| {
+            S::write_outcome(&steps[current], ops[base + index].key(), outcome, out);
+            left -= 1;
+            advance(out, &mut current, &mut left);
+        })
+        .await;
+        if out.len() >= FLUSH_AT {
+            send(core, stream, out).await?;
+            out.clear();
+        }
+    }
     // One clock read per run: every op of the batch took this long.
     let nanos = started.elapsed().as_nanos() as u64;
     let mut latency = core.latency.borrow_mut();
     for op in &ops {
         latency.record(CommandLatency::command_of(op), nanos);
     }
+    Ok(())
 }
