@@ -64,24 +64,14 @@ pub fn run(plan: &Plan, progress: Arc<Progress>) -> std::io::Result<(Recorder, R
         measure_from + plan.duration
     };
     let timeline = Timeline { measure_from, until };
-    let threads: Vec<_> = plan
-        .cpus
-        .iter()
-        .enumerate()
-        .map(|(thread, &cpu)| {
-            let plan = plan.clone();
-            let progress = progress.clone();
-            LocalExecutorBuilder::new(Placement::Fixed(cpu))
-                .io_memory(IO_MEMORY)
-                .name(&format!("load-{thread}"))
-                .spawn(move || async move { load_thread(&plan, thread, timeline, progress).await })
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        })
-        .collect::<Result<_, _>>()?;
+    let shared = progress.clone();
+    let recorders = on_each_cpu(plan, move |plan, thread| {
+        let progress = shared.clone();
+        async move { load_thread(&plan, thread, timeline, progress).await }
+    })?;
     let mut total = Recorder::default();
-    for thread in threads {
-        let recorder = thread.join().map_err(|e| std::io::Error::other(e.to_string()))?;
-        total.merge(&recorder);
+    for recorder in &recorders {
+        total.merge(recorder);
     }
     let ended = Instant::now();
     progress.done.store(true, Ordering::Relaxed);
@@ -400,38 +390,49 @@ fn may_send_later(plan: &Plan, progress: &Progress) -> bool {
         .is_none_or(|limit| progress.measured_sent.load(Ordering::Relaxed) < limit)
 }
 
-/// Stores every key once (and seeds counters), closed loop, unmeasured.
-fn prefill(plan: &Plan) -> std::io::Result<()> {
+/// Runs `work` on one pinned glommio executor per load CPU (thread index
+/// given) and collects what each returns.
+fn on_each_cpu<T, F, Fut>(plan: &Plan, work: F) -> std::io::Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(Plan, usize) -> Fut + Send + Clone + 'static,
+    Fut: std::future::Future<Output = T> + 'static,
+{
     let threads: Vec<_> = plan
         .cpus
         .iter()
         .enumerate()
         .map(|(thread, &cpu)| {
-            let plan = plan.clone();
+            let (plan, work) = (plan.clone(), work.clone());
             LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .io_memory(IO_MEMORY)
-                .spawn(move || async move {
-                    let tasks: Vec<_> = (0..plan.connections)
-                        .map(|index| {
-                            let plan = plan.clone();
-                            glommio::spawn_local(
-                                async move { prefill_connection(&plan, thread * plan.connections + index).await },
-                            )
-                        })
-                        .collect();
-                    let mut result = Ok(());
-                    for task in tasks {
-                        result = result.and(task.await);
-                    }
-                    result
-                })
+                .name(&format!("load-{thread}"))
+                .spawn(move || work(plan, thread))
                 .map_err(|e| std::io::Error::other(e.to_string()))
         })
         .collect::<Result<_, _>>()?;
-    for thread in threads {
-        thread.join().map_err(|e| std::io::Error::other(e.to_string()))??;
-    }
-    Ok(())
+    threads
+        .into_iter()
+        .map(|thread| thread.join().map_err(|e| std::io::Error::other(e.to_string())))
+        .collect()
+}
+
+/// Stores every key once (and seeds counters), closed loop, unmeasured.
+fn prefill(plan: &Plan) -> std::io::Result<()> {
+    let results = on_each_cpu(plan, |plan, thread| async move {
+        let tasks: Vec<_> = (0..plan.connections)
+            .map(|index| {
+                let plan = plan.clone();
+                glommio::spawn_local(async move { prefill_connection(&plan, thread * plan.connections + index).await })
+            })
+            .collect();
+        let mut result = Ok(());
+        for task in tasks {
+            result = result.and(task.await);
+        }
+        result
+    })?;
+    results.into_iter().collect()
 }
 
 async fn prefill_connection(plan: &Plan, connection: usize) -> std::io::Result<()> {
