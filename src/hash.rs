@@ -62,8 +62,9 @@ mod tests {
 
     #[test]
     fn hash_is_fixed_across_builds() {
-        // Replicas on other hosts depend on this value never changing.
-        assert_eq!(KeyHash::of(b"foo").0, xxh3_64_with_seed(b"foo", SEED));
-        assert_eq!(KeyHash::of(b"").shard(1), 0);
+        // Hosts route by this value: it must never change (seed or algorithm).
+        assert_eq!(KeyHash::of(b"foo").0, 4_806_623_798_004_299_296);
+        assert_eq!(KeyHash::of(b"memtier-1").0, 13_145_055_501_827_335_257);
+        assert_eq!(KeyHash::of(b"foo").shard(2), (4_806_623_798_004_299_296u64 >> 63) as usize);
     }
 }
