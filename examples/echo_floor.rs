@@ -29,7 +29,9 @@ fn main() {
                     let mut out = Vec::new();
                     let mut skip_data_line = false;
                     loop {
-                        let Ok(read) = stream.read(&mut input[filled..]).await else { return };
+                        let Ok(read) = stream.read(&mut input[filled..]).await else {
+                            return;
+                        };
                         if read == 0 {
                             return;
                         }

@@ -303,3 +303,43 @@ fn quit_closes_and_version_answers() {
         assert!(c.is_closed());
     }
 }
+
+#[test]
+fn metadump_lists_every_key_of_every_shard() {
+    for server in servers(&[]) {
+        let mut c = server.client();
+        for i in 0..50 {
+            c.roundtrip(format!("set dump/{i} 0 100 1\r\nx\r\n").as_bytes(), b"STORED\r\n");
+        }
+        c.roundtrip(b"set forever 0 0 1\r\nx\r\ndelete dump/0\r\n", b"STORED\r\nDELETED\r\n");
+        c.send(b"lru_crawler metadump all\r\n");
+        let mut keys = Vec::new();
+        loop {
+            let line = c.line_lf();
+            if line == "END" {
+                break;
+            }
+            let fields: Vec<&str> = line.split(' ').collect();
+            assert!(
+                fields[0].starts_with("key=") && fields[1].starts_with("exp=") && fields[2].starts_with("la="),
+                "{line}"
+            );
+            assert!(
+                fields[3].starts_with("cas=")
+                    && fields[4] == "fetch=no"
+                    && fields[5] == "cls=1"
+                    && fields[6].starts_with("size=")
+            );
+            if fields[0] == "key=forever" {
+                assert_eq!(fields[1], "exp=-1");
+            }
+            keys.push(fields[0][4..].to_string());
+        }
+        keys.sort();
+        let mut expected: Vec<String> = (1..50).map(|i| format!("dump%2F{i}")).collect();
+        expected.push("forever".into());
+        expected.sort();
+        assert_eq!(keys, expected);
+        c.roundtrip(b"lru_crawler crawl all\r\n", b"ERROR\r\n");
+    }
+}

@@ -49,6 +49,10 @@ pub enum Command<'a> {
     Meta(MetaCommand<'a>),
     /// mn: answers MN once everything before it has been answered.
     MetaNoop,
+    /// `lru_crawler metadump all|<class ids>`: classes None means all.
+    Metadump {
+        classes: Option<Vec<usize>>,
+    },
 }
 
 impl<'a> Command<'a> {
@@ -316,6 +320,25 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
             },
         },
         b"mn" => command(Command::MetaNoop),
+        b"lru_crawler" => match (tokens.count, tokens.get(1)) {
+            (3, b"metadump") => {
+                let which = tokens.get(2);
+                if which == b"all" {
+                    command(Command::Metadump { classes: None })
+                } else {
+                    let classes: Option<Vec<usize>> = which
+                        .split(|&b| b == b',')
+                        .map(|id| std::str::from_utf8(id).ok()?.parse().ok())
+                        .collect();
+                    match classes {
+                        Some(classes) => command(Command::Metadump { classes: Some(classes) }),
+                        None => error(BAD_FORMAT),
+                    }
+                }
+            }
+            // Other crawler controls are not served: the sweep runs by itself.
+            _ => error(ERROR),
+        },
         b"quit" => command(Command::Quit),
         b"shutdown" => command(Command::Shutdown),
         _ => error(ERROR),
@@ -672,6 +695,14 @@ mod tests {
         assert_eq!(command(b"stats  slabs \r\n"), Command::Stats { group: b"slabs" });
         assert_eq!(command(b"quit\r\n"), Command::Quit);
         assert_eq!(command(b"shutdown\r\n"), Command::Shutdown);
+        assert_eq!(command(b"lru_crawler metadump all\r\n"), Command::Metadump { classes: None });
+        assert_eq!(
+            command(b"lru_crawler metadump 1,3\r\n"),
+            Command::Metadump {
+                classes: Some(vec![1, 3])
+            }
+        );
+        assert_eq!(error(b"lru_crawler metadump x\r\n"), BAD_FORMAT);
         assert_eq!(error(b"bogus\r\n"), ERROR);
         assert_eq!(error(b"\r\n"), ERROR);
     }

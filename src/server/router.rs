@@ -35,19 +35,28 @@ pub enum ToShard {
         slot: u32,
         level: u32,
     },
+    /// `lru_crawler metadump`: the classes asked for (None: all).
+    Metadump {
+        slot: u32,
+        classes: Option<Vec<usize>>,
+    },
 }
 
 /// The owning core's answer.
 pub enum FromShard {
     Outcomes { slot: u32, outcomes: Vec<Outcome<Vec<u8>>> },
     Report { slot: u32, report: Box<CoreReport> },
+    Dump { slot: u32, lines: Vec<u8> },
     Done { slot: u32 },
 }
 
 impl FromShard {
     fn slot(&self) -> u32 {
         match *self {
-            FromShard::Outcomes { slot, .. } | FromShard::Report { slot, .. } | FromShard::Done { slot } => slot,
+            FromShard::Outcomes { slot, .. }
+            | FromShard::Report { slot, .. }
+            | FromShard::Dump { slot, .. }
+            | FromShard::Done { slot } => slot,
         }
     }
 }
@@ -219,6 +228,31 @@ fn serve_request(core: &Core, request: ToShard) -> FromShard {
         ToShard::Verbosity { slot, level } => {
             core.verbosity.set(level);
             FromShard::Done { slot }
+        }
+        ToShard::Metadump { slot, classes } => {
+            let mut lines = Vec::new();
+            dump_local(core, classes.as_deref(), &mut lines);
+            FromShard::Dump { slot, lines }
+        }
+    }
+}
+
+fn dump_local(core: &Core, classes: Option<&[usize]>, out: &mut Vec<u8>) {
+    core.shard_now()
+        .metadump(|class| classes.is_none_or(|wanted| wanted.contains(&class)), out);
+}
+
+/// Every shard's metadump lines, this core's first.
+pub async fn metadump(core: &Core, reply_slot: &ReplySlot, classes: Option<Vec<usize>>, out: &mut Vec<u8>) {
+    dump_local(core, classes.as_deref(), out);
+    let replies = broadcast(core, reply_slot, |slot| ToShard::Metadump {
+        slot,
+        classes: classes.clone(),
+    })
+    .await;
+    for reply in replies {
+        if let FromShard::Dump { lines, .. } = reply {
+            out.extend_from_slice(&lines);
         }
     }
 }

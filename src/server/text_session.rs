@@ -171,6 +171,10 @@ impl Session for TextSession {
                     text_reply::line(out, text::ERROR);
                 }
             }
+            Command::Metadump { ref classes } => {
+                router::metadump(core, reply_slot, classes.clone(), out).await;
+                text_reply::end(out);
+            }
             Command::Quit => return After::Close,
             Command::Shutdown => {
                 if config.shutdown_enabled {

@@ -412,6 +412,39 @@ impl Shard {
         freed
     }
 
+    /// `lru_crawler metadump`: one line per live item, as memcached prints
+    /// it (`key=<uri-encoded> exp=<unix or -1> la=<unix> cas= fetch= cls= size=`),
+    /// for the classes `wanted` accepts (1-based ids).
+    pub fn metadump(&self, wanted: impl Fn(usize) -> bool, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let mut cursor = 0;
+        let unix_of = |rel: RelTime| self.clock.unix_now() - i64::from(self.clock.now) + i64::from(rel);
+        while let Some(handle) = self.slab.sweep_next(&mut cursor) {
+            let item = Item(self.slab.chunk(handle));
+            let class = self.slab.class_of(handle) + 1;
+            if !item.is_linked() || self.is_dead(handle) || !wanted(class) {
+                continue;
+            }
+            out.extend_from_slice(b"key=");
+            for &byte in item.key() {
+                if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                    out.push(byte);
+                } else {
+                    let _ = write!(out, "%{byte:02X}");
+                }
+            }
+            let expiry = if item.expiry() == 0 { -1 } else { unix_of(item.expiry()) };
+            let fetched = if item.was_fetched() { "yes" } else { "no" };
+            let _ = writeln!(
+                out,
+                " exp={expiry} la={} cas={} fetch={fetched} cls={class} size={}",
+                unix_of(item.last_access()),
+                item.cas(),
+                item.total_size()
+            );
+        }
+    }
+
     pub fn reset_counters(&mut self) {
         self.counters = ShardCounters::default();
         self.class_counters.iter_mut().for_each(|c| *c = ClassCounters::default());

@@ -151,17 +151,28 @@ impl Client {
         self.expect(expected);
     }
 
-    /// Reads one line, without its "\r\n".
-    pub fn line(&mut self) -> String {
+    /// The bytes of one line, up to (not including) its "\n".
+    fn line_bytes(&mut self) -> Vec<u8> {
         let mut line = Vec::new();
         let mut byte = [0u8];
         loop {
             self.stream.read_exact(&mut byte).expect("read line");
             if byte[0] == b'\n' {
-                break;
+                return line;
             }
             line.push(byte[0]);
         }
+    }
+
+    /// Reads one line ending in "\n" (metadump's lines have no "\r").
+    pub fn line_lf(&mut self) -> String {
+        let line = self.line_bytes();
+        String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(&line)).into_owned()
+    }
+
+    /// Reads one line, without its "\r\n".
+    pub fn line(&mut self) -> String {
+        let mut line = self.line_bytes();
         assert_eq!(line.pop(), Some(b'\r'), "line ends with CRLF");
         String::from_utf8_lossy(&line).into_owned()
     }
