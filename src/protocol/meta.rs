@@ -127,40 +127,52 @@ fn number<T: std::str::FromStr>(token: &[u8]) -> Result<T, &'static str> {
 
 /// The parsed flags of one meta command.
 struct Flags<'a> {
-    seen: [bool; 128],
-    tokens: [Option<&'a [u8]>; 128],
+    /// Bit n set: flag byte n was given.
+    seen: u128,
+    /// The tokens of the flags that take one, in TOKEN_FLAGS order.
+    tokens: [Option<&'a [u8]>; TOKEN_FLAGS.len()],
 }
+
+/// Flags whose token the parser reads (O is echoed from the raw text).
+const TOKEN_FLAGS: [u8; 9] = *b"CEFNRTMJD";
 
 impl<'a> Flags<'a> {
     fn parse(flags: &'a [u8], kind: MetaKind) -> Result<Flags<'a>, &'static str> {
         let mut parsed = Flags {
-            seen: [false; 128],
-            tokens: [None; 128],
+            seen: 0,
+            tokens: [None; TOKEN_FLAGS.len()],
         };
         for token in flag_tokens(flags) {
             let flag = token[0];
             if !flag.is_ascii() || !allowed(kind).contains(&flag) {
                 return Err(INVALID_FLAG);
             }
-            if parsed.seen[usize::from(flag)] {
+            let bit = 1u128 << flag;
+            if parsed.seen & bit != 0 {
                 return Err(DUPLICATE_FLAG);
             }
             if flag == b'O' && token.len() - 1 > MAX_OPAQUE {
                 return Err(OPAQUE_TOO_LONG);
             }
-            parsed.seen[usize::from(flag)] = true;
-            parsed.tokens[usize::from(flag)] = Some(&token[1..]);
+            parsed.seen |= bit;
+            if let Some(slot) = TOKEN_FLAGS.iter().position(|&f| f == flag) {
+                parsed.tokens[slot] = Some(&token[1..]);
+            }
         }
         Ok(parsed)
     }
 
     fn has(&self, flag: u8) -> bool {
-        self.seen[usize::from(flag)]
+        self.seen & (1u128 << flag) != 0
+    }
+
+    fn token(&self, flag: u8) -> Option<&'a [u8]> {
+        self.tokens[TOKEN_FLAGS.iter().position(|&f| f == flag).expect("a token flag")]
     }
 
     /// The numeric token of a flag, if the flag was given.
     fn number<T: std::str::FromStr>(&self, flag: u8) -> Result<Option<T>, &'static str> {
-        self.tokens[usize::from(flag)].map(number).transpose()
+        self.token(flag).map(number).transpose()
     }
 }
 
@@ -273,7 +285,7 @@ fn build<'a>(
             if &data[length..length + 2] != b"\r\n" {
                 return Ok(MetaParsed::BadDataChunk { data_end: length + 2 });
             }
-            let mode = match flags.tokens[usize::from(b'M')] {
+            let mode = match flags.token(b'M') {
                 None => StoreMode::Set,
                 Some(token) => match token.first().map(u8::to_ascii_uppercase) {
                     Some(b'S') => StoreMode::Set,
@@ -305,7 +317,7 @@ fn build<'a>(
             new_cas,
         }),
         MetaKind::Arith => {
-            let incr = match flags.tokens[usize::from(b'M')] {
+            let incr = match flags.token(b'M') {
                 None => true,
                 Some(token) => match token.first().map(u8::to_ascii_uppercase) {
                     Some(b'I' | b'+') => true,
