@@ -268,10 +268,18 @@ fn reset_local_stats(core: &Core) {
 /// with every outcome in the order of `ops`. Remote operations go out as
 /// one message per owning core; local ones run on this core's shard.
 pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], mut each: impl FnMut(usize, &Outcome<&[u8]>)) {
+    let Some(mesh) = &core.mesh else {
+        // One core: everything is local, nothing to gather.
+        let mut shard = core.shard_now();
+        for (index, op) in ops.iter().enumerate() {
+            each(index, &shard.execute(KeyHash::of(op.key()), op));
+        }
+        return;
+    };
     let hashes: Vec<KeyHash> = ops.iter().map(|op| KeyHash::of(op.key())).collect();
     // Outcomes from each other core, in the order their ops were sent.
     let mut remote: Vec<std::vec::IntoIter<Outcome<Vec<u8>>>> = (0..core.cores).map(|_| Vec::new().into_iter()).collect();
-    if let Some(mesh) = &core.mesh {
+    {
         let mut batches: Vec<Vec<(KeyHash, KeyOp<Vec<u8>>)>> = (0..core.cores).map(|_| Vec::new()).collect();
         for (op, hash) in ops.iter().zip(&hashes) {
             let owner = hash.shard(core.cores);
