@@ -217,10 +217,15 @@ fn touch_gat_flush_version_stat() {
 fn oversized_values_and_bad_frames() {
     let server = server();
     let mut c = server.client();
-    // Over -I 1k: "too large", the body is swallowed, the connection lives.
+    // Over -I 1k: "too large", the body is swallowed, the connection lives,
+    // and (as memcached) the old value of a refused SET is gone.
+    c.send(&request(SET, b"big", &set_extras(0, 0), b"old", 0, 0));
+    response(&mut c);
     c.send(&request(SET, b"big", &set_extras(0, 0), &vec![b'x'; 5000], 0, 1));
     let too_large = response(&mut c);
     assert_eq!((too_large.status, too_large.opaque), (TOO_LARGE, 1));
+    c.send(&request(GET, b"big", &[], &[], 0, 11));
+    assert_eq!(response(&mut c).status, NOT_FOUND);
     c.send(&request(NOOP, b"", &[], &[], 0, 2));
     assert_eq!(response(&mut c).opcode, NOOP);
     // Unknown opcode: answered, connection lives.

@@ -151,3 +151,20 @@ fn meta_debug_changes_nothing() {
     c.line();
     assert_eq!(c.stat("get_hits"), get_hits, "me is not a get");
 }
+
+#[test]
+fn a_refused_meta_set_drops_the_old_value() {
+    let server = Server::start(&["-t", "2", "-I", "1k"]);
+    let mut c = server.client();
+    c.roundtrip(b"ms k 3\r\nold\r\nms keep 3\r\nold\r\n", b"HD\r\nHD\r\n");
+    c.send(b"ms k 5000 T0\r\n");
+    c.send(&vec![b'x'; 5002]);
+    c.roundtrip(b"mg k v\r\n", b"SERVER_ERROR object too large for cache\r\nEN\r\n");
+    // Append mode keeps it.
+    c.send(b"ms keep 5000 MA\r\n");
+    c.send(&vec![b'x'; 5002]);
+    c.roundtrip(
+        b"mg keep v\r\n",
+        b"SERVER_ERROR object too large for cache\r\nVA 3\r\nold\r\n",
+    );
+}

@@ -152,6 +152,8 @@ pub enum Parsed<'a> {
         status: Status,
         consumed: usize,
         skip: usize,
+        /// A refused SET's key: memcached drops the old value.
+        stale_key: Option<&'a [u8]>,
     },
     /// A frame that cannot be trusted: answer (when there is a frame) and close.
     Close {
@@ -247,12 +249,19 @@ pub fn parse(buf: &[u8], max_payload: usize) -> Parsed<'_> {
         } else {
             Status::UnknownCommand
         };
+        let is_set = matches!(frame.opcode, SET | SETQ);
+        let key_end = HEADER_LEN + extras_len + key_len;
+        // A refused SET needs its key (a bounded wait: at most 250 bytes).
+        if is_set && buf.len() < key_end {
+            return Parsed::Incomplete;
+        }
         let available = buf.len().min(HEADER_LEN + body_len);
         return Parsed::Error {
             frame,
             status,
             consumed: available,
             skip: HEADER_LEN + body_len - available,
+            stale_key: (known && is_set).then(|| &buf[HEADER_LEN + extras_len..key_end]),
         };
     }
     if !is_store && body_len > MAX_BODY_WITHOUT_VALUE {
@@ -509,14 +518,20 @@ mod tests {
         let big = request(SET, b"k", &[0; 8], &[0; 100], 0);
         assert_eq!(
             parse(&big[..30], 50),
+            Parsed::Incomplete,
+            "waits for the key of a refused SET"
+        );
+        assert_eq!(
+            parse(&big[..40], 50),
             Parsed::Error {
                 frame: Frame {
                     opcode: SET,
                     opaque: u32::from_ne_bytes([0xde, 0xad, 0xbe, 0xef])
                 },
                 status: Status::ValueTooLarge,
-                consumed: 30,
-                skip: big.len() - 30,
+                consumed: 40,
+                skip: big.len() - 40,
+                stale_key: Some(b"k"),
             }
         );
         // Unknown opcodes are answered and skipped.

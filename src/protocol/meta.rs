@@ -191,6 +191,7 @@ pub enum MetaParsed<'a> {
     /// ms with a value over the limit: reply, then discard `skip` bytes.
     TooLarge {
         skip: usize,
+        stale_key: Option<&'a [u8]>,
     },
     /// ms whose data block does not end in "\r\n".
     BadDataChunk {
@@ -276,15 +277,6 @@ fn build<'a>(
         }),
         MetaKind::Set => {
             let length = datalen.unwrap_or(0);
-            if key.len() + length > max_payload {
-                return Ok(MetaParsed::TooLarge { skip: length + 2 });
-            }
-            if data.len() < length + 2 {
-                return Ok(MetaParsed::NeedData);
-            }
-            if &data[length..length + 2] != b"\r\n" {
-                return Ok(MetaParsed::BadDataChunk { data_end: length + 2 });
-            }
             let mode = match flags.token(b'M') {
                 None => StoreMode::Set,
                 Some(token) => match token.first().map(u8::to_ascii_uppercase) {
@@ -296,6 +288,21 @@ fn build<'a>(
                     _ => return Err(INVALID_MODE),
                 },
             };
+            if key.len() + length > max_payload {
+                // As memcached: a refused set drops the old value (not a
+                // compare-and-swap; base64 keys keep it, see the README).
+                let drops_old = mode == StoreMode::Set && compare_cas.is_none() && !base64;
+                return Ok(MetaParsed::TooLarge {
+                    skip: length + 2,
+                    stale_key: drops_old.then_some(raw_key),
+                });
+            }
+            if data.len() < length + 2 {
+                return Ok(MetaParsed::NeedData);
+            }
+            if &data[length..length + 2] != b"\r\n" {
+                return Ok(MetaParsed::BadDataChunk { data_end: length + 2 });
+            }
             MetaOp::Set {
                 mode,
                 client_flags: flags.number(b'F')?.unwrap_or(0),
@@ -445,7 +452,10 @@ mod tests {
         ));
         assert!(matches!(
             parse(b"ms", b"ms k 5000", b"", 100),
-            MetaParsed::TooLarge { skip: 5002 }
+            MetaParsed::TooLarge {
+                skip: 5002,
+                stale_key: Some(b"k")
+            }
         ));
     }
 

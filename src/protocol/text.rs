@@ -306,12 +306,12 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
                 noreply: false,
                 stale_key: None,
             },
-            MetaParsed::TooLarge { skip } => Parsed::Swallow {
+            MetaParsed::TooLarge { skip, stale_key } => Parsed::Swallow {
                 reply: TOO_LARGE,
                 consumed,
                 skip,
                 noreply: false,
-                stale_key: None,
+                stale_key,
             },
             MetaParsed::BadDataChunk { data_end } => Parsed::Error {
                 reply: BAD_DATA_CHUNK,

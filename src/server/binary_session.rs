@@ -5,13 +5,23 @@ use super::router::{self, ReplySlot};
 use super::session::{After, Parse, Session};
 use crate::protocol::binary::{self, Command, Frame, Parsed, Status};
 use crate::protocol::binary_reply;
-use crate::request::{KeyOp, Outcome};
+use crate::request::{DeleteOptions, KeyOp, Outcome};
 use crate::stats;
 
 pub enum Step<'a> {
-    Request { frame: Frame, command: Command<'a> },
-    Error { frame: Frame, status: Status },
-    Close { frame: Option<Frame>, status: Status },
+    Request {
+        frame: Frame,
+        command: Command<'a>,
+    },
+    Error {
+        frame: Frame,
+        status: Status,
+        stale_key: Option<&'a [u8]>,
+    },
+    Close {
+        frame: Option<Frame>,
+        status: Status,
+    },
 }
 
 pub struct BinarySession {
@@ -39,8 +49,13 @@ impl Session for BinarySession {
                 status,
                 consumed,
                 skip,
+                stale_key,
             } => Parse::Swallow {
-                step: Step::Error { frame, status },
+                step: Step::Error {
+                    frame,
+                    status,
+                    stale_key,
+                },
                 consumed,
                 skip,
             },
@@ -69,6 +84,16 @@ impl Session for BinarySession {
                 ops.push(op.clone());
                 1
             }
+            // A SET whose value was refused drops the old value, as memcached.
+            Step::Error {
+                stale_key: Some(key), ..
+            } => {
+                ops.push(KeyOp::Delete {
+                    key,
+                    options: DeleteOptions::default(),
+                });
+                1
+            }
             _ => 0,
         }
     }
@@ -80,7 +105,7 @@ impl Session for BinarySession {
     }
 
     fn finish(step: &Step<'_>, out: &mut Vec<u8>) {
-        if let Step::Error { frame, status } = step {
+        if let Step::Error { frame, status, .. } = step {
             binary_reply::error(out, *frame, *status);
         }
     }
