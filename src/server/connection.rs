@@ -101,19 +101,19 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     let _ = stream.close().await;
 }
 
+/// Serves until the client leaves (or asks for a shutdown).
 async fn serve_until_closed(core: &Rc<Core>, stream: &mut TcpStream) {
-    let core = core.clone();
-    let reply_slot = ReplySlot::open(&core);
+    let reply_slot = ReplySlot::open(core);
     let mut input = ReadBuffer::new();
-    if fill(&core, &mut input, stream).await == 0 {
+    if fill(core, &mut input, stream).await == 0 {
         return;
     }
     let max_payload = core.global.config.max_payload();
     let after = if input.unparsed()[0] == REQUEST_MAGIC {
-        serve_session(&core, &reply_slot, &BinarySession { max_payload }, &mut input, stream).await
+        serve_session(core, &reply_slot, &BinarySession { max_payload }, &mut input, stream).await
     } else {
         let limits = TextLimits { max_payload };
-        serve_session(&core, &reply_slot, &TextSession { limits }, &mut input, stream).await
+        serve_session(core, &reply_slot, &TextSession { limits }, &mut input, stream).await
     };
     if after == After::Shutdown {
         tracing::info!("shutdown requested by a client");
