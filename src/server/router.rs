@@ -360,3 +360,26 @@ pub async fn report(core: &Core, reply_slot: &ReplySlot) -> CoreReport {
     }
     total
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_slots_collect_their_own_replies_and_are_reused() {
+        let mut pending = Pending::default();
+        let first = pending.open();
+        let second = pending.open();
+        assert_ne!(first, second);
+        pending.slots[first as usize].expected = 2;
+        pending.deliver(1, FromShard::Done { slot: first });
+        pending.deliver(3, FromShard::Done { slot: second });
+        pending.deliver(2, FromShard::Done { slot: first });
+        let peers: Vec<usize> = pending.slots[first as usize].replies.iter().map(|(peer, _)| *peer).collect();
+        assert_eq!(peers, vec![1, 2], "replies kept in arrival order, per slot");
+        assert_eq!(pending.slots[second as usize].replies.len(), 1);
+        pending.close(first);
+        assert!(pending.slots[first as usize].replies.is_empty(), "a closed slot is emptied");
+        assert_eq!(pending.open(), first, "and reused");
+    }
+}
