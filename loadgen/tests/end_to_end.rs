@@ -30,13 +30,23 @@ impl Drop for Server {
 }
 
 fn start_server() -> (Server, u16) {
+    // Another test may grab the same free port first: then try another.
+    for _ in 0..5 {
+        if let Some(started) = try_start_server() {
+            return started;
+        }
+    }
+    panic!("corecache did not start");
+}
+
+fn try_start_server() -> Option<(Server, u16)> {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new(corecache_binary())
         .args(["-t", "2", "-l", "127.0.0.1", "-p", &port.to_string()])
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Server(child);
+    let mut server = Server(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         // A VERSION reply, not just a connect (a connect can reach itself).
@@ -45,8 +55,11 @@ fn start_server() -> (Server, u16) {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
             let mut reply = [0u8; 8];
             if stream.write_all(b"version\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"VERSION " {
-                return (server, port);
+                return Some((server, port));
             }
+        }
+        if let Ok(Some(_)) = server.0.try_wait() {
+            return None;
         }
         assert!(Instant::now() < deadline, "corecache did not start");
         std::thread::sleep(Duration::from_millis(20));
