@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, start_failure, value_block};
+use common::{Client, Server, start_failure, value_block, version_line};
 
 #[test]
 fn errors_keep_the_connection_and_the_data() {
@@ -89,10 +89,7 @@ fn endless_line_is_refused_and_closed() {
     c.expect(b"CLIENT_ERROR line too long\r\n");
     assert!(c.is_closed());
     // The server is fine.
-    server.client().roundtrip(
-        b"version\r\n",
-        format!("VERSION 1.6.45-corecache-{}\r\n", env!("CARGO_PKG_VERSION")).as_bytes(),
-    );
+    server.client().roundtrip(b"version\r\n", &version_line());
 }
 
 #[test]

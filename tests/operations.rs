@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{BINARY, Server};
+use common::{BINARY, Server, version_line};
 
 #[test]
 fn check_host_reports_every_item_and_exits_cleanly() {
@@ -130,10 +130,7 @@ fn serves_as_an_unprivileged_user() {
     );
     // -u drops root to that user after binding.
     let server = Server::start(&["-t", "1", "-u", "nobody"]);
-    server.client().roundtrip(
-        b"version\r\n",
-        format!("VERSION 1.6.45-corecache-{}\r\n", env!("CARGO_PKG_VERSION")).as_bytes(),
-    );
+    server.client().roundtrip(b"version\r\n", &version_line());
     let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
     assert!(
         status.lines().any(|line| line.starts_with("Uid:") && line.contains("65534")),

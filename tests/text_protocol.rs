@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Server, value_block};
+use common::{Server, value_block, version_line};
 
 const CORE_COUNTS: [&str; 2] = ["1", "2"];
 
@@ -155,16 +155,9 @@ fn flush_all_reaches_every_shard() {
         );
         let keys: Vec<String> = (0..100).map(|i| format!("f{i}")).collect();
         c.roundtrip(format!("get {}\r\n", keys.join(" ")).as_bytes(), b"END\r\n");
-        c.roundtrip(
-            b"flush_all noreply\r\nversion\r\n",
-            format!("VERSION {}\r\n", version()).as_bytes(),
-        );
+        c.roundtrip(b"flush_all noreply\r\nversion\r\n", &version_line());
         assert_eq!(c.stat("cmd_flush"), 2);
     }
-}
-
-fn version() -> String {
-    format!("1.6.45-corecache-{}", env!("CARGO_PKG_VERSION"))
 }
 
 #[test]
@@ -298,7 +291,7 @@ fn stats_groups() {
 fn quit_closes_and_version_answers() {
     for server in servers(&[]) {
         let mut c = server.client();
-        c.roundtrip(b"version\r\n", format!("VERSION {}\r\n", version()).as_bytes());
+        c.roundtrip(b"version\r\n", &version_line());
         c.send(b"quit\r\n");
         assert!(c.is_closed());
     }

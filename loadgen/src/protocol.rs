@@ -202,19 +202,26 @@ impl Codec {
         }
     }
 
+    /// A value block of `length` bytes at `at`: checked, counted as a hit;
+    /// the offset after its "\r\n", or None if it has not all arrived.
+    fn take_value(&self, key: &[u8], buf: &[u8], at: usize, length: usize, reply: &mut Reply) -> Option<usize> {
+        let end = at.checked_add(length)?.checked_add(2)?;
+        if buf.len() < end {
+            return None;
+        }
+        self.check_value(key, &buf[at..at + length], reply);
+        reply.hits += 1;
+        Some(end)
+    }
+
     fn decode_text(&self, kind: OpKind, width: usize, buf: &[u8]) -> Decoded {
         let mut reply = Reply::default();
         let mut at = 0;
         loop {
-            let Some(end) = find_crlf(&buf[at..]) else {
-                return Decoded::Incomplete;
+            let (line, next) = match next_line(buf, at, &mut reply) {
+                Ok(found) => found,
+                Err(decoded) => return decoded,
             };
-            let line = &buf[at..at + end];
-            let next = at + end + 2;
-            if let Some(error) = error_kind(line) {
-                reply.error = Some(error);
-                return Decoded::Done { consumed: next, reply };
-            }
             match kind {
                 OpKind::Get => {
                     if line == b"END" {
@@ -227,15 +234,13 @@ impl Codec {
                     else {
                         return unexpected(next);
                     };
-                    let Some(length) = std::str::from_utf8(bytes).ok().and_then(|b| b.parse::<usize>().ok()) else {
+                    let Some(length) = parse_length(bytes) else {
                         return unexpected(next);
                     };
-                    if buf.len() < next + length + 2 {
+                    let Some(after) = self.take_value(key, buf, next, length, &mut reply) else {
                         return Decoded::Incomplete;
-                    }
-                    self.check_value(key, &buf[next..next + length], &mut reply);
-                    reply.hits += 1;
-                    at = next + length + 2;
+                    };
+                    at = after;
                 }
                 _ => {
                     match (kind, line) {
@@ -255,28 +260,21 @@ impl Codec {
         let mut at = 0;
         let multi = kind == OpKind::Get && width > 1;
         loop {
-            let Some(end) = find_crlf(&buf[at..]) else {
-                return Decoded::Incomplete;
+            let (line, next) = match next_line(buf, at, &mut reply) {
+                Ok(found) => found,
+                Err(decoded) => return decoded,
             };
-            let line = &buf[at..at + end];
-            let next = at + end + 2;
-            if let Some(error) = error_kind(line) {
-                reply.error = Some(error);
-                return Decoded::Done { consumed: next, reply };
-            }
             if line.starts_with(b"VA ") {
                 let mut words = line.split(|&b| b == b' ');
                 words.next();
-                let Some(length) = words.next().and_then(|w| std::str::from_utf8(w).ok()?.parse::<usize>().ok()) else {
+                let Some(length) = words.next().and_then(parse_length) else {
                     return unexpected(next);
                 };
-                if buf.len() < next + length + 2 {
-                    return Decoded::Incomplete;
-                }
                 let key = words.find(|w| w.first() == Some(&b'k')).map(|w| &w[1..]).unwrap_or(b"");
-                self.check_value(key, &buf[next..next + length], &mut reply);
-                reply.hits += 1;
-                at = next + length + 2;
+                let Some(after) = self.take_value(key, buf, next, length, &mut reply) else {
+                    return Decoded::Incomplete;
+                };
+                at = after;
                 if !multi {
                     return Decoded::Done { consumed: at, reply };
                 }
@@ -335,6 +333,26 @@ impl Codec {
             }
         }
     }
+}
+
+/// The line starting at `at` and the offset after its "\r\n". An error
+/// line ends the response (Err(Done)); a partial line is Err(Incomplete).
+fn next_line<'b>(buf: &'b [u8], at: usize, reply: &mut Reply) -> Result<(&'b [u8], usize), Decoded> {
+    let end = find_crlf(&buf[at..]).ok_or(Decoded::Incomplete)?;
+    let line = &buf[at..at + end];
+    let next = at + end + 2;
+    if let Some(error) = error_kind(line) {
+        reply.error = Some(error);
+        return Err(Decoded::Done {
+            consumed: next,
+            reply: std::mem::take(reply),
+        });
+    }
+    Ok((line, next))
+}
+
+fn parse_length(word: &[u8]) -> Option<usize> {
+    std::str::from_utf8(word).ok()?.parse().ok()
 }
 
 fn ascii(key: &[u8]) -> &str {

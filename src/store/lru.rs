@@ -55,19 +55,6 @@ impl Lru {
         (tail != NO_ITEM).then_some(tail)
     }
 
-    /// Handles of a segment from head (most recent) to tail.
-    pub fn iter<'a>(&self, slab: &'a Slab, class: usize, segment: Segment) -> impl Iterator<Item = u32> + 'a {
-        let mut at = self.lists[class][segment as usize].head;
-        std::iter::from_fn(move || {
-            if at == NO_ITEM {
-                return None;
-            }
-            let current = at;
-            at = Item(slab.chunk(current)).next();
-            Some(current)
-        })
-    }
-
     pub fn link(&mut self, slab: &mut Slab, class: usize, segment: Segment, handle: u32) {
         let list = &mut self.lists[class][segment as usize];
         let old_head = list.head;

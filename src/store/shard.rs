@@ -96,10 +96,6 @@ impl Shard {
         self.clock.now = now.max(self.clock.now);
     }
 
-    pub fn clock(&self) -> &Clock {
-        &self.clock
-    }
-
     pub fn len(&self) -> usize {
         self.index.len()
     }
@@ -111,15 +107,6 @@ impl Shard {
     /// Memory taken from the limit (pages and large items).
     pub fn memory_used(&self) -> usize {
         self.slab.used()
-    }
-
-    pub fn memory_limit(&self) -> usize {
-        self.slab.limit()
-    }
-
-    /// Bytes of the index table (per-item overhead outside the slab).
-    pub fn index_bytes(&self) -> usize {
-        self.index.memory_bytes()
     }
 
     pub(super) fn next_cas(&mut self) -> u64 {

@@ -88,9 +88,6 @@ impl Slab {
         }
     }
 
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
     /// Bytes taken from the limit: whole pages plus large items.
     pub fn used(&self) -> usize {
         self.used

@@ -214,6 +214,11 @@ impl Client {
     }
 }
 
+/// The reply to `version`.
+pub fn version_line() -> Vec<u8> {
+    format!("VERSION 1.6.45-corecache-{}\r\n", env!("CARGO_PKG_VERSION")).into_bytes()
+}
+
 /// `VALUE` block as the text protocol writes it.
 pub fn value_block(key: &str, flags: u32, data: &[u8]) -> Vec<u8> {
     let mut block = format!("VALUE {key} {flags} {}\r\n", data.len()).into_bytes();
