@@ -71,10 +71,21 @@ pub struct Args {
     /// io_uring registered memory per core, with k/m suffix
     #[arg(long = "io-memory", default_value = "1m")]
     pub io_memory: String,
-    /// CPU reserved for the replication core: validated, and never given to
-    /// a worker (replication itself is not served yet)
+    /// CPU the replication core pins to (never given to a worker; default:
+    /// unpinned)
     #[arg(long = "repl-core")]
     pub repl_core: Option<usize>,
+    /// Serve replicas on this port (first -l address); turns the per-shard
+    /// replication logs on
+    #[arg(long = "repl-port")]
+    pub repl_port: Option<u16>,
+    /// Replicate from the primary whose replication port is HOST:PORT
+    /// (writes are refused until promoted)
+    #[arg(long = "replica-of", value_name = "HOST:PORT")]
+    pub replica_of: Option<String>,
+    /// Replication backlog per shard, with k/m/g suffix
+    #[arg(long = "repl-backlog", default_value = "16m")]
+    pub repl_backlog: String,
     /// Serve Prometheus metrics over HTTP on this port (first -l address)
     #[arg(long = "metrics-port")]
     pub metrics_port: Option<u16>,
@@ -139,6 +150,9 @@ pub struct Config {
     pub io_memory: usize,
     pub metrics_port: Option<u16>,
     pub repl_core: Option<usize>,
+    pub repl_port: Option<u16>,
+    pub replica_of: Option<String>,
+    pub repl_backlog: usize,
     /// `-o` options that were not understood (warned at start).
     pub ignored_options: Vec<String>,
 }
@@ -161,6 +175,11 @@ impl Config {
             max_connections: self.max_connections,
             io_memory: self.io_memory,
         }
+    }
+
+    /// Whether this server runs a replication core (as primary, replica or both).
+    pub fn replication_enabled(&self) -> bool {
+        self.repl_port.is_some() || self.replica_of.is_some()
     }
 
     /// Largest key + value a request may carry (`-I` less the item header).
@@ -335,6 +354,9 @@ impl Args {
             io_memory,
             metrics_port: self.metrics_port,
             repl_core: self.repl_core,
+            repl_port: self.repl_port,
+            replica_of: self.replica_of.clone(),
+            repl_backlog: parse_size(&self.repl_backlog)?.max(64 << 10),
             ignored_options,
         })
     }

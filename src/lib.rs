@@ -34,6 +34,7 @@ pub mod hash;
 pub mod host;
 pub mod metrics;
 pub mod protocol;
+pub mod replication;
 pub mod request;
 pub mod server;
 pub mod stats;

@@ -109,6 +109,15 @@ impl<B: AsRef<[u8]>> KeyOp<B> {
         }
     }
 
+    /// Whether the operation can change the store (what a read-only
+    /// replica refuses and what a primary logs).
+    pub fn mutates(&self) -> bool {
+        match self {
+            KeyOp::Get { options, .. } => options.touch.is_some() || options.vivify.is_some(),
+            KeyOp::Store { .. } | KeyOp::Delete { .. } | KeyOp::Arith { .. } | KeyOp::Touch { .. } => true,
+        }
+    }
+
     pub fn as_borrowed(&self) -> KeyOp<&[u8]> {
         self.map_bytes(|bytes| bytes.as_ref())
     }
@@ -222,7 +231,12 @@ pub enum Outcome<B> {
     NonNumeric,
     TooLarge,
     OutOfMemory,
+    /// A write sent to a replica that has not been promoted.
+    ReadOnly,
 }
+
+/// What a replica says to a write, after the protocol's error prefix.
+pub const READ_ONLY_MESSAGE: &str = "read-only replica";
 
 impl<B: AsRef<[u8]>> Outcome<B> {
     pub fn as_borrowed(&self) -> Outcome<&[u8]> {
@@ -261,6 +275,7 @@ impl<B> Outcome<B> {
             Outcome::NonNumeric => Outcome::NonNumeric,
             Outcome::TooLarge => Outcome::TooLarge,
             Outcome::OutOfMemory => Outcome::OutOfMemory,
+            Outcome::ReadOnly => Outcome::ReadOnly,
         }
     }
 }

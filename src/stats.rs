@@ -32,6 +32,7 @@ pub async fn write_group(
         b"settings" => settings(&mut emit, &core.global, core.verbosity.get()),
         b"items" => items(&mut emit, &router::report(core, reply_slot).await),
         b"slabs" => slabs(&mut emit, &router::report(core, reply_slot).await),
+        b"replication" => replication(&mut emit, &core.global),
         _ => return false,
     }
     true
@@ -188,6 +189,26 @@ pub fn general(emit: &mut Emit<'_>, global: &Global, report: &CoreReport) {
     // corecache's own: memory taken from the limit and the index's size.
     emit("memory_used", &report.shard.memory_used.to_string());
     emit("index_bytes", &report.shard.index_bytes.to_string());
+    // Replication, with the `stats replication` names prefixed.
+    if global.replication.enabled {
+        for (name, value) in global.replication.report() {
+            emit(&format!("repl_{name}"), &value);
+        }
+    } else {
+        emit("repl_role", "off");
+    }
+}
+
+/// `stats replication`: role, link, per-shard offsets, per-replica lag and
+/// resync counts, as the replication core last published them.
+pub fn replication(emit: &mut Emit<'_>, global: &Global) {
+    if !global.replication.enabled {
+        emit("role", "off");
+        return;
+    }
+    for (name, value) in global.replication.report() {
+        emit(&name, &value);
+    }
 }
 
 /// `stats settings`.

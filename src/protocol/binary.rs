@@ -62,6 +62,8 @@ pub enum Status {
     AuthError = 0x0020,
     UnknownCommand = 0x0081,
     OutOfMemory = 0x0082,
+    /// memcached's "not supported"; here only a write sent to a replica.
+    NotSupported = 0x0083,
 }
 
 impl Status {
@@ -78,6 +80,7 @@ impl Status {
             Status::AuthError => "Auth failure.",
             Status::UnknownCommand => "Unknown command",
             Status::OutOfMemory => "Out of memory",
+            Status::NotSupported => crate::request::READ_ONLY_MESSAGE,
         }
     }
 }

@@ -80,5 +80,6 @@ pub fn outcome(out: &mut Vec<u8>, frame: Frame, key: &[u8], outcome: &Outcome<&[
         Outcome::NonNumeric => error(out, frame, Status::NonNumeric),
         Outcome::TooLarge => error(out, frame, Status::ValueTooLarge),
         Outcome::OutOfMemory => error(out, frame, Status::OutOfMemory),
+        Outcome::ReadOnly => error(out, frame, Status::NotSupported),
     }
 }

@@ -53,6 +53,17 @@ pub enum Command<'a> {
     Metadump {
         classes: Option<Vec<usize>>,
     },
+    /// `replication promote` | `replication follow <host>:<port>`.
+    Replication(ReplicationAdmin<'a>),
+}
+
+/// Admin commands that change this host's replication role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicationAdmin<'a> {
+    /// Become a primary that accepts writes, with a new history id.
+    Promote,
+    /// Become a read-only replica of the primary at this replication address.
+    Follow(&'a [u8]),
 }
 
 impl<'a> Command<'a> {
@@ -338,6 +349,11 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
             }
             // Other crawler controls are not served: the sweep runs by itself.
             _ => error(ERROR),
+        },
+        b"replication" => match (tokens.count, tokens.get(1)) {
+            (2, b"promote") => command(Command::Replication(ReplicationAdmin::Promote)),
+            (3, b"follow") => command(Command::Replication(ReplicationAdmin::Follow(tokens.get(2)))),
+            _ => error(BAD_FORMAT),
         },
         b"quit" => command(Command::Quit),
         b"shutdown" => command(Command::Shutdown),
@@ -696,6 +712,14 @@ mod tests {
         assert_eq!(command(b"quit\r\n"), Command::Quit);
         assert_eq!(command(b"shutdown\r\n"), Command::Shutdown);
         assert_eq!(command(b"lru_crawler metadump all\r\n"), Command::Metadump { classes: None });
+        assert_eq!(
+            command(b"replication promote\r\n"),
+            Command::Replication(ReplicationAdmin::Promote)
+        );
+        assert_eq!(
+            command(b"replication follow 127.0.0.2:7000\r\n"),
+            Command::Replication(ReplicationAdmin::Follow(b"127.0.0.2:7000"))
+        );
         assert_eq!(
             command(b"lru_crawler metadump 1,3\r\n"),
             Command::Metadump {

@@ -38,6 +38,9 @@ pub fn get_outcome(out: &mut Vec<u8>, key: &[u8], with_cas: bool, outcome: &Outc
     }
 }
 
+/// A write refused by a replica.
+pub const READ_ONLY_LINE: &str = "SERVER_ERROR read-only replica";
+
 /// The reply line to a single-key command.
 pub fn keyed_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
     let text = match outcome {
@@ -55,6 +58,7 @@ pub fn keyed_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
         Outcome::NonNumeric => "CLIENT_ERROR cannot increment or decrement non-numeric value",
         Outcome::TooLarge => "SERVER_ERROR object too large for cache",
         Outcome::OutOfMemory => "SERVER_ERROR out of memory storing object",
+        Outcome::ReadOnly => READ_ONLY_LINE,
         // A value is never the answer to a single-key command.
         Outcome::Hit { .. } => "SERVER_ERROR unexpected value",
     };

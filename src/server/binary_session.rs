@@ -138,11 +138,10 @@ impl Session for BinarySession {
             Command::Flush { delay } => {
                 if !core.global.config.flush_enabled {
                     binary_reply::error(out, frame, Status::AuthError);
-                } else {
-                    router::flush_all(core, reply_slot, delay).await;
-                    if !quiet {
-                        binary_reply::success(out, frame, 0);
-                    }
+                } else if !router::flush_all(core, reply_slot, delay).await {
+                    binary_reply::error(out, frame, Status::NotSupported);
+                } else if !quiet {
+                    binary_reply::success(out, frame, 0);
                 }
             }
             Command::Stat { group } => {

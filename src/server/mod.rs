@@ -27,6 +27,9 @@ use glommio::{LocalExecutorBuilder, Placement};
 use thiserror::Error;
 
 use crate::config::Config;
+use crate::replication::Control;
+use crate::replication::core::WorkerChannels;
+use crate::replication::shard_side::ShardReplication;
 use crate::stats::{CommandLatency, CoreReport};
 use crate::store::clock::CLOCK_START;
 use crate::store::{RelTime, Shard, ShardConfig};
@@ -67,6 +70,8 @@ pub struct Global {
     pub curr_connections: AtomicUsize,
     pub total_connections: AtomicU64,
     pub rejected_connections: AtomicU64,
+    /// Role (primary or read-only replica) and the replication report.
+    pub replication: crate::replication::Control,
 }
 
 impl Global {
@@ -97,6 +102,8 @@ pub struct Core {
     pub latency: RefCell<CommandLatency>,
     /// Sockets of the open connections (shut for reading on stop).
     pub connections: RefCell<HashSet<RawFd>>,
+    /// This shard's replication log (None when replication is off).
+    pub replication: Option<ShardReplication>,
 }
 
 impl Core {
@@ -144,6 +151,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         rejected_connections: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
         published: Mutex::new(vec![None; config.threads()]),
+        replication: Control::new(config.replication_enabled(), config.replica_of.clone()),
     });
     watch_signals(global.clone())?;
     if let Some(port) = config.metrics_port {
@@ -151,6 +159,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         crate::metrics::serve(global.clone(), address).map_err(|source| ServerError::Bind { address, source })?;
     }
     let cores = config.threads();
+    let mut replication_channels: Vec<Option<WorkerChannels>> = if config.replication_enabled() {
+        crate::replication::core::start(&global)?.into_iter().map(Some).collect()
+    } else {
+        Vec::new()
+    };
     let request_mesh = FullMesh::<ToShard>::full(cores, MESH_CAPACITY);
     let reply_mesh = FullMesh::<FromShard>::full(cores, MESH_CAPACITY);
 
@@ -160,6 +173,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         let global = global.clone();
         let (request_mesh, reply_mesh) = (request_mesh.clone(), reply_mesh.clone());
         let fds: Vec<RawFd> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
+        let channels = replication_channels.get_mut(index).and_then(Option::take);
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
             .name(&format!("core-{index}"))
             .io_memory(config.io_memory)
@@ -185,15 +199,19 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                     id,
                     cores,
                     shard: RefCell::new(shard),
-                    global,
                     mesh,
                     pending: RefCell::new(Pending::default()),
                     counters: CoreCounters::default(),
                     verbosity: Cell::new(0),
                     latency: RefCell::new(CommandLatency::default()),
                     connections: RefCell::new(HashSet::new()),
+                    replication: channels.map(|channels: WorkerChannels| {
+                        ShardReplication::new(global.config.repl_backlog, channels.to_core, channels.from_core)
+                    }),
+                    global,
                 });
                 router::spawn_mesh_tasks(&core);
+                crate::replication::shard_side::spawn_tasks(&core);
                 glommio::spawn_local(sweep(core.clone())).detach();
                 glommio::spawn_local(stop_when_asked(core.clone(), fds.clone())).detach();
                 let accepts: Vec<_> = fds

@@ -13,6 +13,7 @@ use super::Core;
 use crate::hash::KeyHash;
 use crate::request::{KeyOp, Outcome};
 use crate::stats::CoreReport;
+use crate::store::Shard;
 
 /// A request to the core that owns the shard.
 pub enum ToShard {
@@ -209,12 +210,17 @@ fn serve_request(core: &Core, request: ToShard) -> FromShard {
             let mut shard = core.shard_now();
             let outcomes = ops
                 .iter()
-                .map(|(hash, op)| shard.execute(*hash, &op.as_borrowed()).to_owned_outcome())
+                .map(|(hash, op)| {
+                    let op = op.as_borrowed();
+                    let outcome = shard.execute(*hash, &op).to_owned_outcome();
+                    log_change(core, &shard, *hash, &op);
+                    outcome
+                })
                 .collect();
             FromShard::Outcomes { slot, outcomes }
         }
         ToShard::FlushAll { slot, delay } => {
-            core.shard_now().flush_all(delay);
+            flush_local(core, delay);
             FromShard::Done { slot }
         }
         ToShard::Report { slot } => FromShard::Report {
@@ -268,11 +274,20 @@ fn reset_local_stats(core: &Core) {
 /// with every outcome in the order of `ops`. Remote operations go out as
 /// one message per owning core; local ones run on this core's shard.
 pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], mut each: impl FnMut(usize, &Outcome<&[u8]>)) {
+    // A replica refuses writes from clients (one atomic load per batch).
+    let read_only = core.global.replication.is_read_only();
+    let refused = |op: &KeyOp<&[u8]>| read_only && op.mutates();
     let Some(mesh) = &core.mesh else {
         // One core: everything is local, nothing to gather.
         let mut shard = core.shard_now();
         for (index, op) in ops.iter().enumerate() {
-            each(index, &shard.execute(KeyHash::of(op.key()), op));
+            if refused(op) {
+                each(index, &Outcome::ReadOnly);
+                continue;
+            }
+            let hash = KeyHash::of(op.key());
+            each(index, &shard.execute(hash, op));
+            log_change(core, &shard, hash, op);
         }
         return;
     };
@@ -283,7 +298,7 @@ pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], 
         let mut batches: Vec<Vec<(KeyHash, KeyOp<Vec<u8>>)>> = (0..core.cores).map(|_| Vec::new()).collect();
         for (op, hash) in ops.iter().zip(&hashes) {
             let owner = hash.shard(core.cores);
-            if owner != core.id {
+            if owner != core.id && !refused(op) {
                 batches[owner].push((*hash, op.to_owned_op()));
             }
         }
@@ -310,8 +325,11 @@ pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], 
     let mut shard = core.shard_now();
     for (index, (op, hash)) in ops.iter().zip(&hashes).enumerate() {
         let owner = hash.shard(core.cores);
-        if owner == core.id {
+        if refused(op) {
+            each(index, &Outcome::ReadOnly);
+        } else if owner == core.id {
             each(index, &shard.execute(*hash, op));
+            log_change(core, &shard, *hash, op);
         } else {
             // A core that could not be reached answers like a failed store.
             let outcome = remote[owner].next().unwrap_or(Outcome::OutOfMemory);
@@ -334,10 +352,32 @@ async fn broadcast(core: &Core, reply_slot: &ReplySlot, message: impl Fn(u32) ->
     reply_slot.wait(sent).await.into_iter().map(|(_, reply)| reply).collect()
 }
 
-pub async fn flush_all(core: &Core, reply_slot: &ReplySlot, delay: i64) {
+/// Records what a key operation left behind in the shard's replication
+/// log (writes only; nothing when replication is off).
+#[inline]
+fn log_change(core: &Core, shard: &Shard, hash: KeyHash, op: &KeyOp<&[u8]>) {
+    if let Some(replication) = &core.replication {
+        replication.record_op(shard, hash, op);
+    }
+}
+
+fn flush_local(core: &Core, delay: i64) {
+    let mut shard = core.shard_now();
+    shard.flush_all(delay);
+    if let Some(replication) = &core.replication {
+        replication.record_flush(shard.flush_effective_unix(delay));
+    }
+}
+
+/// flush_all on every shard; false (and nothing flushed) on a read-only replica.
+pub async fn flush_all(core: &Core, reply_slot: &ReplySlot, delay: i64) -> bool {
+    if core.global.replication.is_read_only() {
+        return false;
+    }
     core.counters.cmd_flush.set(core.counters.cmd_flush.get() + 1);
-    core.shard_now().flush_all(delay);
+    flush_local(core, delay);
     broadcast(core, reply_slot, |slot| ToShard::FlushAll { slot, delay }).await;
+    true
 }
 
 pub async fn verbosity(core: &Core, reply_slot: &ReplySlot, level: u32) {

@@ -3,7 +3,7 @@
 use super::Core;
 use super::router::{self, ReplySlot};
 use super::session::{After, Parse, Session};
-use crate::protocol::text::{self, Command, Parsed, TextLimits};
+use crate::protocol::text::{self, Command, Parsed, ReplicationAdmin, TextLimits};
 use crate::protocol::text_reply;
 use crate::request::{DeleteOptions, GetOptions, KeyOp, Outcome};
 use crate::stats;
@@ -137,11 +137,12 @@ impl Session for TextSession {
         };
         match *command {
             Command::FlushAll { delay, noreply } => {
-                let reply = if config.flush_enabled {
-                    router::flush_all(core, reply_slot, delay).await;
+                let reply = if !config.flush_enabled {
+                    "CLIENT_ERROR flush_all not allowed"
+                } else if router::flush_all(core, reply_slot, delay).await {
                     "OK"
                 } else {
-                    "CLIENT_ERROR flush_all not allowed"
+                    text_reply::READ_ONLY_LINE
                 };
                 if !noreply {
                     text_reply::line(out, reply);
@@ -175,6 +176,7 @@ impl Session for TextSession {
                 router::metadump(core, reply_slot, classes.clone(), out).await;
                 text_reply::end(out);
             }
+            Command::Replication(admin) => text_reply::line(out, replication_admin(core, admin)),
             Command::Quit => return After::Close,
             Command::Shutdown => {
                 if config.shutdown_enabled {
@@ -186,4 +188,25 @@ impl Session for TextSession {
         }
         After::Continue
     }
+}
+
+/// `replication promote` and `replication follow`: the reply line.
+fn replication_admin(core: &Core, admin: ReplicationAdmin<'_>) -> &'static str {
+    let control = &core.global.replication;
+    if !control.enabled {
+        return "SERVER_ERROR replication is off (start with --repl-port or --replica-of)";
+    }
+    match admin {
+        ReplicationAdmin::Promote => control.promote(),
+        ReplicationAdmin::Follow(address) => {
+            let Some(address) = std::str::from_utf8(address)
+                .ok()
+                .filter(|address| std::net::ToSocketAddrs::to_socket_addrs(address).is_ok())
+            else {
+                return "CLIENT_ERROR bad replication address";
+            };
+            control.follow(address.to_string());
+        }
+    }
+    "OK"
 }

@@ -8,17 +8,20 @@
 //! - `index`: hash -> item handle
 //! - `clock`: relative time and exptime conversion
 //! - `stats`: counters with memcached's names
+//! - `replicated`: key state, snapshot walk and applying another host's items
 
 pub mod clock;
 mod commands;
 pub mod index;
 pub mod item;
 pub mod lru;
+mod replicated;
 pub mod shard;
 pub mod slab;
 pub mod stats;
 
 pub use clock::{Clock, RelTime};
+pub use replicated::ItemState;
 pub use shard::{KEY_MAX_LENGTH, Shard, ShardConfig};
 
 #[cfg(test)]

@@ -115,7 +115,7 @@ impl Shard {
         (self.cas_counter << 8) | (self.id as u64 & 0xff)
     }
 
-    fn is_flushed(&self, item: Item<'_>) -> bool {
+    pub(super) fn is_flushed(&self, item: Item<'_>) -> bool {
         match self.oldest_live {
             Some(oldest) if oldest <= self.clock.now => {
                 item.last_access() <= oldest || (self.oldest_cas != 0 && item.cas() < self.oldest_cas)

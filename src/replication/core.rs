@@ -1,0 +1,184 @@
+//! The replication core: its own executor (pinned with `--repl-core`),
+//! one channel pair per worker core, the per-shard backlogs, and the
+//! primary and replica tasks. Publishes `stats replication` every tick.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::backlog::Backlog;
+use super::primary::{self, PrimaryState};
+use super::replica::{self, LinkState};
+use super::{Notify, ToReplication, ToWorker};
+use crate::server::{Global, ServerError, listener};
+
+/// Messages in flight per channel before a sender waits.
+const CHANNEL_CAPACITY: usize = 1024;
+/// How often `stats replication` is refreshed.
+const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The worker's ends of its channels to the replication core.
+pub struct WorkerChannels {
+    pub to_core: SharedSender<ToReplication>,
+    pub from_core: SharedReceiver<ToWorker>,
+}
+
+/// State of the replication core (lives on its executor only).
+pub struct ReplicationCore {
+    pub global: Arc<Global>,
+    /// Worker shards on this host.
+    pub shards: usize,
+    /// Senders to each worker, by shard id (known once it said hello).
+    pub workers: RefCell<Vec<Option<Rc<ConnectedSender<ToWorker>>>>>,
+    pub backlogs: RefCell<Vec<Backlog>>,
+    /// New log bytes or snapshot slices arrived.
+    pub changed: Notify,
+    pub primary: PrimaryState,
+    pub link: RefCell<LinkState>,
+    /// A worker's records were applied (acks may move).
+    pub applied: Notify,
+    ready: Cell<usize>,
+    all_ready: Notify,
+}
+
+impl ReplicationCore {
+    pub fn worker(&self, shard: usize) -> Option<Rc<ConnectedSender<ToWorker>>> {
+        self.workers.borrow().get(shard).cloned().flatten()
+    }
+
+    async fn wait_ready(&self) {
+        while self.ready.get() < self.shards {
+            let epoch = self.all_ready.epoch();
+            self.all_ready.changed_since(epoch).await;
+        }
+    }
+}
+
+/// Binds the replication port (so errors show before anything starts),
+/// starts the replication core, and returns each worker's channels.
+pub fn start(global: &Arc<Global>) -> Result<Vec<WorkerChannels>, ServerError> {
+    let config = &global.config;
+    let shards = config.threads();
+    let listener = match config.repl_port {
+        Some(port) => {
+            let address = SocketAddr::new(config.listen[0], port);
+            listener::ensure_free(address).map_err(|source| ServerError::Bind { address, source })?;
+            Some(listener::bind(address, config.backlog).map_err(|source| ServerError::Bind { address, source })?)
+        }
+        None => None,
+    };
+    let mut worker_channels = Vec::new();
+    let mut core_channels = Vec::new();
+    for _ in 0..shards {
+        let (to_core, from_worker) = shared_channel::new_bounded(CHANNEL_CAPACITY);
+        let (to_worker, from_core) = shared_channel::new_bounded(CHANNEL_CAPACITY);
+        worker_channels.push(WorkerChannels { to_core, from_core });
+        core_channels.push((from_worker, to_worker));
+    }
+    let placement = || config.repl_core.map_or(Placement::Unbound, Placement::Fixed);
+    let global = global.clone();
+    let listener_fd = listener.map(IntoRawFd::into_raw_fd);
+    LocalExecutorBuilder::new(placement())
+        .name("replication")
+        .io_memory(config.io_memory)
+        .ring_depth(128)
+        .spawn(move || async move {
+            let core = Rc::new(ReplicationCore {
+                shards,
+                workers: RefCell::new(vec![None; shards]),
+                backlogs: RefCell::new((0..shards).map(|_| Backlog::new(global.config.repl_backlog)).collect()),
+                changed: Notify::default(),
+                primary: PrimaryState::default(),
+                link: RefCell::new(LinkState::default()),
+                applied: Notify::default(),
+                ready: Cell::new(0),
+                all_ready: Notify::default(),
+                global,
+            });
+            for (from_worker, to_worker) in core_channels {
+                glommio::spawn_local(serve_worker(core.clone(), from_worker, to_worker)).detach();
+            }
+            core.wait_ready().await;
+            if let Some(fd) = listener_fd {
+                // SAFETY: the descriptor was bound above and is owned by nothing else.
+                let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
+                glommio::spawn_local(primary::serve(core.clone(), listener)).detach();
+            }
+            glommio::spawn_local(replica::follow(core.clone())).detach();
+            loop {
+                publish(&core);
+                glommio::timer::sleep(PUBLISH_INTERVAL).await;
+            }
+        })
+        .map_err(|error| ServerError::Executor {
+            core: shards,
+            cpu: config.repl_core.unwrap_or(0),
+            reason: error.to_string(),
+        })?;
+    Ok(worker_channels)
+}
+
+/// Receives one worker's messages: log bytes into its backlog, snapshot
+/// slices to their replica, applied offsets to the link.
+async fn serve_worker(core: Rc<ReplicationCore>, from_worker: SharedReceiver<ToReplication>, to_worker: SharedSender<ToWorker>) {
+    let receiver = from_worker.connect().await;
+    let sender = Rc::new(to_worker.connect().await);
+    let Some(ToReplication::Hello { shard }) = receiver.recv().await else {
+        return;
+    };
+    core.workers.borrow_mut()[shard] = Some(sender);
+    core.ready.set(core.ready.get() + 1);
+    core.all_ready.notify();
+    while let Some(message) = receiver.recv().await {
+        match message {
+            ToReplication::Hello { .. } => {}
+            ToReplication::Log { offset, bytes } => {
+                core.backlogs.borrow_mut()[shard].append(offset, &bytes, Instant::now());
+                core.changed.notify();
+            }
+            ToReplication::Slice {
+                follower,
+                at_offset,
+                records,
+                next_cursor,
+            } => {
+                primary::deliver_slice(&core, shard, follower, at_offset, records, next_cursor);
+                core.changed.notify();
+            }
+            ToReplication::Applied { primary_shard, offset } => {
+                core.link.borrow_mut().applied(shard, primary_shard, offset);
+                core.applied.notify();
+            }
+        }
+    }
+}
+
+/// Refreshes the lines of `stats replication`.
+fn publish(core: &ReplicationCore) {
+    let control = &core.global.replication;
+    let mut lines: Vec<(String, String)> = Vec::new();
+    let mut stat = |name: String, value: String| lines.push((name, value));
+    let role = if control.primary().is_some() { "replica" } else { "primary" };
+    stat("role".into(), role.into());
+    stat("replid".into(), control.replid());
+    if let Some(port) = core.global.config.repl_port {
+        stat("repl_port".into(), port.to_string());
+    }
+    stat("shards".into(), core.shards.to_string());
+    {
+        let backlogs = core.backlogs.borrow();
+        for (shard, backlog) in backlogs.iter().enumerate() {
+            stat(format!("shard_{shard}_offset"), backlog.end().to_string());
+            stat(format!("shard_{shard}_backlog_start"), backlog.start().to_string());
+        }
+    }
+    primary::report(core, &mut stat);
+    replica::report(core, &mut stat);
+    control.publish(lines);
+}

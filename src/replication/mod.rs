@@ -1,0 +1,204 @@
+//! Replication: every shard logs the resulting state of each change it
+//! applies; a dedicated replication core keeps a bounded backlog per shard
+//! and streams it to replicas; a replica applies what it receives onto its
+//! own shards by key hash.
+//!
+//! - `record`: the log's record format (a key's resulting state, a delete, a flush)
+//! - `backlog`: a shard's recent log on the replication core, by offset
+//! - `wire`: the link between hosts (handshake lines, frames)
+//! - `shard_side`: what runs on each worker core (log, snapshot slices, apply)
+//! - `core`: the replication core: its executor, channels to the workers, stats
+//! - `primary`: serving replicas (partial resync, snapshot, streaming, acks)
+//! - `replica`: following a primary (handshake, applying, acking)
+//!
+//! A change travels: router executes a write on its shard ->
+//! `shard_side` logs the key's state -> every millisecond the log's new
+//! bytes go to the replication core -> `primary` appends them to the
+//! shard's backlog and writes them to each replica -> the replica's
+//! `replica` task splits records by its own shards -> each worker applies
+//! them (and logs them in turn) -> the replica acks the applied offset.
+
+pub mod backlog;
+pub mod core;
+pub mod primary;
+pub mod record;
+pub mod replica;
+pub mod shard_side;
+pub mod wire;
+
+use std::cell::{Cell, RefCell};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Poll, Waker};
+
+/// Role and link settings, shared by every thread. Admin commands change
+/// them; the replication core follows.
+pub struct Control {
+    /// Whether this server has a replication core at all.
+    pub enabled: bool,
+    read_only: AtomicBool,
+    /// The primary's replication address (None: this host is a primary).
+    primary: Mutex<Option<String>>,
+    /// Bumped on every role change: the replication core reconnects.
+    generation: AtomicU64,
+    /// The id of the history this host's own log belongs to.
+    replid: Mutex<String>,
+    /// `stats replication` lines, published by the replication core.
+    report: Mutex<Vec<(String, String)>>,
+}
+
+impl Control {
+    pub fn new(enabled: bool, replica_of: Option<String>) -> Control {
+        Control {
+            enabled,
+            read_only: AtomicBool::new(replica_of.is_some()),
+            primary: Mutex::new(replica_of),
+            generation: AtomicU64::new(0),
+            replid: Mutex::new(new_replid()),
+            report: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether writes from clients are refused (a replica not promoted).
+    #[inline]
+    pub fn is_read_only(&self) -> bool {
+        self.read_only.load(Ordering::Relaxed)
+    }
+
+    pub fn primary(&self) -> Option<String> {
+        self.primary.lock().expect("control lock").clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub fn replid(&self) -> String {
+        self.replid.lock().expect("control lock").clone()
+    }
+
+    /// Turns this host into a primary with a new history.
+    pub fn promote(&self) {
+        *self.primary.lock().expect("control lock") = None;
+        *self.replid.lock().expect("control lock") = new_replid();
+        self.read_only.store(false, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Makes this host a read-only replica of `address`.
+    pub fn follow(&self, address: String) {
+        *self.primary.lock().expect("control lock") = Some(address);
+        self.read_only.store(true, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn report(&self) -> Vec<(String, String)> {
+        self.report.lock().expect("control lock").clone()
+    }
+
+    fn publish(&self, lines: Vec<(String, String)>) {
+        *self.report.lock().expect("control lock") = lines;
+    }
+}
+
+/// A fresh 40-hex-digit history id (time, process and a counter hashed).
+fn new_replid() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let seed = format!("{nanos}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let a = xxhash_rust::xxh3::xxh3_128(seed.as_bytes());
+    let b = xxhash_rust::xxh3::xxh3_64(&a.to_le_bytes());
+    format!("{a:032x}{:08x}", b as u32)
+}
+
+/// Worker core -> replication core.
+pub enum ToReplication {
+    /// The first message: which shard this channel carries.
+    Hello { shard: usize },
+    /// Log bytes starting at `offset`.
+    Log { offset: u64, bytes: Vec<u8> },
+    /// Part of a snapshot for a replica, taken when the log stood at `at_offset`.
+    Slice {
+        follower: u64,
+        at_offset: u64,
+        records: Vec<u8>,
+        next_cursor: Option<usize>,
+    },
+    /// Records of a primary shard applied up to `offset` (on a replica).
+    Applied { primary_shard: usize, offset: u64 },
+}
+
+/// Replication core -> worker core.
+pub enum ToWorker {
+    /// Take the next slice of a snapshot from `cursor` on.
+    Snapshot { follower: u64, cursor: usize },
+    /// Apply a primary shard's records (which belong to this shard).
+    Apply {
+        primary_shard: usize,
+        primary_shards: usize,
+        offset: u64,
+        records: Vec<u8>,
+    },
+    /// A full resync of a primary shard starts at `offset`: drop its keys.
+    DropShard {
+        primary_shard: usize,
+        primary_shards: usize,
+        offset: u64,
+    },
+}
+
+/// Wakes every task waiting for news (new log bytes, a slice, an ack).
+#[derive(Default)]
+pub struct Notify {
+    epoch: Cell<u64>,
+    waiters: RefCell<Vec<Waker>>,
+}
+
+impl Notify {
+    pub fn epoch(&self) -> u64 {
+        self.epoch.get()
+    }
+
+    pub fn notify(&self) {
+        self.epoch.set(self.epoch.get() + 1);
+        for waker in self.waiters.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Waits until something happened after `epoch` was read.
+    pub async fn changed_since(&self, epoch: u64) {
+        std::future::poll_fn(|cx| {
+            if self.epoch.get() != epoch {
+                Poll::Ready(())
+            } else {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promotion_and_following_change_role_and_history() {
+        let control = Control::new(true, Some("127.0.0.2:7000".into()));
+        assert!(control.is_read_only());
+        let (first, generation) = (control.replid(), control.generation());
+        control.promote();
+        assert!(!control.is_read_only());
+        assert_eq!(control.primary(), None);
+        assert_ne!(control.replid(), first, "a promoted host starts a new history");
+        assert_eq!(control.replid().len(), 40);
+        assert!(control.generation() > generation);
+        control.follow("127.0.0.3:7000".into());
+        assert!(control.is_read_only());
+        assert_eq!(control.primary().as_deref(), Some("127.0.0.3:7000"));
+    }
+}

@@ -1,0 +1,355 @@
+//! Serving replicas. Each connected replica (a follower) gets a writer
+//! that streams every shard's log from the follower's offset, and a reader
+//! for its acks. A shard whose offset is not in the backlog (or whose
+//! history the follower does not share) is resynced fully: snapshot slices
+//! taken by the shard's core, interleaved with the log at the offsets they
+//! were taken at. Nothing here can slow a shard: a slow follower only falls
+//! behind, and out of the backlog.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use hdrhistogram::Histogram;
+
+use super::ToWorker;
+use super::core::ReplicationCore;
+use super::wire::{self, FrameReader, Kind, WireError};
+
+/// Log bytes per frame, and per shard per writer turn.
+const FRAME_BYTES: usize = 256 * 1024;
+/// A silent link is pinged this often, and dropped after LINK_TIMEOUT.
+const PING_INTERVAL: Duration = Duration::from_millis(500);
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a follower stands with one shard.
+enum Sync {
+    Streaming,
+    /// Its offset is unusable: a snapshot must be asked for.
+    NeedSnapshot,
+    /// A snapshot is running; `begun` once FULL_BEGIN was sent.
+    Snapshot {
+        begun: bool,
+    },
+}
+
+struct Slice {
+    at_offset: u64,
+    records: Vec<u8>,
+    next_cursor: Option<usize>,
+}
+
+struct FollowerShard {
+    /// Log offset sent up to, and acked up to.
+    sent: u64,
+    acked: u64,
+    sync: Sync,
+    slices: VecDeque<Slice>,
+    /// Backlog chunk end already counted in the lag histogram.
+    sampled: u64,
+}
+
+struct Follower {
+    id: u64,
+    address: SocketAddr,
+    shards: RefCell<Vec<FollowerShard>>,
+}
+
+/// Everything about the replicas this host serves.
+pub struct PrimaryState {
+    followers: RefCell<BTreeMap<u64, Rc<Follower>>>,
+    next_id: Cell<u64>,
+    full_resyncs: Cell<u64>,
+    partial_resyncs: Cell<u64>,
+    /// Microseconds from a chunk reaching the backlog to the replica's ack.
+    lag: RefCell<Histogram<u64>>,
+}
+
+impl Default for PrimaryState {
+    fn default() -> PrimaryState {
+        PrimaryState {
+            followers: RefCell::default(),
+            next_id: Cell::new(1),
+            full_resyncs: Cell::new(0),
+            partial_resyncs: Cell::new(0),
+            lag: RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")),
+        }
+    }
+}
+
+pub async fn serve(core: Rc<ReplicationCore>, listener: glommio::net::TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let core = core.clone();
+                glommio::spawn_local(async move {
+                    if let Err(error) = follower(&core, stream).await {
+                        tracing::info!("replica link ended: {error}");
+                    }
+                })
+                .detach();
+            }
+            Err(error) => {
+                tracing::warn!("replication accept: {error}");
+                glommio::timer::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One follower's connection, from handshake to close.
+async fn follower(core: &Rc<ReplicationCore>, stream: glommio::net::TcpStream) -> Result<(), WireError> {
+    let address = stream.peer_addr()?;
+    stream.set_read_timeout(Some(LINK_TIMEOUT))?;
+    let (mut input, mut output) = futures_lite::io::split(stream);
+    let mut reader = FrameReader::new(0);
+    let (replid, offsets) = wire::parse_replicate(&reader.line(&mut input).await?)?;
+    let own = core.global.replication.replid();
+    let same_history = replid.as_deref() == Some(own.as_str()) && offsets.len() == core.shards;
+    let mut hello = wire::primary_line(&own, core.shards).into_bytes();
+    let shards = {
+        let backlogs = core.backlogs.borrow();
+        (0..core.shards)
+            .map(|shard| {
+                let offset = offsets.get(shard).copied().flatten().filter(|_| same_history);
+                match offset.filter(|&offset| backlogs[shard].holds(offset)) {
+                    Some(offset) => {
+                        wire::write_frame(&mut hello, Kind::Continue, shard, offset, &[]);
+                        core.primary.partial_resyncs.set(core.primary.partial_resyncs.get() + 1);
+                        FollowerShard::new(offset, Sync::Streaming)
+                    }
+                    None => FollowerShard::new(0, Sync::NeedSnapshot),
+                }
+            })
+            .collect()
+    };
+    output.write_all(&hello).await?;
+    let id = core.primary.next_id.get();
+    core.primary.next_id.set(id + 1);
+    let follower = Rc::new(Follower {
+        id,
+        address,
+        shards: RefCell::new(shards),
+    });
+    core.primary.followers.borrow_mut().insert(id, follower.clone());
+    tracing::info!("replica {address} connected");
+    let result = futures_lite::future::or(
+        write_loop(core, &follower, &mut output),
+        read_acks(core, &follower, &mut input, &mut reader),
+    )
+    .await;
+    core.primary.followers.borrow_mut().remove(&id);
+    result
+}
+
+impl FollowerShard {
+    fn new(offset: u64, sync: Sync) -> FollowerShard {
+        FollowerShard {
+            sent: offset,
+            acked: offset,
+            sync,
+            slices: VecDeque::new(),
+            sampled: offset,
+        }
+    }
+}
+
+/// Streams logs and snapshots to a follower until the link fails.
+async fn write_loop(
+    core: &ReplicationCore,
+    follower: &Follower,
+    output: &mut (impl AsyncWrite + Unpin),
+) -> Result<(), WireError> {
+    let mut out = Vec::new();
+    let mut last_send = Instant::now();
+    loop {
+        let epoch = core.changed.epoch();
+        let requests = fill(core, follower, &mut out);
+        for (shard, cursor) in requests {
+            if let Some(worker) = core.worker(shard) {
+                let request = ToWorker::Snapshot {
+                    follower: follower.id,
+                    cursor,
+                };
+                if worker.send(request).await.is_err() {
+                    return Err(WireError::Closed);
+                }
+            }
+        }
+        if !out.is_empty() {
+            output.write_all(&out).await?;
+            out.clear();
+            last_send = Instant::now();
+            continue;
+        }
+        if last_send.elapsed() >= PING_INTERVAL {
+            wire::write_frame(&mut out, Kind::Ping, 0, 0, &[]);
+            output.write_all(&out).await?;
+            out.clear();
+            last_send = Instant::now();
+        }
+        futures_lite::future::or(core.changed.changed_since(epoch), glommio::timer::sleep(PING_INTERVAL)).await;
+    }
+}
+
+/// Writes whatever each shard has for the follower into `out`; returns
+/// the snapshot slices to ask the shards for (shard, cursor).
+fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(usize, usize)> {
+    let backlogs = core.backlogs.borrow();
+    let mut shards = follower.shards.borrow_mut();
+    let mut requests = Vec::new();
+    for (index, shard) in shards.iter_mut().enumerate() {
+        let backlog = &backlogs[index];
+        if !matches!(shard.sync, Sync::NeedSnapshot) && !backlog.holds(shard.sent) {
+            // Fell out of the backlog: only a snapshot can bring it back.
+            shard.sync = Sync::NeedSnapshot;
+            shard.slices.clear();
+        }
+        match shard.sync {
+            Sync::NeedSnapshot => {
+                core.primary.full_resyncs.set(core.primary.full_resyncs.get() + 1);
+                shard.sync = Sync::Snapshot { begun: false };
+                requests.push((index, 0));
+            }
+            Sync::Snapshot { begun } => {
+                let Some(slice) = shard.slices.front() else {
+                    if begun {
+                        send_log(backlog, index, &mut shard.sent, u64::MAX, out);
+                    }
+                    continue;
+                };
+                if !begun {
+                    wire::write_frame(out, Kind::FullBegin, index, slice.at_offset, &[]);
+                    shard.sent = slice.at_offset;
+                    shard.acked = shard.acked.min(slice.at_offset);
+                    shard.sampled = slice.at_offset;
+                    shard.sync = Sync::Snapshot { begun: true };
+                }
+                // The log up to where the slice was taken goes first.
+                send_log(backlog, index, &mut shard.sent, slice.at_offset, out);
+                if shard.sent == slice.at_offset {
+                    let slice = shard.slices.pop_front().expect("front slice");
+                    wire::write_frame(out, Kind::Snapshot, index, slice.at_offset, &slice.records);
+                    match slice.next_cursor {
+                        Some(cursor) => requests.push((index, cursor)),
+                        None => {
+                            wire::write_frame(out, Kind::FullEnd, index, shard.sent, &[]);
+                            shard.sync = Sync::Streaming;
+                        }
+                    }
+                }
+            }
+            Sync::Streaming => send_log(backlog, index, &mut shard.sent, u64::MAX, out),
+        }
+    }
+    requests
+}
+
+/// Appends a LOG frame with the backlog's bytes from `sent` up to `limit`.
+fn send_log(backlog: &super::backlog::Backlog, shard: usize, sent: &mut u64, limit: u64, out: &mut Vec<u8>) {
+    let until = backlog.end().min(limit);
+    if *sent >= until || !backlog.holds(*sent) {
+        return;
+    }
+    let length = ((until - *sent) as usize).min(FRAME_BYTES);
+    wire::write_header(out, Kind::Log, shard, *sent, length);
+    let copied = backlog.read(*sent, length, out);
+    debug_assert_eq!(copied, length);
+    *sent += copied as u64;
+}
+
+/// A shard's snapshot slice reaches the follower that asked for it.
+pub fn deliver_slice(
+    core: &ReplicationCore,
+    shard: usize,
+    follower: u64,
+    at_offset: u64,
+    records: Vec<u8>,
+    next_cursor: Option<usize>,
+) {
+    let followers = core.primary.followers.borrow();
+    let Some(follower) = followers.get(&follower) else {
+        return;
+    };
+    let mut shards = follower.shards.borrow_mut();
+    if let Some(state) = shards.get_mut(shard)
+        && matches!(state.sync, Sync::Snapshot { .. })
+    {
+        state.slices.push_back(Slice {
+            at_offset,
+            records,
+            next_cursor,
+        });
+    }
+}
+
+/// Reads a follower's acks; each moves its offsets and samples the lag.
+async fn read_acks(
+    core: &ReplicationCore,
+    follower: &Follower,
+    input: &mut (impl AsyncRead + Unpin),
+    reader: &mut FrameReader,
+) -> Result<(), WireError> {
+    loop {
+        let (header, _) = reader.frame(input).await?;
+        if header.kind != Kind::Ack {
+            continue;
+        }
+        let shard = usize::from(header.shard);
+        let backlogs = core.backlogs.borrow();
+        let mut shards = follower.shards.borrow_mut();
+        let (Some(state), Some(backlog)) = (shards.get_mut(shard), backlogs.get(shard)) else {
+            continue;
+        };
+        state.acked = header.offset.min(state.sent);
+        if let Some((end, arrived)) = backlog.arrival_before(state.acked)
+            && end > state.sampled
+        {
+            state.sampled = end;
+            let micros = arrived.elapsed().as_micros() as u64;
+            let _ = core.primary.lag.borrow_mut().record(micros.max(1));
+        }
+    }
+}
+
+/// `stats replication` lines about the followers.
+pub fn report(core: &ReplicationCore, stat: &mut impl FnMut(String, String)) {
+    let primary = &core.primary;
+    let followers = primary.followers.borrow();
+    let backlogs = core.backlogs.borrow();
+    let now = Instant::now();
+    stat("replicas".into(), followers.len().to_string());
+    for (index, follower) in followers.values().enumerate() {
+        let shards = follower.shards.borrow();
+        let lag_bytes: u64 = shards
+            .iter()
+            .zip(backlogs.iter())
+            .map(|(state, backlog)| backlog.end().saturating_sub(state.acked))
+            .sum();
+        let lag = shards
+            .iter()
+            .zip(backlogs.iter())
+            .map(|(state, backlog)| backlog.age_after(state.acked, now))
+            .max()
+            .unwrap_or_default();
+        let syncing = shards.iter().any(|state| !matches!(state.sync, Sync::Streaming));
+        let prefix = format!("replica_{index}");
+        stat(format!("{prefix}_address"), follower.address.to_string());
+        stat(format!("{prefix}_state"), if syncing { "sync" } else { "online" }.into());
+        stat(format!("{prefix}_lag_bytes"), lag_bytes.to_string());
+        stat(format!("{prefix}_lag_ms"), lag.as_millis().to_string());
+        for (shard, state) in shards.iter().enumerate() {
+            stat(format!("{prefix}_shard_{shard}_acked"), state.acked.to_string());
+        }
+    }
+    stat("full_resyncs".into(), primary.full_resyncs.get().to_string());
+    stat("partial_resyncs".into(), primary.partial_resyncs.get().to_string());
+    let lag = primary.lag.borrow();
+    stat("lag_samples".into(), lag.len().to_string());
+    for (name, quantile) in [("lag_p50_us", 0.5), ("lag_p99_us", 0.99), ("lag_max_us", 1.0)] {
+        stat(name.into(), lag.value_at_quantile(quantile).to_string());
+    }
+}

@@ -1,0 +1,286 @@
+//! Following a primary: connect to its replication port, say which
+//! history and offsets this host holds, then apply what arrives. Records
+//! are split by this host's own shards (its core count may differ from
+//! the primary's) and sent to the workers, which apply them in order and
+//! report the offsets they reached; the smallest per primary shard is
+//! acked. The link reconnects on failure, and follows the admin commands
+//! (`replication follow`, `replication promote`).
+
+use std::net::ToSocketAddrs;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use super::ToWorker;
+use super::core::ReplicationCore;
+use super::primary::LINK_TIMEOUT;
+use super::record::Record;
+use super::wire::{self, FrameReader, Kind, WireError};
+use crate::hash::KeyHash;
+
+/// Largest frame payload accepted from a primary (frames are 256 KiB of
+/// log, or one snapshot slice, which may hold one item of up to 1 GiB).
+const MAX_PAYLOAD: usize = (1 << 30) + (1 << 20);
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+const ACK_INTERVAL: Duration = Duration::from_millis(2);
+const ACK_HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// The replica side's view of the link.
+#[derive(Default)]
+pub struct LinkState {
+    address: Option<String>,
+    state: &'static str,
+    primary_replid: Option<String>,
+    primary_shards: usize,
+    /// Per primary shard: offset received up to (whole records or not),
+    /// bytes of a record cut by a frame boundary, whether a full copy is held.
+    received: Vec<u64>,
+    carry: Vec<Vec<u8>>,
+    synced: Vec<bool>,
+    /// [local shard][primary shard]: offset the worker has applied up to.
+    applied: Vec<Vec<u64>>,
+    full_resyncs: u64,
+    partial_resyncs: u64,
+}
+
+impl LinkState {
+    /// A worker reports that it applied a primary shard up to `offset`.
+    pub fn applied(&mut self, local_shard: usize, primary_shard: usize, offset: u64) {
+        if let Some(slot) = self.applied.get_mut(local_shard).and_then(|row| row.get_mut(primary_shard)) {
+            *slot = offset;
+        }
+    }
+
+    /// Offset applied by every worker, per primary shard.
+    fn applied_offsets(&self) -> Vec<u64> {
+        (0..self.primary_shards)
+            .map(|shard| self.applied.iter().map(|row| row[shard]).min().unwrap_or(0))
+            .collect()
+    }
+
+    /// Starts over for a primary with another history or shard count.
+    fn reset(&mut self, replid: String, shards: usize, local_shards: usize) {
+        self.primary_replid = Some(replid);
+        self.primary_shards = shards;
+        self.received = vec![0; shards];
+        self.carry = vec![Vec::new(); shards];
+        self.synced = vec![false; shards];
+        self.applied = vec![vec![0; shards]; local_shards];
+    }
+}
+
+/// Keeps a link to whichever primary the control names.
+pub async fn follow(core: Rc<ReplicationCore>) {
+    loop {
+        let generation = core.global.replication.generation();
+        let Some(address) = core.global.replication.primary() else {
+            {
+                let mut link = core.link.borrow_mut();
+                link.address = None;
+                link.state = "none";
+            }
+            glommio::timer::sleep(RECONNECT_PAUSE).await;
+            continue;
+        };
+        {
+            let mut link = core.link.borrow_mut();
+            if link.address.as_deref() != Some(address.as_str()) {
+                link.primary_replid = None;
+            }
+            link.address = Some(address.clone());
+            link.state = "connecting";
+        }
+        let result = futures_lite::future::or(link_once(&core, &address), async {
+            while core.global.replication.generation() == generation {
+                glommio::timer::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(error) = result {
+            tracing::info!("link to primary {address}: {error}");
+        }
+        core.link.borrow_mut().state = "down";
+        glommio::timer::sleep(RECONNECT_PAUSE).await;
+    }
+}
+
+async fn link_once(core: &Rc<ReplicationCore>, address: &str) -> Result<(), WireError> {
+    let target = address
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "address does not resolve"))?;
+    let stream = glommio::net::TcpStream::connect_timeout(target, Duration::from_secs(2)).await?;
+    stream.set_read_timeout(Some(LINK_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    let (mut input, mut output) = futures_lite::io::split(stream);
+    let hello = {
+        let link = core.link.borrow();
+        let applied = link.applied_offsets();
+        let offsets: Vec<Option<u64>> = (0..link.primary_shards)
+            .map(|shard| link.synced[shard].then_some(applied[shard]))
+            .collect();
+        wire::replicate_line(link.primary_replid.as_deref(), &offsets)
+    };
+    output.write_all(hello.as_bytes()).await?;
+    let mut reader = FrameReader::new(MAX_PAYLOAD);
+    let (replid, shards) = wire::parse_primary(&reader.line(&mut input).await?)?;
+    {
+        let mut link = core.link.borrow_mut();
+        if link.primary_replid.as_deref() != Some(replid.as_str()) || link.primary_shards != shards {
+            link.reset(replid, shards, core.shards);
+        }
+        // Whatever was cut mid-record is sent again from the applied offset.
+        link.received = link.applied_offsets();
+        link.carry.iter_mut().for_each(Vec::clear);
+        link.state = "sync";
+    }
+    futures_lite::future::or(apply_frames(core, &mut input, &mut reader), send_acks(core, &mut output)).await
+}
+
+/// Reads frames and hands their records to the workers.
+async fn apply_frames(
+    core: &ReplicationCore,
+    input: &mut (impl AsyncRead + Unpin),
+    reader: &mut FrameReader,
+) -> Result<(), WireError> {
+    let mut batches: Vec<Vec<u8>> = vec![Vec::new(); core.shards];
+    loop {
+        let (header, payload) = reader.frame(input).await?;
+        let shard = usize::from(header.shard);
+        let mut messages = Vec::new();
+        {
+            let mut link = core.link.borrow_mut();
+            let shards = link.primary_shards;
+            if shard >= shards && header.kind != Kind::Ping {
+                return Err(WireError::BadKind(header.kind as u8));
+            }
+            match header.kind {
+                Kind::Continue => {
+                    link.partial_resyncs += 1;
+                    link.received[shard] = header.offset;
+                }
+                Kind::FullBegin => {
+                    link.full_resyncs += 1;
+                    link.synced[shard] = false;
+                    link.received[shard] = header.offset;
+                    link.carry[shard].clear();
+                    for worker in 0..core.shards {
+                        messages.push((
+                            worker,
+                            ToWorker::DropShard {
+                                primary_shard: shard,
+                                primary_shards: shards,
+                                offset: header.offset,
+                            },
+                        ));
+                    }
+                }
+                Kind::FullEnd => link.synced[shard] = true,
+                Kind::Log | Kind::Snapshot => {
+                    let mut carry = std::mem::take(&mut link.carry[shard]);
+                    let bytes: &[u8] = if header.kind == Kind::Log {
+                        if header.offset != link.received[shard] {
+                            return Err(WireError::BadKind(header.kind as u8));
+                        }
+                        link.received[shard] += payload.len() as u64;
+                        carry.extend_from_slice(payload);
+                        &carry
+                    } else {
+                        payload
+                    };
+                    let used = split_by_shard(bytes, core.shards, &mut batches)?;
+                    if header.kind == Kind::Log {
+                        carry.drain(..used);
+                    } else if used != payload.len() {
+                        return Err(WireError::BadKind(header.kind as u8));
+                    }
+                    let offset = link.received[shard] - carry.len() as u64;
+                    link.carry[shard] = carry;
+                    // Every worker hears of every frame, so that the smallest
+                    // offset they report is one they all reached.
+                    for (worker, batch) in batches.iter_mut().enumerate() {
+                        messages.push((
+                            worker,
+                            ToWorker::Apply {
+                                primary_shard: shard,
+                                primary_shards: shards,
+                                offset,
+                                records: std::mem::take(batch),
+                            },
+                        ));
+                    }
+                }
+                Kind::Ping | Kind::Ack => {}
+            }
+            if link.synced.iter().all(|&synced| synced) {
+                link.state = "up";
+            }
+        }
+        for (worker, message) in messages {
+            let Some(sender) = core.worker(worker) else { continue };
+            if sender.send(message).await.is_err() {
+                return Err(WireError::Closed);
+            }
+        }
+    }
+}
+
+/// Copies each whole record at the front of `bytes` into the batch of
+/// the local shard that owns its key (a flush goes to every shard).
+/// Returns the bytes used.
+fn split_by_shard(bytes: &[u8], shards: usize, batches: &mut [Vec<u8>]) -> Result<usize, WireError> {
+    let mut at = 0;
+    while let Some((record, length)) = Record::decode(&bytes[at..]).map_err(|_| WireError::BadKind(bytes[at]))? {
+        let raw = &bytes[at..at + length];
+        match record.key() {
+            Some(key) => batches[KeyHash::of(key).shard(shards)].extend_from_slice(raw),
+            None => batches.iter_mut().for_each(|batch| batch.extend_from_slice(raw)),
+        }
+        at += length;
+    }
+    Ok(at)
+}
+
+/// Acks the applied offsets when they move, and at least every heartbeat.
+async fn send_acks(core: &ReplicationCore, output: &mut (impl AsyncWrite + Unpin)) -> Result<(), WireError> {
+    let mut last: Vec<u64> = Vec::new();
+    let mut last_sent = Instant::now();
+    let mut out = Vec::new();
+    loop {
+        let epoch = core.applied.epoch();
+        let offsets = core.link.borrow().applied_offsets();
+        if offsets != last || last_sent.elapsed() >= ACK_HEARTBEAT {
+            for (shard, &offset) in offsets.iter().enumerate() {
+                wire::write_frame(&mut out, Kind::Ack, shard, offset, &[]);
+            }
+            output.write_all(&out).await?;
+            out.clear();
+            last = offsets;
+            last_sent = Instant::now();
+        }
+        futures_lite::future::or(core.applied.changed_since(epoch), glommio::timer::sleep(ACK_HEARTBEAT)).await;
+        glommio::timer::sleep(ACK_INTERVAL).await;
+    }
+}
+
+/// `stats replication` lines about the link to the primary.
+pub fn report(core: &ReplicationCore, stat: &mut impl FnMut(String, String)) {
+    let link = core.link.borrow();
+    let Some(address) = &link.address else {
+        return;
+    };
+    stat("primary".into(), address.clone());
+    stat("link".into(), link.state.into());
+    stat(
+        "primary_replid".into(),
+        link.primary_replid.clone().unwrap_or_else(|| "-".into()),
+    );
+    stat("primary_shards".into(), link.primary_shards.to_string());
+    for (shard, offset) in link.applied_offsets().into_iter().enumerate() {
+        stat(format!("primary_shard_{shard}_applied"), offset.to_string());
+    }
+    stat("link_full_resyncs".into(), link.full_resyncs.to_string());
+    stat("link_partial_resyncs".into(), link.partial_resyncs.to_string());
+}

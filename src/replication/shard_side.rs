@@ -1,0 +1,280 @@
+//! The worker core's part of replication: the shard's log (records of
+//! the changes this core applied, handed to the replication core every
+//! millisecond), snapshot slices, and applying a primary's records.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
+
+use super::record::{Record, decode_all};
+use super::{ToReplication, ToWorker};
+use crate::hash::KeyHash;
+use crate::request::KeyOp;
+use crate::server::Core;
+use crate::store::{ItemState, Shard};
+
+/// How often new log bytes are handed over while writes are flowing, and
+/// while idle.
+const FLUSH_BUSY: Duration = Duration::from_millis(1);
+const FLUSH_IDLE: Duration = Duration::from_millis(10);
+/// Bytes of keys and values per snapshot slice.
+const SLICE_BYTES: usize = 256 * 1024;
+
+/// The log of one shard as its core writes it.
+pub struct ShardLog {
+    /// Records not yet handed to the replication core.
+    pending: Vec<u8>,
+    /// Offset just past the last record written.
+    end: u64,
+    /// Pending bytes beyond this are dropped (the replication core is not
+    /// keeping up); the offset still advances, so replicas resync fully.
+    capacity: usize,
+}
+
+impl ShardLog {
+    pub fn new(capacity: usize) -> ShardLog {
+        ShardLog {
+            pending: Vec::new(),
+            end: 0,
+            capacity,
+        }
+    }
+
+    pub fn end(&self) -> u64 {
+        self.end
+    }
+
+    pub fn append(&mut self, record: Record<'_>) {
+        let before = self.pending.len();
+        record.encode(&mut self.pending);
+        self.end += (self.pending.len() - before) as u64;
+        if self.pending.len() > self.capacity {
+            self.pending.clear();
+        }
+    }
+
+    /// The key's state as the shard now holds it: a set, or a delete.
+    pub fn append_state(&mut self, shard: &Shard, hash: KeyHash, key: &[u8]) {
+        match shard.item_state(hash, key) {
+            Some(state) => self.append(set_record(state)),
+            None => self.append(Record::Delete { key }),
+        }
+    }
+
+    /// The pending bytes as a message, if there are any.
+    pub fn take_chunk(&mut self) -> Option<ToReplication> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        let bytes = std::mem::take(&mut self.pending);
+        Some(ToReplication::Log {
+            offset: self.end - bytes.len() as u64,
+            bytes,
+        })
+    }
+}
+
+fn set_record(state: ItemState<'_>) -> Record<'_> {
+    Record::Set {
+        key: state.key,
+        client_flags: state.client_flags,
+        expiry_unix: state.expiry_unix,
+        cas: state.cas,
+        value: state.value,
+    }
+}
+
+/// A worker core's replication state.
+pub struct ShardReplication {
+    pub log: RefCell<ShardLog>,
+    /// Messages for the replication core, in order.
+    outbox: RefCell<VecDeque<ToReplication>>,
+    channels: Cell<Option<(SharedSender<ToReplication>, SharedReceiver<ToWorker>)>>,
+}
+
+impl ShardReplication {
+    pub fn new(capacity: usize, to_core: SharedSender<ToReplication>, from_core: SharedReceiver<ToWorker>) -> ShardReplication {
+        ShardReplication {
+            log: RefCell::new(ShardLog::new(capacity)),
+            outbox: RefCell::new(VecDeque::new()),
+            channels: Cell::new(Some((to_core, from_core))),
+        }
+    }
+
+    /// Logs what a key operation left behind, if it was a write.
+    #[inline]
+    pub fn record_op(&self, shard: &Shard, hash: KeyHash, op: &KeyOp<&[u8]>) {
+        if op.mutates() {
+            self.log.borrow_mut().append_state(shard, hash, op.key());
+        }
+    }
+
+    pub fn record_flush(&self, effective_unix: i64) {
+        self.log.borrow_mut().append(Record::Flush { effective_unix });
+    }
+
+    /// Moves pending log bytes to the outbox (before anything that must
+    /// come after them).
+    fn flush_log(&self) {
+        if let Some(chunk) = self.log.borrow_mut().take_chunk() {
+            self.outbox.borrow_mut().push_back(chunk);
+        }
+    }
+}
+
+/// Starts the worker's two replication tasks: one hands the log and
+/// replies to the replication core, one serves its requests.
+pub fn spawn_tasks(core: &Rc<Core>) {
+    let Some(replication) = &core.replication else {
+        return;
+    };
+    let Some((to_core, from_core)) = replication.channels.take() else {
+        return;
+    };
+    let sender_core = core.clone();
+    glommio::spawn_local(async move {
+        let sender = to_core.connect().await;
+        let replication = sender_core.replication.as_ref().expect("replication");
+        if sender.send(ToReplication::Hello { shard: sender_core.id }).await.is_err() {
+            return;
+        }
+        let mut idle_turns = 0u32;
+        loop {
+            replication.flush_log();
+            let mut sent_any = false;
+            loop {
+                let message = replication.outbox.borrow_mut().pop_front();
+                let Some(message) = message else { break };
+                sent_any = true;
+                if sender.send(message).await.is_err() {
+                    return;
+                }
+            }
+            idle_turns = if sent_any { 0 } else { idle_turns.saturating_add(1) };
+            let pause = if idle_turns > 100 { FLUSH_IDLE } else { FLUSH_BUSY };
+            glommio::timer::sleep(pause).await;
+        }
+    })
+    .detach();
+
+    let core = core.clone();
+    glommio::spawn_local(async move {
+        let receiver = from_core.connect().await;
+        while let Some(message) = receiver.recv().await {
+            serve(&core, message);
+        }
+    })
+    .detach();
+}
+
+fn serve(core: &Core, message: ToWorker) {
+    let replication = core.replication.as_ref().expect("replication");
+    match message {
+        ToWorker::Snapshot { follower, cursor } => {
+            replication.flush_log();
+            let shard = core.shard_now();
+            let mut records = Vec::new();
+            let mut cursor = cursor;
+            let more = shard.visit_items(&mut cursor, SLICE_BYTES, |state| set_record(state).encode(&mut records));
+            let at_offset = replication.log.borrow().end();
+            replication.outbox.borrow_mut().push_back(ToReplication::Slice {
+                follower,
+                at_offset,
+                records,
+                next_cursor: more.then_some(cursor),
+            });
+        }
+        ToWorker::Apply {
+            primary_shard,
+            primary_shards,
+            offset,
+            records,
+        } => {
+            let mut shard = core.shard_now();
+            let mut log = replication.log.borrow_mut();
+            // The replication core checked the records before sending them.
+            let (records, _) = decode_all(&records).unwrap_or_default();
+            for record in records {
+                apply(&mut shard, &mut log, record, primary_shard, primary_shards);
+            }
+            drop(log);
+            replication
+                .outbox
+                .borrow_mut()
+                .push_back(ToReplication::Applied { primary_shard, offset });
+        }
+        ToWorker::DropShard {
+            primary_shard,
+            primary_shards,
+            offset,
+        } => {
+            let mut shard = core.shard_now();
+            let mut log = replication.log.borrow_mut();
+            drop_primary_shard(&mut shard, &mut log, primary_shard, primary_shards);
+            drop(log);
+            replication
+                .outbox
+                .borrow_mut()
+                .push_back(ToReplication::Applied { primary_shard, offset });
+        }
+    }
+}
+
+/// Removes every key that belongs to one of the primary's shards.
+fn drop_primary_shard(shard: &mut Shard, log: &mut ShardLog, primary_shard: usize, primary_shards: usize) {
+    shard.remove_where(
+        |hash| hash.shard(primary_shards) == primary_shard,
+        |key| log.append(Record::Delete { key }),
+    );
+}
+
+/// Applies one record from a primary and logs the result here in turn
+/// (so this host can serve replicas of its own).
+fn apply(shard: &mut Shard, log: &mut ShardLog, record: Record<'_>, primary_shard: usize, primary_shards: usize) {
+    match record {
+        Record::Set {
+            key,
+            client_flags,
+            expiry_unix,
+            cas,
+            value,
+        } => {
+            let hash = KeyHash::of(key);
+            let state = ItemState {
+                key,
+                value,
+                client_flags,
+                expiry_unix,
+                cas,
+            };
+            if shard.put_replicated(hash, state) {
+                log.append(record);
+            } else {
+                log.append(Record::Delete { key });
+            }
+        }
+        Record::Delete { key } => {
+            shard.remove_key(KeyHash::of(key), key);
+            log.append(record);
+        }
+        Record::Flush { effective_unix } => {
+            if effective_unix == 0 || effective_unix <= unix_now() {
+                drop_primary_shard(shard, log, primary_shard, primary_shards);
+            } else {
+                // A delayed flush applies to the whole replica: close enough
+                // to the primary, whose every shard logs the same flush.
+                shard.flush_all(effective_unix);
+                log.append(record);
+            }
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -1,0 +1,249 @@
+//! What travels on a replication link. The replica opens with one text
+//! line, the primary answers with one; from then on both sides send
+//! frames: a 15-byte header (kind, shard, offset, payload length; little
+//! endian) and the payload.
+//!
+//! ```text
+//! replica -> primary  REPLICATE <replid|-> <offset|-> <offset|-> ...\r\n
+//! primary -> replica  PRIMARY <replid> <shards>\r\n
+//! primary -> replica  LOG(shard, offset, records) FULL_BEGIN(shard, offset)
+//!                     SNAPSHOT(shard, records) FULL_END(shard) CONTINUE(shard, offset) PING
+//! replica -> primary  ACK(shard, applied offset)
+//! ```
+
+use futures_lite::{AsyncRead, AsyncReadExt};
+
+pub const HEADER: usize = 15;
+/// Longest handshake line accepted.
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// Log bytes of a shard starting at `offset`.
+    Log = 1,
+    /// A full resync of the shard begins; the log continues from `offset`.
+    FullBegin = 2,
+    /// Records of the shard's snapshot.
+    Snapshot = 3,
+    FullEnd = 4,
+    /// Nothing to send: the link is alive.
+    Ping = 5,
+    /// Partial resync: the shard's log continues from `offset`.
+    Continue = 6,
+    /// The replica has applied the shard's log up to `offset`.
+    Ack = 16,
+}
+
+impl Kind {
+    fn from_byte(byte: u8) -> Option<Kind> {
+        Some(match byte {
+            1 => Kind::Log,
+            2 => Kind::FullBegin,
+            3 => Kind::Snapshot,
+            4 => Kind::FullEnd,
+            5 => Kind::Ping,
+            6 => Kind::Continue,
+            16 => Kind::Ack,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    pub shard: u16,
+    pub offset: u64,
+    pub length: u32,
+}
+
+pub fn write_frame(out: &mut Vec<u8>, kind: Kind, shard: usize, offset: u64, payload: &[u8]) {
+    write_header(out, kind, shard, offset, payload.len());
+    out.extend_from_slice(payload);
+}
+
+/// A header whose payload the caller appends next.
+pub fn write_header(out: &mut Vec<u8>, kind: Kind, shard: usize, offset: u64, length: usize) {
+    out.push(kind as u8);
+    out.extend_from_slice(&(shard as u16).to_le_bytes());
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&(length as u32).to_le_bytes());
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("replication link: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("replication link: {0}")]
+    Socket(#[from] glommio::GlommioError<()>),
+    #[error("replication link closed")]
+    Closed,
+    #[error("replication link: bad frame kind {0}")]
+    BadKind(u8),
+    #[error("replication link: bad handshake line")]
+    BadHandshake,
+}
+
+/// Reads frames from a stream, buffering what arrives.
+pub struct FrameReader {
+    buf: Vec<u8>,
+    start: usize,
+    /// Largest payload accepted.
+    max_payload: usize,
+}
+
+impl FrameReader {
+    pub fn new(max_payload: usize) -> FrameReader {
+        FrameReader {
+            buf: Vec::with_capacity(64 * 1024),
+            start: 0,
+            max_payload,
+        }
+    }
+
+    async fn fill(&mut self, stream: &mut (impl AsyncRead + Unpin + ?Sized), need: usize) -> Result<(), WireError> {
+        while self.buf.len() - self.start < need {
+            if self.start > 0 {
+                self.buf.drain(..self.start);
+                self.start = 0;
+            }
+            let had = self.buf.len();
+            let want = (need - had).max(64 * 1024);
+            self.buf.resize(had + want, 0);
+            let read = stream.read(&mut self.buf[had..]).await;
+            let read = match read {
+                Ok(read) => read,
+                Err(error) => {
+                    self.buf.truncate(had);
+                    return Err(error.into());
+                }
+            };
+            self.buf.truncate(had + read);
+            if read == 0 {
+                return Err(WireError::Closed);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next handshake line, without its "\r\n".
+    pub async fn line(&mut self, stream: &mut (impl AsyncRead + Unpin + ?Sized)) -> Result<String, WireError> {
+        loop {
+            if let Some(end) = memchr::memchr(b'\n', &self.buf[self.start..]) {
+                let line = &self.buf[self.start..self.start + end];
+                let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line)).into_owned();
+                self.start += end + 1;
+                return Ok(line);
+            }
+            if self.buf.len() - self.start > MAX_LINE {
+                return Err(WireError::BadHandshake);
+            }
+            let need = self.buf.len() - self.start + 1;
+            self.fill(stream, need).await?;
+        }
+    }
+
+    /// The next frame: its header and payload.
+    pub async fn frame(&mut self, stream: &mut (impl AsyncRead + Unpin + ?Sized)) -> Result<(Header, &[u8]), WireError> {
+        self.fill(stream, HEADER).await?;
+        let bytes = &self.buf[self.start..self.start + HEADER];
+        let kind = Kind::from_byte(bytes[0]).ok_or(WireError::BadKind(bytes[0]))?;
+        let header = Header {
+            kind,
+            shard: u16::from_le_bytes([bytes[1], bytes[2]]),
+            offset: u64::from_le_bytes(bytes[3..11].try_into().expect("8 bytes")),
+            length: u32::from_le_bytes(bytes[11..15].try_into().expect("4 bytes")),
+        };
+        if header.length as usize > self.max_payload {
+            return Err(WireError::BadKind(bytes[0]));
+        }
+        self.fill(stream, HEADER + header.length as usize).await?;
+        let payload = self.start + HEADER..self.start + HEADER + header.length as usize;
+        self.start = payload.end;
+        Ok((header, &self.buf[payload]))
+    }
+}
+
+/// The replica's opening line: the primary history it follows and, per
+/// primary shard, the offset it has applied (None: must resync fully).
+pub fn replicate_line(replid: Option<&str>, offsets: &[Option<u64>]) -> String {
+    let mut line = format!("REPLICATE {}", replid.unwrap_or("-"));
+    for offset in offsets {
+        match offset {
+            Some(offset) => line.push_str(&format!(" {offset}")),
+            None => line.push_str(" -"),
+        }
+    }
+    line.push_str("\r\n");
+    line
+}
+
+pub fn parse_replicate(line: &str) -> Result<(Option<String>, Vec<Option<u64>>), WireError> {
+    let mut words = line.split_ascii_whitespace();
+    if words.next() != Some("REPLICATE") {
+        return Err(WireError::BadHandshake);
+    }
+    let replid = words.next().ok_or(WireError::BadHandshake)?;
+    let replid = (replid != "-").then(|| replid.to_string());
+    let offsets = words.map(|word| word.parse().ok()).collect();
+    Ok((replid, offsets))
+}
+
+pub fn primary_line(replid: &str, shards: usize) -> String {
+    format!("PRIMARY {replid} {shards}\r\n")
+}
+
+pub fn parse_primary(line: &str) -> Result<(String, usize), WireError> {
+    let words: Vec<&str> = line.split_ascii_whitespace().collect();
+    match words[..] {
+        ["PRIMARY", replid, shards] => Ok((replid.to_string(), shards.parse().map_err(|_| WireError::BadHandshake)?)),
+        _ => Err(WireError::BadHandshake),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_lines_round_trip() {
+        let line = replicate_line(Some("abc"), &[Some(5), None, Some(0)]);
+        assert_eq!(line, "REPLICATE abc 5 - 0\r\n");
+        assert_eq!(
+            parse_replicate(line.trim_end()).unwrap(),
+            (Some("abc".to_string()), vec![Some(5), None, Some(0)])
+        );
+        assert_eq!(parse_replicate("REPLICATE -").unwrap(), (None, vec![]));
+        assert_eq!(parse_primary("PRIMARY xyz 2").unwrap(), ("xyz".to_string(), 2));
+        assert!(parse_primary("PRIMARY xyz").is_err());
+    }
+
+    #[test]
+    fn frames_split_at_every_byte_are_read_whole() {
+        let mut bytes = b"PRIMARY id 2\r\n".to_vec();
+        write_frame(&mut bytes, Kind::Log, 1, 77, b"records");
+        write_frame(&mut bytes, Kind::Ping, 0, 0, b"");
+        write_frame(&mut bytes, Kind::Ack, 3, u64::MAX, b"");
+        for split in 0..bytes.len() {
+            let mut stream = futures_lite::io::Cursor::new(bytes.clone()).chain(futures_lite::io::empty());
+            let mut parts = futures_lite::io::Cursor::new(bytes[..split].to_vec())
+                .chain(futures_lite::io::Cursor::new(bytes[split..].to_vec()));
+            for reader_stream in [&mut stream as &mut (dyn AsyncRead + Unpin), &mut parts] {
+                let mut reader = FrameReader::new(1 << 20);
+                futures_lite::future::block_on(async {
+                    assert_eq!(reader.line(reader_stream).await.unwrap(), "PRIMARY id 2");
+                    let (header, payload) = reader.frame(reader_stream).await.unwrap();
+                    assert_eq!(
+                        (header.kind, header.shard, header.offset, payload),
+                        (Kind::Log, 1, 77, &b"records"[..])
+                    );
+                    assert_eq!(reader.frame(reader_stream).await.unwrap().0.kind, Kind::Ping);
+                    let (ack, _) = reader.frame(reader_stream).await.unwrap();
+                    assert_eq!((ack.kind, ack.shard, ack.offset), (Kind::Ack, 3, u64::MAX));
+                    assert!(matches!(reader.frame(reader_stream).await, Err(WireError::Closed)));
+                });
+            }
+        }
+    }
+}
