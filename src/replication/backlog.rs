@@ -52,7 +52,9 @@ impl Backlog {
             self.bytes.drain(..excess);
             self.start += excess as u64;
         }
-        self.marks.push_back((self.end(), now));
+        if !chunk.is_empty() {
+            self.marks.push_back((self.end(), now));
+        }
         while self.marks.len() > MAX_MARKS || self.marks.front().is_some_and(|&(end, _)| end <= self.start) {
             self.marks.pop_front();
         }

@@ -203,7 +203,8 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
     let mut requests = Vec::new();
     for (index, shard) in shards.iter_mut().enumerate() {
         let backlog = &backlogs[index];
-        if !matches!(shard.sync, Sync::NeedSnapshot) && !backlog.holds(shard.sent) {
+        let sending_log = matches!(shard.sync, Sync::Streaming | Sync::Snapshot { begun: true });
+        if sending_log && !backlog.holds(shard.sent) {
             // Fell out of the backlog: only a snapshot can bring it back.
             shard.sync = Sync::NeedSnapshot;
             shard.slices.clear();

@@ -22,6 +22,7 @@ use crate::hash::KeyHash;
 /// Largest frame payload accepted from a primary (frames are 256 KiB of
 /// log, or one snapshot slice, which may hold one item of up to 1 GiB).
 const MAX_PAYLOAD: usize = (1 << 30) + (1 << 20);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 const ACK_INTERVAL: Duration = Duration::from_millis(2);
 const ACK_HEARTBEAT: Duration = Duration::from_millis(500);
@@ -111,7 +112,7 @@ async fn link_once(core: &Rc<ReplicationCore>, address: &str) -> Result<(), Wire
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "address does not resolve"))?;
-    let stream = glommio::net::TcpStream::connect_timeout(target, Duration::from_secs(2)).await?;
+    let stream = connect_from(core.global.config.listen[0], target).await?;
     stream.set_read_timeout(Some(LINK_TIMEOUT))?;
     stream.set_nodelay(true)?;
     let (mut input, mut output) = futures_lite::io::split(stream);
@@ -137,6 +138,24 @@ async fn link_once(core: &Rc<ReplicationCore>, address: &str) -> Result<(), Wire
         link.state = "sync";
     }
     futures_lite::future::or(apply_frames(core, &mut input, &mut reader), send_acks(core, &mut output)).await
+}
+
+/// Connects from this host's own address (so the primary sees which host
+/// follows it), on a helper thread: the connect may block.
+async fn connect_from(local: std::net::IpAddr, target: std::net::SocketAddr) -> std::io::Result<glommio::net::TcpStream> {
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let fd = glommio::executor()
+        .spawn_blocking(move || -> std::io::Result<std::os::fd::RawFd> {
+            let socket = socket2::Socket::new(socket2::Domain::for_address(target), socket2::Type::STREAM, None)?;
+            if local.is_ipv4() == target.is_ipv4() && !local.is_unspecified() {
+                socket.bind(&std::net::SocketAddr::new(local, 0).into())?;
+            }
+            socket.connect_timeout(&target.into(), CONNECT_TIMEOUT)?;
+            Ok(socket.into_raw_fd())
+        })
+        .await?;
+    // SAFETY: the descriptor was just connected and is owned by nothing else.
+    Ok(unsafe { glommio::net::TcpStream::from_raw_fd(fd) })
 }
 
 /// Reads frames and hands their records to the workers.

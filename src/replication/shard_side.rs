@@ -31,15 +31,23 @@ pub struct ShardLog {
     end: u64,
     /// Pending bytes beyond this are dropped (the replication core is not
     /// keeping up); the offset still advances, so replicas resync fully.
-    capacity: usize,
+    limit: usize,
+    /// Bytes were dropped: the replication core must hear where the log
+    /// continues even if nothing more is written.
+    dropped: bool,
 }
 
+/// The hand-over buffer holds at least this much, whatever the backlog size
+/// (the backlog keeps its newest bytes of a larger chunk).
+const MIN_PENDING_LIMIT: usize = 16 << 20;
+
 impl ShardLog {
-    pub fn new(capacity: usize) -> ShardLog {
+    pub fn new(backlog: usize) -> ShardLog {
         ShardLog {
             pending: Vec::new(),
             end: 0,
-            capacity,
+            limit: backlog.max(MIN_PENDING_LIMIT),
+            dropped: false,
         }
     }
 
@@ -51,8 +59,9 @@ impl ShardLog {
         let before = self.pending.len();
         record.encode(&mut self.pending);
         self.end += (self.pending.len() - before) as u64;
-        if self.pending.len() > self.capacity {
+        if self.pending.len() > self.limit {
             self.pending.clear();
+            self.dropped = true;
         }
     }
 
@@ -64,11 +73,13 @@ impl ShardLog {
         }
     }
 
-    /// The pending bytes as a message, if there are any.
+    /// The pending bytes as a message, if there are any (an empty one
+    /// after a drop: it moves the backlog to where the log continues).
     pub fn take_chunk(&mut self) -> Option<ToReplication> {
-        if self.pending.is_empty() {
+        if self.pending.is_empty() && !std::mem::take(&mut self.dropped) {
             return None;
         }
+        self.dropped = false;
         let bytes = std::mem::take(&mut self.pending);
         Some(ToReplication::Log {
             offset: self.end - bytes.len() as u64,
@@ -96,9 +107,9 @@ pub struct ShardReplication {
 }
 
 impl ShardReplication {
-    pub fn new(capacity: usize, to_core: SharedSender<ToReplication>, from_core: SharedReceiver<ToWorker>) -> ShardReplication {
+    pub fn new(backlog: usize, to_core: SharedSender<ToReplication>, from_core: SharedReceiver<ToWorker>) -> ShardReplication {
         ShardReplication {
-            log: RefCell::new(ShardLog::new(capacity)),
+            log: RefCell::new(ShardLog::new(backlog)),
             outbox: RefCell::new(VecDeque::new()),
             channels: Cell::new(Some((to_core, from_core))),
         }
@@ -277,4 +288,38 @@ fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(log: &mut ShardLog) -> Option<(u64, usize)> {
+        match log.take_chunk()? {
+            ToReplication::Log { offset, bytes } => Some((offset, bytes.len())),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn chunks_carry_their_offsets_and_a_drop_moves_the_log_on() {
+        let mut log = ShardLog::new(0);
+        assert_eq!(chunk(&mut log), None, "nothing written, nothing sent");
+        log.append(Record::Delete { key: b"abc" });
+        assert_eq!(chunk(&mut log), Some((0, 5)));
+        log.append(Record::Delete { key: b"de" });
+        assert_eq!(chunk(&mut log), Some((5, 4)));
+        let big = vec![b'v'; MIN_PENDING_LIMIT];
+        log.append(Record::Set {
+            key: b"big",
+            client_flags: 0,
+            expiry_unix: 0,
+            cas: 1,
+            value: &big,
+        });
+        let end = log.end();
+        assert!(end > MIN_PENDING_LIMIT as u64);
+        assert_eq!(chunk(&mut log), Some((end, 0)), "an empty chunk says where the log goes on");
+        assert_eq!(chunk(&mut log), None);
+    }
 }

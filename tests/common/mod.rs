@@ -10,15 +10,22 @@ use std::time::{Duration, Instant};
 pub const BINARY: &str = env!("CARGO_BIN_EXE_corecache");
 
 pub struct Server {
+    /// Loopback address the server listens on (127.0.0.1 unless asked).
+    pub host: String,
     pub port: u16,
+    /// The port that replaced `{repl_port}` in the arguments, if any.
+    pub repl_port: Option<u16>,
     child: Child,
 }
+
+/// Stands in an argument list for a free port, chosen at each start attempt.
+pub const REPL_PORT: &str = "{repl_port}";
 
 /// True once a corecache answers `version` on the port. A bare connect is
 /// not enough: a connect to an unused port in the ephemeral range can
 /// connect the socket to itself.
-fn answers_version(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+fn answers_version(host: &str, port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect((host, port)) else {
         return false;
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
@@ -26,8 +33,8 @@ fn answers_version(port: u16) -> bool {
     stream.write_all(b"version\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"VERSION "
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+fn free_port(host: &str) -> u16 {
+    TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port()
 }
 
 impl Server {
@@ -39,31 +46,54 @@ impl Server {
 
     /// Starts corecache as another user (uid), e.g. 65534 (nobody).
     pub fn start_as(uid: Option<u32>, args: &[&str]) -> Server {
+        Server::start_full("127.0.0.1", uid, args)
+    }
+
+    /// Starts corecache listening on another loopback address (a "host").
+    pub fn start_on(host: &str, args: &[&str]) -> Server {
+        Server::start_full(host, None, args)
+    }
+
+    fn start_full(host: &str, uid: Option<u32>, args: &[&str]) -> Server {
         // Another test may take the same free port first: then try another.
         for _ in 0..5 {
-            if let Some(server) = Server::try_start(free_port(), uid, args) {
+            let repl_port = args.contains(&REPL_PORT).then(|| free_port(host));
+            let args: Vec<String> = args
+                .iter()
+                .map(|&arg| match (arg, repl_port) {
+                    (REPL_PORT, Some(port)) => port.to_string(),
+                    _ => arg.to_string(),
+                })
+                .collect();
+            if let Some(mut server) = Server::try_start(host, free_port(host), uid, &args) {
+                server.repl_port = repl_port;
                 return server;
             }
         }
         panic!("corecache did not start");
     }
 
-    fn try_start(port: u16, uid: Option<u32>, args: &[&str]) -> Option<Server> {
+    fn try_start(host: &str, port: u16, uid: Option<u32>, args: &[String]) -> Option<Server> {
         use std::os::unix::process::CommandExt;
         let mut command = Command::new(BINARY);
         if let Some(uid) = uid {
             command.uid(uid).gid(uid);
         }
         let child = command
-            .args(["-p", &port.to_string(), "-l", "127.0.0.1"])
+            .args(["-p", &port.to_string(), "-l", host])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start corecache");
-        let mut server = Server { port, child };
+        let mut server = Server {
+            host: host.to_string(),
+            port,
+            repl_port: None,
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(15);
-        while !answers_version(port) {
+        while !answers_version(host, port) {
             if let Ok(Some(status)) = server.child.try_wait() {
                 eprintln!("corecache exited at start on port {port}: {status}");
                 return None;
@@ -75,7 +105,18 @@ impl Server {
     }
 
     pub fn client(&self) -> Client {
-        Client::connect(self.port)
+        Client::connect_to(&self.host, self.port)
+    }
+
+    /// `host:port` of the replication port.
+    pub fn repl_address(&self) -> String {
+        format!("{}:{}", self.host, self.repl_port.expect("started with a replication port"))
+    }
+
+    /// kill -9, and reap the process.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn pid(&self) -> u32 {
@@ -126,7 +167,11 @@ pub struct Client {
 
 impl Client {
     pub fn connect(port: u16) -> Client {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        Client::connect_to("127.0.0.1", port)
+    }
+
+    pub fn connect_to(host: &str, port: u16) -> Client {
+        let stream = TcpStream::connect((host, port)).expect("connect");
         stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         stream.set_nodelay(true).unwrap();
         Client { stream }
