@@ -3,11 +3,13 @@
 //! primary and replica tasks. Publishes `stats replication` every tick.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -45,11 +47,31 @@ pub struct ReplicationCore {
     pub applied: Notify,
     ready: Cell<usize>,
     all_ready: Notify,
+    /// Open replication sockets, shut when the server stops (io_uring
+    /// would otherwise keep them, and the port, past the exit).
+    sockets: RefCell<HashSet<RawFd>>,
+}
+
+/// Keeps a socket in the core's set while a link uses it.
+pub struct SocketGuard<'a> {
+    core: &'a ReplicationCore,
+    fd: RawFd,
+}
+
+impl Drop for SocketGuard<'_> {
+    fn drop(&mut self) {
+        self.core.sockets.borrow_mut().remove(&self.fd);
+    }
 }
 
 impl ReplicationCore {
     pub fn worker(&self, shard: usize) -> Option<Rc<ConnectedSender<ToWorker>>> {
         self.workers.borrow().get(shard).cloned().flatten()
+    }
+
+    pub fn track(&self, fd: RawFd) -> SocketGuard<'_> {
+        self.sockets.borrow_mut().insert(fd);
+        SocketGuard { core: self, fd }
     }
 
     async fn wait_ready(&self) {
@@ -60,9 +82,16 @@ impl ReplicationCore {
     }
 }
 
+/// The running replication core: each worker's channels, and the thread to
+/// join at stop (it shuts its sockets first).
+pub struct Started {
+    pub channels: Vec<WorkerChannels>,
+    pub thread: glommio::ExecutorJoinHandle<()>,
+}
+
 /// Binds the replication port (so errors show before anything starts),
 /// starts the replication core, and returns each worker's channels.
-pub fn start(global: &Arc<Global>) -> Result<Vec<WorkerChannels>, ServerError> {
+pub fn start(global: &Arc<Global>) -> Result<Started, ServerError> {
     let config = &global.config;
     let shards = config.threads();
     let listener = match config.repl_port {
@@ -84,7 +113,7 @@ pub fn start(global: &Arc<Global>) -> Result<Vec<WorkerChannels>, ServerError> {
     let placement = || config.repl_core.map_or(Placement::Unbound, Placement::Fixed);
     let global = global.clone();
     let listener_fd = listener.map(IntoRawFd::into_raw_fd);
-    LocalExecutorBuilder::new(placement())
+    let thread = LocalExecutorBuilder::new(placement())
         .name("replication")
         .io_memory(config.io_memory)
         .ring_depth(128)
@@ -99,6 +128,7 @@ pub fn start(global: &Arc<Global>) -> Result<Vec<WorkerChannels>, ServerError> {
                 applied: Notify::default(),
                 ready: Cell::new(0),
                 all_ready: Notify::default(),
+                sockets: RefCell::default(),
                 global,
             });
             for (from_worker, to_worker) in core_channels {
@@ -111,9 +141,15 @@ pub fn start(global: &Arc<Global>) -> Result<Vec<WorkerChannels>, ServerError> {
                 glommio::spawn_local(primary::serve(core.clone(), listener)).detach();
             }
             glommio::spawn_local(replica::follow(core.clone())).detach();
-            loop {
+            while !core.global.stopping.load(Ordering::Relaxed) {
                 publish(&core);
                 glommio::timer::sleep(PUBLISH_INTERVAL).await;
+            }
+            // SAFETY: shutdown on descriptors this core owns; a closed one just fails.
+            unsafe {
+                for fd in listener_fd.into_iter().chain(core.sockets.borrow().iter().copied()) {
+                    libc::shutdown(fd, libc::SHUT_RDWR);
+                }
             }
         })
         .map_err(|error| ServerError::Executor {
@@ -121,7 +157,10 @@ pub fn start(global: &Arc<Global>) -> Result<Vec<WorkerChannels>, ServerError> {
             cpu: config.repl_core.unwrap_or(0),
             reason: error.to_string(),
         })?;
-    Ok(worker_channels)
+    Ok(Started {
+        channels: worker_channels,
+        thread,
+    })
 }
 
 /// Receives one worker's messages: log bytes into its backlog, snapshot
@@ -138,8 +177,8 @@ async fn serve_worker(core: Rc<ReplicationCore>, from_worker: SharedReceiver<ToR
     while let Some(message) = receiver.recv().await {
         match message {
             ToReplication::Hello { .. } => {}
-            ToReplication::Log { offset, bytes } => {
-                core.backlogs.borrow_mut()[shard].append(offset, &bytes, Instant::now());
+            ToReplication::Log { offset, bytes, since } => {
+                core.backlogs.borrow_mut()[shard].append(offset, &bytes, since);
                 core.changed.notify();
             }
             ToReplication::Slice {

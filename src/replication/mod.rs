@@ -117,8 +117,12 @@ fn new_replid() -> String {
 pub enum ToReplication {
     /// The first message: which shard this channel carries.
     Hello { shard: usize },
-    /// Log bytes starting at `offset`.
-    Log { offset: u64, bytes: Vec<u8> },
+    /// Log bytes starting at `offset`; `since`: when the oldest was written.
+    Log {
+        offset: u64,
+        bytes: Vec<u8>,
+        since: std::time::Instant,
+    },
     /// Part of a snapshot for a replica, taken when the log stood at `at_offset`.
     Slice {
         follower: u64,

@@ -9,6 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -103,6 +104,7 @@ pub async fn serve(core: Rc<ReplicationCore>, listener: glommio::net::TcpListene
 /// One follower's connection, from handshake to close.
 async fn follower(core: &Rc<ReplicationCore>, stream: glommio::net::TcpStream) -> Result<(), WireError> {
     let address = stream.peer_addr()?;
+    let _tracked = core.track(stream.as_raw_fd());
     stream.set_read_timeout(Some(LINK_TIMEOUT))?;
     let (mut input, mut output) = futures_lite::io::split(stream);
     let mut reader = FrameReader::new(0);

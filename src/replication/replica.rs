@@ -7,6 +7,7 @@
 //! (`replication follow`, `replication promote`).
 
 use std::net::ToSocketAddrs;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use crate::hash::KeyHash;
 const MAX_PAYLOAD: usize = (1 << 30) + (1 << 20);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
-const ACK_INTERVAL: Duration = Duration::from_millis(2);
+const ACK_INTERVAL: Duration = Duration::from_millis(1);
 const ACK_HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// The replica side's view of the link.
@@ -115,6 +116,7 @@ async fn link_once(core: &Rc<ReplicationCore>, address: &str) -> Result<(), Wire
     let stream = connect_from(core.global.config.listen[0], target).await?;
     stream.set_read_timeout(Some(LINK_TIMEOUT))?;
     stream.set_nodelay(true)?;
+    let _tracked = core.track(stream.as_raw_fd());
     let (mut input, mut output) = futures_lite::io::split(stream);
     let hello = {
         let link = core.link.borrow();

@@ -5,12 +5,12 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 
 use super::record::{Record, decode_all};
-use super::{ToReplication, ToWorker};
+use super::{Notify, ToReplication, ToWorker};
 use crate::hash::KeyHash;
 use crate::request::KeyOp;
 use crate::server::Core;
@@ -35,6 +35,8 @@ pub struct ShardLog {
     /// Bytes were dropped: the replication core must hear where the log
     /// continues even if nothing more is written.
     dropped: bool,
+    /// When the oldest pending record was written (lag is measured from it).
+    since: Option<Instant>,
 }
 
 /// The hand-over buffer holds at least this much, whatever the backlog size
@@ -48,6 +50,7 @@ impl ShardLog {
             end: 0,
             limit: backlog.max(MIN_PENDING_LIMIT),
             dropped: false,
+            since: None,
         }
     }
 
@@ -57,6 +60,9 @@ impl ShardLog {
 
     pub fn append(&mut self, record: Record<'_>) {
         let before = self.pending.len();
+        if before == 0 && self.since.is_none() {
+            self.since = Some(Instant::now());
+        }
         record.encode(&mut self.pending);
         self.end += (self.pending.len() - before) as u64;
         if self.pending.len() > self.limit {
@@ -84,6 +90,7 @@ impl ShardLog {
         Some(ToReplication::Log {
             offset: self.end - bytes.len() as u64,
             bytes,
+            since: self.since.take().unwrap_or_else(Instant::now),
         })
     }
 }
@@ -103,6 +110,8 @@ pub struct ShardReplication {
     pub log: RefCell<ShardLog>,
     /// Messages for the replication core, in order.
     outbox: RefCell<VecDeque<ToReplication>>,
+    /// Replies (slices, applied offsets) go out at once, not at the next tick.
+    reply_ready: Notify,
     channels: Cell<Option<(SharedSender<ToReplication>, SharedReceiver<ToWorker>)>>,
 }
 
@@ -111,6 +120,7 @@ impl ShardReplication {
         ShardReplication {
             log: RefCell::new(ShardLog::new(backlog)),
             outbox: RefCell::new(VecDeque::new()),
+            reply_ready: Notify::default(),
             channels: Cell::new(Some((to_core, from_core))),
         }
     }
@@ -134,6 +144,13 @@ impl ShardReplication {
             self.outbox.borrow_mut().push_back(chunk);
         }
     }
+
+    /// Queues a reply after the log written so far, and wakes the sender.
+    fn reply(&self, message: ToReplication) {
+        self.flush_log();
+        self.outbox.borrow_mut().push_back(message);
+        self.reply_ready.notify();
+    }
 }
 
 /// Starts the worker's two replication tasks: one hands the log and
@@ -154,6 +171,7 @@ pub fn spawn_tasks(core: &Rc<Core>) {
         }
         let mut idle_turns = 0u32;
         loop {
+            let epoch = replication.reply_ready.epoch();
             replication.flush_log();
             let mut sent_any = false;
             loop {
@@ -166,7 +184,7 @@ pub fn spawn_tasks(core: &Rc<Core>) {
             }
             idle_turns = if sent_any { 0 } else { idle_turns.saturating_add(1) };
             let pause = if idle_turns > 100 { FLUSH_IDLE } else { FLUSH_BUSY };
-            glommio::timer::sleep(pause).await;
+            futures_lite::future::or(replication.reply_ready.changed_since(epoch), glommio::timer::sleep(pause)).await;
         }
     })
     .detach();
@@ -191,7 +209,7 @@ fn serve(core: &Core, message: ToWorker) {
             let mut cursor = cursor;
             let more = shard.visit_items(&mut cursor, SLICE_BYTES, |state| set_record(state).encode(&mut records));
             let at_offset = replication.log.borrow().end();
-            replication.outbox.borrow_mut().push_back(ToReplication::Slice {
+            replication.reply(ToReplication::Slice {
                 follower,
                 at_offset,
                 records,
@@ -212,10 +230,7 @@ fn serve(core: &Core, message: ToWorker) {
                 apply(&mut shard, &mut log, record, primary_shard, primary_shards);
             }
             drop(log);
-            replication
-                .outbox
-                .borrow_mut()
-                .push_back(ToReplication::Applied { primary_shard, offset });
+            replication.reply(ToReplication::Applied { primary_shard, offset });
         }
         ToWorker::DropShard {
             primary_shard,
@@ -226,10 +241,7 @@ fn serve(core: &Core, message: ToWorker) {
             let mut log = replication.log.borrow_mut();
             drop_primary_shard(&mut shard, &mut log, primary_shard, primary_shards);
             drop(log);
-            replication
-                .outbox
-                .borrow_mut()
-                .push_back(ToReplication::Applied { primary_shard, offset });
+            replication.reply(ToReplication::Applied { primary_shard, offset });
         }
     }
 }
@@ -296,7 +308,7 @@ mod tests {
 
     fn chunk(log: &mut ShardLog) -> Option<(u64, usize)> {
         match log.take_chunk()? {
-            ToReplication::Log { offset, bytes } => Some((offset, bytes.len())),
+            ToReplication::Log { offset, bytes, .. } => Some((offset, bytes.len())),
             _ => None,
         }
     }

@@ -159,10 +159,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         crate::metrics::serve(global.clone(), address).map_err(|source| ServerError::Bind { address, source })?;
     }
     let cores = config.threads();
-    let mut replication_channels: Vec<Option<WorkerChannels>> = if config.replication_enabled() {
-        crate::replication::core::start(&global)?.into_iter().map(Some).collect()
+    let (mut replication_channels, replication_thread): (Vec<Option<WorkerChannels>>, _) = if config.replication_enabled() {
+        let started = crate::replication::core::start(&global)?;
+        (started.channels.into_iter().map(Some).collect(), Some(started.thread))
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     let request_mesh = FullMesh::<ToShard>::full(cores, MESH_CAPACITY);
     let reply_mesh = FullMesh::<FromShard>::full(cores, MESH_CAPACITY);
@@ -241,6 +242,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     }
     for handle in handles {
         let _ = handle.join();
+    }
+    if let Some(thread) = replication_thread {
+        let _ = thread.join();
     }
     Ok(())
 }
