@@ -19,6 +19,8 @@
 //!   text_session.rs, binary_session.rs   the two Sessions
 //!   router.rs        hash once, run local ops, batch remote ops per core
 //! store/           one Shard per core: index + slab + segmented LRU + expiry
+//! replication/     per-shard logs, the replication core (backlogs, primary
+//!                  and replica links), applying records on a replica
 //! stats.rs         `stats` output: shard reports + server counters
 //! ```
 //!
@@ -28,6 +30,8 @@
 //! runs it on the local `store::Shard` or batches it to the owning core over
 //! the channel mesh -> `Outcome`s come back in request order ->
 //! the protocol's reply writer writes them -> one send per batch.
+//! A write also leaves the key's new state in the shard's replication log
+//! (`replication::shard_side`), which the replication core streams to replicas.
 
 pub mod config;
 pub mod hash;

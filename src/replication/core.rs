@@ -183,11 +183,17 @@ async fn serve_worker(core: Rc<ReplicationCore>, from_worker: SharedReceiver<ToR
             }
             ToReplication::Slice {
                 follower,
+                attempt,
                 at_offset,
                 records,
                 next_cursor,
             } => {
-                primary::deliver_slice(&core, shard, follower, at_offset, records, next_cursor);
+                let slice = primary::Slice {
+                    at_offset,
+                    records,
+                    next_cursor,
+                };
+                primary::deliver_slice(&core, shard, follower, attempt, slice);
                 core.changed.notify();
             }
             ToReplication::Applied { primary_shard, offset } => {

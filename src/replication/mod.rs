@@ -126,6 +126,7 @@ pub enum ToReplication {
     /// Part of a snapshot for a replica, taken when the log stood at `at_offset`.
     Slice {
         follower: u64,
+        attempt: u32,
         at_offset: u64,
         records: Vec<u8>,
         next_cursor: Option<usize>,
@@ -136,8 +137,9 @@ pub enum ToReplication {
 
 /// Replication core -> worker core.
 pub enum ToWorker {
-    /// Take the next slice of a snapshot from `cursor` on.
-    Snapshot { follower: u64, cursor: usize },
+    /// Take the next slice of a snapshot from `cursor` on. `attempt` tells
+    /// a restarted snapshot's slices from a stale one's.
+    Snapshot { follower: u64, attempt: u32, cursor: usize },
     /// Apply a primary shard's records (which belong to this shard).
     Apply {
         primary_shard: usize,

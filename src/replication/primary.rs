@@ -37,10 +37,11 @@ enum Sync {
     },
 }
 
-struct Slice {
-    at_offset: u64,
-    records: Vec<u8>,
-    next_cursor: Option<usize>,
+/// A slice of a shard's snapshot, taken when the log stood at `at_offset`.
+pub struct Slice {
+    pub at_offset: u64,
+    pub records: Vec<u8>,
+    pub next_cursor: Option<usize>,
 }
 
 struct FollowerShard {
@@ -49,6 +50,8 @@ struct FollowerShard {
     acked: u64,
     sync: Sync,
     slices: VecDeque<Slice>,
+    /// Snapshots started for this shard: slices of an abandoned one are dropped.
+    attempt: u32,
     /// Backlog chunk end already counted in the lag histogram.
     sampled: u64,
 }
@@ -154,6 +157,7 @@ impl FollowerShard {
             acked: offset,
             sync,
             slices: VecDeque::new(),
+            attempt: 0,
             sampled: offset,
         }
     }
@@ -170,10 +174,11 @@ async fn write_loop(
     loop {
         let epoch = core.changed.epoch();
         let requests = fill(core, follower, &mut out);
-        for (shard, cursor) in requests {
+        for (shard, attempt, cursor) in requests {
             if let Some(worker) = core.worker(shard) {
                 let request = ToWorker::Snapshot {
                     follower: follower.id,
+                    attempt,
                     cursor,
                 };
                 if worker.send(request).await.is_err() {
@@ -198,8 +203,8 @@ async fn write_loop(
 }
 
 /// Writes whatever each shard has for the follower into `out`; returns
-/// the snapshot slices to ask the shards for (shard, cursor).
-fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(usize, usize)> {
+/// the snapshot slices to ask the shards for (shard, attempt, cursor).
+fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(usize, u32, usize)> {
     let backlogs = core.backlogs.borrow();
     let mut shards = follower.shards.borrow_mut();
     let mut requests = Vec::new();
@@ -215,7 +220,8 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
             Sync::NeedSnapshot => {
                 core.primary.full_resyncs.set(core.primary.full_resyncs.get() + 1);
                 shard.sync = Sync::Snapshot { begun: false };
-                requests.push((index, 0));
+                shard.attempt += 1;
+                requests.push((index, shard.attempt, 0));
             }
             Sync::Snapshot { begun } => {
                 let Some(slice) = shard.slices.front() else {
@@ -237,7 +243,7 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
                     let slice = shard.slices.pop_front().expect("front slice");
                     wire::write_frame(out, Kind::Snapshot, index, slice.at_offset, &slice.records);
                     match slice.next_cursor {
-                        Some(cursor) => requests.push((index, cursor)),
+                        Some(cursor) => requests.push((index, shard.attempt, cursor)),
                         None => {
                             wire::write_frame(out, Kind::FullEnd, index, shard.sent, &[]);
                             shard.sync = Sync::Streaming;
@@ -265,14 +271,7 @@ fn send_log(backlog: &super::backlog::Backlog, shard: usize, sent: &mut u64, lim
 }
 
 /// A shard's snapshot slice reaches the follower that asked for it.
-pub fn deliver_slice(
-    core: &ReplicationCore,
-    shard: usize,
-    follower: u64,
-    at_offset: u64,
-    records: Vec<u8>,
-    next_cursor: Option<usize>,
-) {
+pub fn deliver_slice(core: &ReplicationCore, shard: usize, follower: u64, attempt: u32, slice: Slice) {
     let followers = core.primary.followers.borrow();
     let Some(follower) = followers.get(&follower) else {
         return;
@@ -280,12 +279,9 @@ pub fn deliver_slice(
     let mut shards = follower.shards.borrow_mut();
     if let Some(state) = shards.get_mut(shard)
         && matches!(state.sync, Sync::Snapshot { .. })
+        && state.attempt == attempt
     {
-        state.slices.push_back(Slice {
-            at_offset,
-            records,
-            next_cursor,
-        });
+        state.slices.push_back(slice);
     }
 }
 

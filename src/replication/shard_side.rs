@@ -21,7 +21,7 @@ use crate::store::{ItemState, Shard};
 const FLUSH_BUSY: Duration = Duration::from_millis(1);
 const FLUSH_IDLE: Duration = Duration::from_millis(10);
 /// Bytes of keys and values per snapshot slice.
-const SLICE_BYTES: usize = 256 * 1024;
+const SLICE_BYTES: usize = 64 * 1024;
 
 /// The log of one shard as its core writes it.
 pub struct ShardLog {
@@ -202,7 +202,11 @@ pub fn spawn_tasks(core: &Rc<Core>) {
 fn serve(core: &Core, message: ToWorker) {
     let replication = core.replication.as_ref().expect("replication");
     match message {
-        ToWorker::Snapshot { follower, cursor } => {
+        ToWorker::Snapshot {
+            follower,
+            attempt,
+            cursor,
+        } => {
             replication.flush_log();
             let shard = core.shard_now();
             let mut records = Vec::new();
@@ -211,6 +215,7 @@ fn serve(core: &Core, message: ToWorker) {
             let at_offset = replication.log.borrow().end();
             replication.reply(ToReplication::Slice {
                 follower,
+                attempt,
                 at_offset,
                 records,
                 next_cursor: more.then_some(cursor),
