@@ -161,6 +161,10 @@ for round in $(seq 1 "$ROUNDS"); do
             awk -F' ' '/corecache_request_duration_seconds\{command="get",quantile="0.99"\}/ {printf "%.1f", $2 * 1e6}')
         echo -e "$round\t$mode\t$server_p99" >>"$OUT/server-get-p99.tsv"
         echo "primary's own get p99 ($mode): $server_p99 us" >&2
+        if [ "$mode" = snapshot ]; then
+            echo "round $round: snapshot slices $(stat "$PRIMARY" snapshot_slices), each held the core p50 $(stat "$PRIMARY" snapshot_slice_p50_us) us, max $(stat "$PRIMARY" snapshot_slice_max_us) us" |
+                tee -a "$OUT/snapshot.txt" >&2
+        fi
         stop_all
     done
 done

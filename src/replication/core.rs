@@ -187,7 +187,9 @@ async fn serve_worker(core: Rc<ReplicationCore>, from_worker: SharedReceiver<ToR
                 at_offset,
                 records,
                 next_cursor,
+                took,
             } => {
+                core.primary.slice_taken(took);
                 let slice = primary::Slice {
                     at_offset,
                     records,

@@ -130,6 +130,8 @@ pub enum ToReplication {
         at_offset: u64,
         records: Vec<u8>,
         next_cursor: Option<usize>,
+        /// How long taking it kept the shard's core from other work.
+        took: std::time::Duration,
     },
     /// Records of a primary shard applied up to `offset` (on a replica).
     Applied { primary_shard: usize, offset: u64 },

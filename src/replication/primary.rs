@@ -68,8 +68,16 @@ pub struct PrimaryState {
     next_id: Cell<u64>,
     full_resyncs: Cell<u64>,
     partial_resyncs: Cell<u64>,
-    /// Microseconds from a chunk reaching the backlog to the replica's ack.
+    /// Microseconds from a write to the replica's ack of it.
     lag: RefCell<Histogram<u64>>,
+    /// Microseconds a shard's core spent taking each snapshot slice.
+    slices: RefCell<Histogram<u64>>,
+}
+
+impl PrimaryState {
+    pub fn slice_taken(&self, took: Duration) {
+        let _ = self.slices.borrow_mut().record((took.as_micros() as u64).max(1));
+    }
 }
 
 impl Default for PrimaryState {
@@ -80,6 +88,7 @@ impl Default for PrimaryState {
             full_resyncs: Cell::new(0),
             partial_resyncs: Cell::new(0),
             lag: RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")),
+            slices: RefCell::new(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("histogram bounds")),
         }
     }
 }
@@ -350,5 +359,11 @@ pub fn report(core: &ReplicationCore, stat: &mut impl FnMut(String, String)) {
     stat("lag_samples".into(), lag.len().to_string());
     for (name, quantile) in [("lag_p50_us", 0.5), ("lag_p99_us", 0.99), ("lag_max_us", 1.0)] {
         stat(name.into(), lag.value_at_quantile(quantile).to_string());
+    }
+    // How long snapshots held a shard's core (its other work waited that long).
+    let slices = primary.slices.borrow();
+    stat("snapshot_slices".into(), slices.len().to_string());
+    for (name, quantile) in [("snapshot_slice_p50_us", 0.5), ("snapshot_slice_max_us", 1.0)] {
+        stat(name.into(), slices.value_at_quantile(quantile).to_string());
     }
 }

@@ -134,20 +134,20 @@ impl<'a> Record<'a> {
     }
 }
 
-/// The whole records at the front of `buf`, and how many bytes they take.
-pub fn decode_all(buf: &[u8]) -> Result<(Vec<Record<'_>>, usize), CorruptRecord> {
-    let mut records = Vec::new();
-    let mut at = 0;
-    while let Some((record, length)) = Record::decode(&buf[at..])? {
-        records.push(record);
-        at += length;
-    }
-    Ok((records, at))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The whole records at the front of `buf`, and how many bytes they take.
+    fn decode_all(buf: &[u8]) -> Result<(Vec<Record<'_>>, usize), CorruptRecord> {
+        let mut records = Vec::new();
+        let mut at = 0;
+        while let Some((record, length)) = Record::decode(&buf[at..])? {
+            records.push(record);
+            at += length;
+        }
+        Ok((records, at))
+    }
 
     fn sample() -> Vec<Record<'static>> {
         vec![

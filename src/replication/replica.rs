@@ -17,6 +17,7 @@ use super::ToWorker;
 use super::core::ReplicationCore;
 use super::primary::LINK_TIMEOUT;
 use super::record::Record;
+use super::shard_side::push_hashed;
 use super::wire::{self, FrameReader, Kind, WireError};
 use crate::hash::KeyHash;
 
@@ -256,8 +257,11 @@ fn split_by_shard(bytes: &[u8], shards: usize, batches: &mut [Vec<u8>]) -> Resul
     while let Some((record, length)) = Record::decode(&bytes[at..]).map_err(|_| WireError::BadKind(bytes[at]))? {
         let raw = &bytes[at..at + length];
         match record.key() {
-            Some(key) => batches[KeyHash::of(key).shard(shards)].extend_from_slice(raw),
-            None => batches.iter_mut().for_each(|batch| batch.extend_from_slice(raw)),
+            Some(key) => {
+                let hash = KeyHash::of(key);
+                push_hashed(&mut batches[hash.shard(shards)], hash, raw);
+            }
+            None => batches.iter_mut().for_each(|batch| push_hashed(batch, KeyHash(0), raw)),
         }
         at += length;
     }

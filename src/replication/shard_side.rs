@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 
-use super::record::{Record, decode_all};
+use super::record::Record;
 use super::{Notify, ToReplication, ToWorker};
 use crate::hash::KeyHash;
 use crate::request::KeyOp;
@@ -208,6 +208,7 @@ fn serve(core: &Core, message: ToWorker) {
             cursor,
         } => {
             replication.flush_log();
+            let started = Instant::now();
             let shard = core.shard_now();
             let mut records = Vec::new();
             let mut cursor = cursor;
@@ -219,6 +220,7 @@ fn serve(core: &Core, message: ToWorker) {
                 at_offset,
                 records,
                 next_cursor: more.then_some(cursor),
+                took: started.elapsed(),
             });
         }
         ToWorker::Apply {
@@ -229,10 +231,8 @@ fn serve(core: &Core, message: ToWorker) {
         } => {
             let mut shard = core.shard_now();
             let mut log = replication.log.borrow_mut();
-            // The replication core checked the records before sending them.
-            let (records, _) = decode_all(&records).unwrap_or_default();
-            for record in records {
-                apply(&mut shard, &mut log, record, primary_shard, primary_shards);
+            for (hash, record) in HashedRecords(&records) {
+                apply(&mut shard, &mut log, hash, record, primary_shard, primary_shards);
             }
             drop(log);
             replication.reply(ToReplication::Applied { primary_shard, offset });
@@ -261,7 +261,7 @@ fn drop_primary_shard(shard: &mut Shard, log: &mut ShardLog, primary_shard: usiz
 
 /// Applies one record from a primary and logs the result here in turn
 /// (so this host can serve replicas of its own).
-fn apply(shard: &mut Shard, log: &mut ShardLog, record: Record<'_>, primary_shard: usize, primary_shards: usize) {
+fn apply(shard: &mut Shard, log: &mut ShardLog, hash: KeyHash, record: Record<'_>, primary_shard: usize, primary_shards: usize) {
     match record {
         Record::Set {
             key,
@@ -270,7 +270,6 @@ fn apply(shard: &mut Shard, log: &mut ShardLog, record: Record<'_>, primary_shar
             cas,
             value,
         } => {
-            let hash = KeyHash::of(key);
             let state = ItemState {
                 key,
                 value,
@@ -285,7 +284,7 @@ fn apply(shard: &mut Shard, log: &mut ShardLog, record: Record<'_>, primary_shar
             }
         }
         Record::Delete { key } => {
-            shard.remove_key(KeyHash::of(key), key);
+            shard.remove_key(hash, key);
             log.append(record);
         }
         Record::Flush { effective_unix } => {
@@ -298,6 +297,28 @@ fn apply(shard: &mut Shard, log: &mut ShardLog, record: Record<'_>, primary_shar
                 log.append(record);
             }
         }
+    }
+}
+
+/// Appends a record, with the hash the replication core routed it by, to a
+/// worker's batch (the key is hashed once on its way through a replica).
+pub fn push_hashed(batch: &mut Vec<u8>, hash: KeyHash, raw_record: &[u8]) {
+    batch.extend_from_slice(&hash.0.to_le_bytes());
+    batch.extend_from_slice(raw_record);
+}
+
+/// The (hash, record) pairs of a batch built by `push_hashed`.
+struct HashedRecords<'a>(&'a [u8]);
+
+impl<'a> Iterator for HashedRecords<'a> {
+    type Item = (KeyHash, Record<'a>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (hash, rest) = self.0.split_first_chunk::<8>()?;
+        // The replication core checked every record before batching it.
+        let (record, length) = Record::decode(rest).ok().flatten()?;
+        self.0 = &rest[length..];
+        Some((KeyHash(u64::from_le_bytes(*hash)), record))
     }
 }
 
@@ -316,6 +337,25 @@ mod tests {
             ToReplication::Log { offset, bytes, .. } => Some((offset, bytes.len())),
             _ => None,
         }
+    }
+
+    #[test]
+    fn hashed_batches_give_back_their_records() {
+        let mut batch = Vec::new();
+        let mut raw = Vec::new();
+        Record::Delete { key: b"one" }.encode(&mut raw);
+        push_hashed(&mut batch, KeyHash(7), &raw);
+        raw.clear();
+        Record::Flush { effective_unix: 5 }.encode(&mut raw);
+        push_hashed(&mut batch, KeyHash(0), &raw);
+        let read: Vec<_> = HashedRecords(&batch).collect();
+        assert_eq!(
+            read,
+            vec![
+                (KeyHash(7), Record::Delete { key: b"one" }),
+                (KeyHash(0), Record::Flush { effective_unix: 5 })
+            ]
+        );
     }
 
     #[test]
