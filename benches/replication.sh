@@ -10,8 +10,13 @@
 #    sets against a primary holding ITEMS items, without a replica and with
 #    one that starts (and fully resyncs) during the measured run.
 #
-# Primary worker on CPU 0, its replication core, the replica and the load
-# generator on CPU 1 (the machine has two).
+# The machine has two CPUs: the primary's worker on CPU 0; its replication
+# core (--repl-core 1), the replica and the load generator on CPU 1. In the
+# snapshot runs the replica (standing for another host) runs SCHED_IDLE so
+# that the load generator keeps its CPU; SNAPSHOT_LAYOUT=confined puts the
+# whole primary, replication core included, on CPU 0 instead. The snapshot
+# run's rate (MIXED_RATE, 20k/s) keeps the worker about 70% busy: at 40k/s
+# unpipelined it is already ~90% busy without any replica.
 #
 #   benches/replication.sh
 #   ROUNDS=5 OUT=benches/results/2026-11-23 benches/replication.sh
@@ -21,7 +26,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5}
 WRITE_RATE=${WRITE_RATE:-40000}
-MIXED_RATE=${MIXED_RATE:-40000}
+MIXED_RATE=${MIXED_RATE:-20000}
 ITEMS=${ITEMS:-1000000}
 OUT=${OUT:-target/replication}
 PRIMARY=127.0.0.2
@@ -66,22 +71,26 @@ for line in data.decode().splitlines():
         print(parts[2])' "$1" "$2" "$PORT"
 }
 
-start_primary() { # MODE(off|on) [extra args...]
+start_primary() { # MODE(off|on|confined) [extra args...]
     local mode=$1
     shift
-    local repl=()
-    [ "$mode" != off ] && repl=(--repl-port "$REPL_PORT" --repl-core 1)
-    "$CORECACHE" -t 1 --cores 0 -m 2048 -l "$PRIMARY" -p "$PORT" "${repl[@]}" "$@" 2>>"$OUT/server.log" &
+    local repl=() pin=()
+    case $mode in
+    on) repl=(--repl-port "$REPL_PORT" --repl-core 1) ;;
+    # The whole primary on CPU 0: its replication core floats within the mask.
+    confined) repl=(--repl-port "$REPL_PORT") pin=(taskset -c 0) ;;
+    esac
+    "${pin[@]}" "$CORECACHE" -t 1 --cores 0 -m 2048 -l "$PRIMARY" -p "$PORT" "${repl[@]}" "$@" 2>>"$OUT/server.log" &
     PRIMARY_PID=$!
     wait_ready "$PRIMARY" "$PORT"
 }
 
 # The replica stands for another host; on this two-CPU machine it shares CPU 1
 # with the load generator and the primary's replication core.
-start_replica() { # [nice]
-    local nice=()
-    [ "${1:-}" = nice ] && nice=(nice -n 19)
-    "${nice[@]}" "$CORECACHE" -t 1 --cores 1 -m 2048 -l "$REPLICA" -p "$PORT" --replica-of "$PRIMARY:$REPL_PORT" 2>>"$OUT/server.log" &
+start_replica() { # [idle]
+    local idle=()
+    [ "${1:-}" = idle ] && idle=(chrt --idle 0)
+    "${idle[@]}" taskset -c 1 "$CORECACHE" -t 1 --cores 1 -m 2048 -l "$REPLICA" -p "$PORT" --replica-of "$PRIMARY:$REPL_PORT" 2>>"$OUT/server.log" &
     REPLICA_PID=$!
     wait_ready "$REPLICA" "$PORT"
 }
@@ -111,7 +120,7 @@ echo -e "round\tmode\tserver_get_p99_us" >"$OUT/server-get-p99.tsv"
 echo -e "round\tmode\tworkload\tops_per_sec\tp50_us\tp99_us\tp999_us\tprimary_cpu_us_per_op\tlag_p50_us\tlag_p99_us" >"$results"
 common=(-c 20 --keys 100000 --value-size 32 --duration "$DURATION" --warmup 1 --cpus 1)
 for round in $(seq 1 "$ROUNDS"); do
-    for mode in off on; do
+    for mode in $([ -n "${SNAPSHOT_ONLY:-}" ] || echo off on); do
         for workload in write-p16 write-open; do
             start_primary "$mode"
             [ "$mode" = on ] && start_replica
@@ -136,7 +145,7 @@ for round in $(seq 1 "$ROUNDS"); do
     # The snapshot's effect: a mixed open loop on a primary holding ITEMS items;
     # in "snapshot" mode a replica starts 1 s into the run and resyncs fully.
     for mode in nosnapshot snapshot; do
-        start_primary on --metrics-port "$METRICS_PORT"
+        start_primary ${SNAPSHOT_LAYOUT:-on} --metrics-port "$METRICS_PORT"
         "$LOADGEN" run -s "$PRIMARY:$PORT" --cpus 1 -c 20 --keys "$ITEMS" --value-size 32 --prefill --requests 1 --warmup 0 \
             >/dev/null 2>>"$OUT/loadgen.log"
         json="$OUT/$mode-mixed-open-$round.json"
@@ -147,9 +156,9 @@ for round in $(seq 1 "$ROUNDS"); do
         if [ "$mode" = snapshot ]; then
             sleep 2
             started=$(date +%s.%N)
-            # Niced: the replica stands for another host; the load generator
-            # on the same CPU must not be starved while it applies the snapshot.
-            start_replica nice
+            # The replica stands for another host: SCHED_IDLE, so that the load
+            # generator on the same CPU is not starved while it applies the snapshot.
+            start_replica idle
             until [ "$(stat "$REPLICA" link)" = up ]; do sleep 0.05; done
             echo "full resync of $ITEMS items: $(python3 -c "print(f'{$(date +%s.%N) - $started:.2f}')") s" | tee -a "$OUT/snapshot.txt" >&2
         fi
