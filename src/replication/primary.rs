@@ -17,6 +17,7 @@ use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use hdrhistogram::Histogram;
 
 use super::ToWorker;
+use super::backlog::Backlog;
 use super::core::ReplicationCore;
 use super::wire::{self, FrameReader, Kind, WireError};
 
@@ -214,9 +215,16 @@ async fn write_loop(
 /// Writes whatever each shard has for the follower into `out`; returns
 /// the snapshot slices to ask the shards for (shard, attempt, cursor).
 fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(usize, u32, usize)> {
-    let backlogs = core.backlogs.borrow();
-    let mut shards = follower.shards.borrow_mut();
+    let (requests, snapshots) = fill_shards(&core.backlogs.borrow(), &mut follower.shards.borrow_mut(), out);
+    core.primary.full_resyncs.set(core.primary.full_resyncs.get() + snapshots);
+    requests
+}
+
+/// `fill` for given backlogs and follower states; also returns how many
+/// snapshots it started.
+fn fill_shards(backlogs: &[Backlog], shards: &mut [FollowerShard], out: &mut Vec<u8>) -> (Vec<(usize, u32, usize)>, u64) {
     let mut requests = Vec::new();
+    let mut snapshots = 0;
     for (index, shard) in shards.iter_mut().enumerate() {
         let backlog = &backlogs[index];
         let sending_log = matches!(shard.sync, Sync::Streaming | Sync::Snapshot { begun: true });
@@ -227,7 +235,7 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         }
         match shard.sync {
             Sync::NeedSnapshot => {
-                core.primary.full_resyncs.set(core.primary.full_resyncs.get() + 1);
+                snapshots += 1;
                 shard.sync = Sync::Snapshot { begun: false };
                 shard.attempt += 1;
                 requests.push((index, shard.attempt, 0));
@@ -263,11 +271,11 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
             Sync::Streaming => send_log(backlog, index, &mut shard.sent, u64::MAX, out),
         }
     }
-    requests
+    (requests, snapshots)
 }
 
 /// Appends a LOG frame with the backlog's bytes from `sent` up to `limit`.
-fn send_log(backlog: &super::backlog::Backlog, shard: usize, sent: &mut u64, limit: u64, out: &mut Vec<u8>) {
+fn send_log(backlog: &Backlog, shard: usize, sent: &mut u64, limit: u64, out: &mut Vec<u8>) {
     let until = backlog.end().min(limit);
     if *sent >= until || !backlog.holds(*sent) {
         return;
@@ -365,5 +373,95 @@ pub fn report(core: &ReplicationCore, stat: &mut impl FnMut(String, String)) {
     stat("snapshot_slices".into(), slices.len().to_string());
     for (name, quantile) in [("snapshot_slice_p50_us", 0.5), ("snapshot_slice_max_us", 1.0)] {
         stat(name.into(), slices.value_at_quantile(quantile).to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The frames `fill_shards` wrote, as (kind, offset, payload).
+    fn frames(out: &mut Vec<u8>) -> Vec<(Kind, u64, Vec<u8>)> {
+        let mut stream = futures_lite::io::Cursor::new(std::mem::take(out));
+        let mut reader = FrameReader::new(1 << 20);
+        let mut frames = Vec::new();
+        futures_lite::future::block_on(async {
+            while let Ok((header, payload)) = reader.frame(&mut stream).await {
+                frames.push((header.kind, header.offset, payload.to_vec()));
+            }
+        });
+        frames
+    }
+
+    fn slice(at_offset: u64, records: &[u8], next_cursor: Option<usize>) -> Slice {
+        Slice {
+            at_offset,
+            records: records.to_vec(),
+            next_cursor,
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_interleaved_with_the_log_at_the_offsets_its_slices_were_taken() {
+        let now = std::time::Instant::now();
+        let mut backlogs = vec![Backlog::new(1 << 20)];
+        backlogs[0].append(0, &[b'a'; 100], now);
+        let mut shards = vec![FollowerShard::new(0, Sync::NeedSnapshot)];
+        let mut out = Vec::new();
+
+        let (requests, started) = fill_shards(&backlogs, &mut shards, &mut out);
+        assert_eq!((requests, started), (vec![(0, 1, 0)], 1), "the first slice is asked for");
+        assert!(out.is_empty(), "nothing is sent before the first slice");
+
+        // The first slice was taken when the log stood at 150.
+        backlogs[0].append(100, &[b'b'; 50], now);
+        shards[0].slices.push_back(slice(150, b"S1", Some(7)));
+        let (requests, _) = fill_shards(&backlogs, &mut shards, &mut out);
+        assert_eq!(requests, vec![(0, 1, 7)]);
+        assert_eq!(
+            frames(&mut out),
+            vec![(Kind::FullBegin, 150, vec![]), (Kind::Snapshot, 150, b"S1".to_vec())]
+        );
+
+        // While the next slice is taken, the log goes on from 150.
+        backlogs[0].append(150, &[b'c'; 30], now);
+        fill_shards(&backlogs, &mut shards, &mut out);
+        assert_eq!(frames(&mut out), vec![(Kind::Log, 150, vec![b'c'; 30])]);
+
+        // The last slice, taken at 200: the log up to 200 goes first.
+        backlogs[0].append(180, &[b'd'; 40], now);
+        shards[0].slices.push_back(slice(200, b"S2", None));
+        let (requests, _) = fill_shards(&backlogs, &mut shards, &mut out);
+        assert!(requests.is_empty());
+        assert_eq!(
+            frames(&mut out),
+            vec![
+                (Kind::Log, 180, vec![b'd'; 20]),
+                (Kind::Snapshot, 200, b"S2".to_vec()),
+                (Kind::FullEnd, 200, vec![])
+            ]
+        );
+        // Then it streams.
+        fill_shards(&backlogs, &mut shards, &mut out);
+        assert_eq!(frames(&mut out), vec![(Kind::Log, 200, vec![b'd'; 20])]);
+    }
+
+    #[test]
+    fn a_follower_that_falls_out_of_the_backlog_starts_a_new_snapshot() {
+        let now = std::time::Instant::now();
+        let mut backlogs = vec![Backlog::new(64)];
+        backlogs[0].append(0, &[b'a'; 10], now);
+        let mut shards = vec![FollowerShard::new(0, Sync::Streaming)];
+        let mut out = Vec::new();
+        fill_shards(&backlogs, &mut shards, &mut out);
+        assert_eq!(frames(&mut out), vec![(Kind::Log, 0, vec![b'a'; 10])]);
+        backlogs[0].append(10, &[b'b'; 100], now);
+        let (requests, started) = fill_shards(&backlogs, &mut shards, &mut out);
+        assert_eq!((requests, started), (vec![(0, 1, 0)], 1));
+        assert!(out.is_empty());
+        // A snapshot that is not yet begun waits for its slice, whatever the backlog does.
+        backlogs[0].append(110, &[b'c'; 100], now);
+        let (requests, started) = fill_shards(&backlogs, &mut shards, &mut out);
+        assert_eq!((requests, started), (vec![], 0));
     }
 }

@@ -309,3 +309,42 @@ pub fn report(core: &ReplicationCore, stat: &mut impl FnMut(String, String)) {
     stat("link_full_resyncs".into(), link.full_resyncs.to_string());
     stat("link_partial_resyncs".into(), link.partial_resyncs.to_string());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_go_to_the_shard_owning_their_key_and_a_flush_to_every_shard() {
+        let mut bytes = Vec::new();
+        let keys: Vec<String> = (0..20).map(|i| format!("key-{i}")).collect();
+        for key in &keys {
+            Record::Delete { key: key.as_bytes() }.encode(&mut bytes);
+        }
+        Record::Flush { effective_unix: 0 }.encode(&mut bytes);
+        let whole = bytes.len();
+        bytes.extend_from_slice(b"S\x05"); // the start of a record cut by a frame
+        let mut batches = vec![Vec::new(); 3];
+        assert_eq!(split_by_shard(&bytes, 3, &mut batches).unwrap(), whole);
+        let mut seen = 0;
+        for (shard, batch) in batches.iter().enumerate() {
+            let mut at = 0;
+            let mut flushes = 0;
+            while at < batch.len() {
+                let hash = KeyHash(u64::from_le_bytes(batch[at..at + 8].try_into().unwrap()));
+                let (record, length) = Record::decode(&batch[at + 8..]).unwrap().unwrap();
+                match record.key() {
+                    Some(key) => {
+                        assert_eq!(hash, KeyHash::of(key), "the routing hash travels with the record");
+                        assert_eq!(hash.shard(3), shard);
+                        seen += 1;
+                    }
+                    None => flushes += 1,
+                }
+                at += 8 + length;
+            }
+            assert_eq!(flushes, 1, "shard {shard} hears of the flush");
+        }
+        assert_eq!(seen, keys.len());
+    }
+}

@@ -736,3 +736,103 @@ impl Normalized for Outcome<Vec<u8>> {
         }
     }
 }
+
+mod replicated {
+    use super::*;
+    use crate::store::ItemState;
+
+    fn set(shard: &mut Shard, key: &[u8], value: &[u8], exptime: i64) {
+        assert!(matches!(
+            store(shard, StoreMode::Set, key, value, exptime, 0),
+            Outcome::Stored { .. }
+        ));
+    }
+
+    #[test]
+    fn item_state_reads_a_live_item_with_unix_expiry_and_nothing_else() {
+        let mut shard = shard();
+        set(&mut shard, b"a", b"one", 100);
+        let state = shard.item_state(KeyHash::of(b"a"), b"a").unwrap();
+        assert_eq!((state.key, state.value), (&b"a"[..], &b"one"[..]));
+        assert_eq!(state.expiry_unix, START_UNIX + 100, "relative exptime becomes unix time");
+        set(&mut shard, b"forever", b"x", 0);
+        assert_eq!(shard.item_state(KeyHash::of(b"forever"), b"forever").unwrap().expiry_unix, 0);
+        shard.set_now(CLOCK_START + 100);
+        assert_eq!(
+            shard.item_state(KeyHash::of(b"a"), b"a"),
+            None,
+            "expired items are not logged as live"
+        );
+        assert_eq!(shard.item_state(KeyHash::of(b"none"), b"none"), None);
+    }
+
+    #[test]
+    fn a_replicated_item_keeps_the_primarys_cas_and_expiry_and_later_cas_values_exceed_it() {
+        let mut replica = Shard::new(&ShardConfig {
+            started_unix: START_UNIX + 50,
+            ..config(64 * PAGE_SIZE)
+        });
+        let state = ItemState {
+            key: b"k",
+            value: b"v1",
+            client_flags: 9,
+            expiry_unix: START_UNIX + 1000,
+            cas: 0x5000_03,
+        };
+        assert!(replica.put_replicated(KeyHash::of(b"k"), state));
+        let held = replica.item_state(KeyHash::of(b"k"), b"k").unwrap();
+        assert_eq!(
+            held, state,
+            "same value, flags, CAS and absolute expiry on a host started later"
+        );
+        assert!(replica.put_replicated(KeyHash::of(b"k"), ItemState { value: b"v2", ..state }));
+        assert_eq!(replica.len(), 1, "applying again replaces");
+        let Outcome::Stored { cas, .. } = store(&mut replica, StoreMode::Set, b"own", b"x", 0, 0) else {
+            panic!("stored");
+        };
+        assert!(cas > state.cas, "own CAS {cas:#x} above the applied {:#x}", state.cas);
+    }
+
+    #[test]
+    fn a_snapshot_walk_visits_every_live_item_once_in_slices() {
+        let mut shard = shard();
+        for i in 0..1000 {
+            set(&mut shard, format!("key-{i}").as_bytes(), &vec![b'v'; i % 300], 0);
+        }
+        set(&mut shard, b"dies", b"x", 5);
+        shard.set_now(CLOCK_START + 10);
+        let mut seen = HashMap::new();
+        let mut cursor = 0;
+        let mut slices = 0;
+        while shard.visit_items(&mut cursor, 4096, |state| *seen.entry(state.key.to_vec()).or_insert(0) += 1) {
+            slices += 1;
+        }
+        assert!(slices > 10, "{slices} slices");
+        assert_eq!(seen.len(), 1000, "the expired item is left out");
+        assert!(seen.values().all(|&count| count == 1));
+    }
+
+    #[test]
+    fn remove_where_drops_exactly_the_chosen_keys() {
+        let mut shard = shard();
+        for i in 0..200 {
+            set(&mut shard, format!("key-{i}").as_bytes(), b"v", 0);
+        }
+        let mut removed = Vec::new();
+        let count = shard.remove_where(|hash| hash.shard(2) == 1, |key| removed.push(key.to_vec()));
+        assert_eq!(count, removed.len());
+        assert!(count > 50 && count < 150, "{count}");
+        assert_eq!(shard.len(), 200 - count);
+        for key in removed {
+            assert_eq!(KeyHash::of(&key).shard(2), 1);
+            assert!(shard.item_state(KeyHash::of(&key), &key).is_none());
+        }
+        let kept = (0..200)
+            .map(|i| format!("key-{i}"))
+            .find(|key| KeyHash::of(key.as_bytes()).shard(2) == 0)
+            .unwrap();
+        let hash = KeyHash::of(kept.as_bytes());
+        assert!(shard.remove_key(hash, kept.as_bytes()));
+        assert!(!shard.remove_key(hash, kept.as_bytes()), "already gone");
+    }
+}
