@@ -777,7 +777,7 @@ mod replicated {
             value: b"v1",
             client_flags: 9,
             expiry_unix: START_UNIX + 1000,
-            cas: 0x5000_03,
+            cas: 0x0050_0003,
         };
         assert!(replica.put_replicated(KeyHash::of(b"k"), state));
         let held = replica.item_state(KeyHash::of(b"k"), b"k").unwrap();
