@@ -162,6 +162,33 @@ pub fn render(global: &Global) -> String {
     for (name, kind, help, value) in gauges {
         metric(name, kind, help, &[("", value)]);
     }
+    if global.replication.enabled {
+        // `stats replication` as it was last published: the role as a label,
+        // every numeric line as a sample named by its stat.
+        let report = global.replication.report();
+        let role = report
+            .iter()
+            .find(|(name, _)| name == "role")
+            .map_or("unknown", |(_, value)| value.as_str());
+        let role_label = format!("{{role=\"{role}\"}}");
+        metric(
+            "corecache_replication_role",
+            "gauge",
+            "This host's replication role.",
+            &[(&role_label, 1.0)],
+        );
+        let labels: Vec<(String, f64)> = report
+            .iter()
+            .filter_map(|(name, value)| Some((format!("{{stat=\"{name}\"}}"), value.parse::<f64>().ok()?)))
+            .collect();
+        let samples: Vec<(&str, f64)> = labels.iter().map(|(label, value)| (label.as_str(), *value)).collect();
+        metric(
+            "corecache_replication",
+            "gauge",
+            "The numeric lines of `stats replication` (offsets, lag, resyncs), by stat.",
+            &samples,
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP corecache_request_duration_seconds Server time per request, from parse to reply, by command."

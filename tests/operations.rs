@@ -199,3 +199,32 @@ fn metrics_parse_and_move_with_traffic() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn metrics_carry_the_replication_report() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server::start(&[
+        "-t",
+        "1",
+        "--repl-port",
+        common::REPL_PORT,
+        "--metrics-port",
+        &metrics_port.to_string(),
+    ]);
+    server.client().roundtrip(b"set r 0 0 1\r\nx\r\n", b"STORED\r\n");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = scrape(metrics_port);
+        let role = sample(&now, "corecache_replication_role", Some(("role", "primary")));
+        let offset = sample(&now, "corecache_replication", Some(("stat", "shard_0_offset")));
+        if role == 1.0 && offset > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "role {role}, log offset {offset}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
