@@ -297,8 +297,11 @@ fn replicas_with_other_core_counts_converge_to_the_primary_under_writes() {
     );
     assert_eq!(counter(&one_core, "link_full_resyncs"), 2, "one full sync per primary shard");
     for shard in 0..2 {
-        let offset = replication_stat(&primary, &format!("shard_{shard}_offset"));
-        wait_for_stat(&two_cores, &format!("primary_shard_{shard}_applied"), |v| v == offset);
+        // Both sides' reports are up to 100 ms old: read the primary's again each time.
+        let applied = format!("primary_shard_{shard}_applied");
+        wait_for_stat(&two_cores, &applied, |v| {
+            v == replication_stat(&primary, &format!("shard_{shard}_offset"))
+        });
     }
     let general = primary.client().stats("");
     assert!(general.iter().any(|(name, value)| name == "repl_role" && value == "primary"));
@@ -384,6 +387,12 @@ fn a_backlog_overrun_forces_a_full_resync_while_the_primary_serves() {
     let items = assert_converged(&primary, &[&replica]);
     stop.store(true, Ordering::SeqCst);
     let mut latencies = reader.join().unwrap();
+    // The primary kept serving while the snapshot ran.
+    assert!(
+        latencies.len() > 100,
+        "only {} reads answered during the resync",
+        latencies.len()
+    );
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
     eprintln!(
@@ -415,7 +424,8 @@ fn a_promoted_replica_takes_writes_and_the_other_follows_it() {
     assert_ne!(replication_stat(&first, "replid"), old_replid, "a new history");
     client.roundtrip(b"set promoted 7 0 3\r\nyes\r\n", b"STORED\r\n");
     write_round(&mut client, 0..2000, 1, 100);
-    // New CAS values stay above the ones the old primary gave out.
+    // New CAS values stay above the ones the old primary gave out (per
+    // shard; `first` has one, so above all of them).
     client.send(b"gets promoted\r\n");
     let cas: u64 = client.line().rsplit(' ').next().unwrap().parse().unwrap();
     client.expect(b"yes\r\nEND\r\n");
@@ -436,6 +446,39 @@ fn a_promoted_replica_takes_writes_and_the_other_follows_it() {
     second
         .client()
         .roundtrip(b"replication follow nowhere\r\n", b"CLIENT_ERROR bad replication address\r\n");
+}
+
+#[test]
+fn a_primary_that_flushed_can_follow_another_and_promotion_fences_the_old_stream() {
+    let first = start_primary(&[]);
+    let second = start_primary(&[]);
+    // `second` flushes after its CAS counter has run ahead of `first`'s.
+    for round in 0..3 {
+        write_round(&mut second.client(), 0..300, round, 20);
+    }
+    second.client().roundtrip(b"flush_all\r\n", b"OK\r\n");
+    write_round(&mut first.client(), 0..300, 0, 20);
+    second.client().roundtrip(
+        format!("replication follow {}\r\n", first.repl_address()).as_bytes(),
+        b"OK\r\n",
+    );
+    assert!(
+        assert_converged(&first, &[&second]) > 100,
+        "received items are not hidden by the old flush"
+    );
+
+    // Promoted while the old primary keeps writing: the new primary's own
+    // writes are not overwritten by what was still on its way.
+    let writer = write_in_background(&first, 300, 20, 20);
+    std::thread::sleep(Duration::from_millis(100));
+    let mut client = second.client();
+    client.roundtrip(b"replication promote\r\n", b"OK\r\n");
+    std::thread::sleep(Duration::from_millis(300));
+    write_round(&mut client, 0..300, 99, 20);
+    let mine = contents(&second);
+    writer.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(contents(&second), mine, "nothing from the old primary lands after promotion");
 }
 
 #[test]

@@ -142,8 +142,11 @@ pub enum ToWorker {
     /// Take the next slice of a snapshot from `cursor` on. `attempt` tells
     /// a restarted snapshot's slices from a stale one's.
     Snapshot { follower: u64, attempt: u32, cursor: usize },
-    /// Apply a primary shard's records (which belong to this shard).
+    /// Apply a primary shard's records (which belong to this shard), unless
+    /// the role changed since the link that received them started
+    /// (`generation`): a promoted host must not take its old primary's writes.
     Apply {
+        generation: u64,
         primary_shard: usize,
         primary_shards: usize,
         offset: u64,
@@ -151,6 +154,7 @@ pub enum ToWorker {
     },
     /// A full resync of a primary shard starts at `offset`: drop its keys.
     DropShard {
+        generation: u64,
         primary_shard: usize,
         primary_shards: usize,
         offset: u64,
@@ -182,7 +186,11 @@ impl Notify {
             if self.epoch.get() != epoch {
                 Poll::Ready(())
             } else {
-                self.waiters.borrow_mut().push(cx.waker().clone());
+                // A task polled again (say, after racing a timer) is listed once.
+                let mut waiters = self.waiters.borrow_mut();
+                if !waiters.iter().any(|waiter| waiter.will_wake(cx.waker())) {
+                    waiters.push(cx.waker().clone());
+                }
                 Poll::Pending
             }
         })
@@ -193,6 +201,27 @@ impl Notify {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_waiting_again_is_not_listed_twice() {
+        struct Task;
+        impl std::task::Wake for Task {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        let notify = Notify::default();
+        let waker = std::task::Waker::from(std::sync::Arc::new(Task));
+        let mut context = std::task::Context::from_waker(&waker);
+        let epoch = notify.epoch();
+        for _ in 0..100 {
+            let mut wait = std::pin::pin!(notify.changed_since(epoch));
+            assert!(wait.as_mut().poll(&mut context).is_pending());
+        }
+        assert_eq!(notify.waiters.borrow().len(), 1);
+        notify.notify();
+        assert!(notify.waiters.borrow().is_empty());
+        let mut wait = std::pin::pin!(notify.changed_since(epoch));
+        assert!(wait.as_mut().poll(&mut context).is_ready());
+    }
 
     #[test]
     fn promotion_and_following_change_role_and_history() {

@@ -24,6 +24,8 @@ use crate::hash::KeyHash;
 /// Largest frame payload accepted from a primary (frames are 256 KiB of
 /// log, or one snapshot slice, which may hold one item of up to 1 GiB).
 const MAX_PAYLOAD: usize = (1 << 30) + (1 << 20);
+/// More shards than any primary runs (-t is at most 256): a corrupt handshake.
+const MAX_PRIMARY_SHARDS: usize = 4096;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 const ACK_INTERVAL: Duration = Duration::from_millis(1);
@@ -94,7 +96,7 @@ pub async fn follow(core: Rc<ReplicationCore>) {
             link.address = Some(address.clone());
             link.state = "connecting";
         }
-        let result = futures_lite::future::or(link_once(&core, &address), async {
+        let result = futures_lite::future::or(link_once(&core, &address, generation), async {
             while core.global.replication.generation() == generation {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
             }
@@ -109,7 +111,7 @@ pub async fn follow(core: Rc<ReplicationCore>) {
     }
 }
 
-async fn link_once(core: &Rc<ReplicationCore>, address: &str) -> Result<(), WireError> {
+async fn link_once(core: &Rc<ReplicationCore>, address: &str, generation: u64) -> Result<(), WireError> {
     let target = address
         .to_socket_addrs()?
         .next()
@@ -130,6 +132,9 @@ async fn link_once(core: &Rc<ReplicationCore>, address: &str) -> Result<(), Wire
     output.write_all(hello.as_bytes()).await?;
     let mut reader = FrameReader::new(MAX_PAYLOAD);
     let (replid, shards) = wire::parse_primary(&reader.line(&mut input).await?)?;
+    if shards == 0 || shards > MAX_PRIMARY_SHARDS {
+        return Err(WireError::BadHandshake);
+    }
     {
         let mut link = core.link.borrow_mut();
         if link.primary_replid.as_deref() != Some(replid.as_str()) || link.primary_shards != shards {
@@ -140,7 +145,11 @@ async fn link_once(core: &Rc<ReplicationCore>, address: &str) -> Result<(), Wire
         link.carry.iter_mut().for_each(Vec::clear);
         link.state = "sync";
     }
-    futures_lite::future::or(apply_frames(core, &mut input, &mut reader), send_acks(core, &mut output)).await
+    futures_lite::future::or(
+        apply_frames(core, generation, &mut input, &mut reader),
+        send_acks(core, &mut output),
+    )
+    .await
 }
 
 /// Connects from this host's own address (so the primary sees which host
@@ -164,6 +173,7 @@ async fn connect_from(local: std::net::IpAddr, target: std::net::SocketAddr) -> 
 /// Reads frames and hands their records to the workers.
 async fn apply_frames(
     core: &ReplicationCore,
+    generation: u64,
     input: &mut (impl AsyncRead + Unpin),
     reader: &mut FrameReader,
 ) -> Result<(), WireError> {
@@ -192,6 +202,7 @@ async fn apply_frames(
                         messages.push((
                             worker,
                             ToWorker::DropShard {
+                                generation,
                                 primary_shard: shard,
                                 primary_shards: shards,
                                 offset: header.offset,
@@ -226,6 +237,7 @@ async fn apply_frames(
                         messages.push((
                             worker,
                             ToWorker::Apply {
+                                generation,
                                 primary_shard: shard,
                                 primary_shards: shards,
                                 offset,

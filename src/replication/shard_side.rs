@@ -224,11 +224,15 @@ fn serve(core: &Core, message: ToWorker) {
             });
         }
         ToWorker::Apply {
+            generation,
             primary_shard,
             primary_shards,
             offset,
             records,
         } => {
+            if generation != core.global.replication.generation() {
+                return;
+            }
             let mut shard = core.shard_now();
             let mut log = replication.log.borrow_mut();
             for (hash, record) in HashedRecords(&records) {
@@ -238,12 +242,19 @@ fn serve(core: &Core, message: ToWorker) {
             replication.reply(ToReplication::Applied { primary_shard, offset });
         }
         ToWorker::DropShard {
+            generation,
             primary_shard,
             primary_shards,
             offset,
         } => {
+            if generation != core.global.replication.generation() {
+                return;
+            }
             let mut shard = core.shard_now();
             let mut log = replication.log.borrow_mut();
+            // This host's own flush marks (from before it followed) must not
+            // hide what the primary sends.
+            shard.forget_flush();
             drop_primary_shard(&mut shard, &mut log, primary_shard, primary_shards);
             drop(log);
             replication.reply(ToReplication::Applied { primary_shard, offset });
@@ -292,8 +303,9 @@ fn apply(shard: &mut Shard, log: &mut ShardLog, hash: KeyHash, record: Record<'_
                 drop_primary_shard(shard, log, primary_shard, primary_shards);
             } else {
                 // A delayed flush applies to the whole replica: close enough
-                // to the primary, whose every shard logs the same flush.
-                shard.flush_all(effective_unix);
+                // to the primary, whose every shard logs the same flush. By
+                // time only: the primary's CAS values are not this host's.
+                shard.flush_at_unix(effective_unix);
                 log.append(record);
             }
         }

@@ -14,6 +14,8 @@
 use futures_lite::{AsyncRead, AsyncReadExt};
 
 pub const HEADER: usize = 15;
+/// Read buffer kept between frames once a large one has passed.
+const KEEP_CAPACITY: usize = 4 << 20;
 /// Longest handshake line accepted.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -107,6 +109,10 @@ impl FrameReader {
             if self.start > 0 {
                 self.buf.drain(..self.start);
                 self.start = 0;
+                // One huge frame must not pin its buffer for the link's life.
+                if self.buf.capacity() > KEEP_CAPACITY && self.buf.len() < KEEP_CAPACITY && need < KEEP_CAPACITY {
+                    self.buf.shrink_to(KEEP_CAPACITY);
+                }
             }
             let had = self.buf.len();
             let want = (need - had).max(64 * 1024);

@@ -199,10 +199,13 @@ fn replication_admin(core: &Core, admin: ReplicationAdmin<'_>) -> &'static str {
     match admin {
         ReplicationAdmin::Promote => control.promote(),
         ReplicationAdmin::Follow(address) => {
-            let Some(address) = std::str::from_utf8(address)
-                .ok()
-                .filter(|address| std::net::ToSocketAddrs::to_socket_addrs(address).is_ok())
-            else {
+            // Only the form is checked here (a worker must not wait on DNS);
+            // the replication core resolves the name when it connects.
+            let Some(address) = std::str::from_utf8(address).ok().filter(|address| {
+                address
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port != 0))
+            }) else {
                 return "CLIENT_ERROR bad replication address";
             };
             control.follow(address.to_string());

@@ -7,6 +7,9 @@ use super::item::Item;
 use super::shard::{Lookup, OutOfMemory, Shard};
 use crate::hash::KeyHash;
 
+/// Chunks one `visit_items` call looks at, live or not.
+const MAX_CHUNKS_PER_VISIT: usize = 16 * 1024;
+
 /// A live item as another host should hold it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ItemState<'a> {
@@ -51,7 +54,11 @@ impl Shard {
     /// exactly once. Returns false when the walk is complete.
     pub fn visit_items(&self, cursor: &mut usize, budget: usize, mut visit: impl FnMut(ItemState<'_>)) -> bool {
         let mut spent = 0;
-        while spent < budget {
+        // Free and dead chunks cost something too: a slab emptied by a flush
+        // must not be walked in one go.
+        let mut examined = 0;
+        while spent < budget && examined < MAX_CHUNKS_PER_VISIT {
+            examined += 1;
             let Some(handle) = self.slab.sweep_next(cursor) else {
                 return false;
             };
@@ -130,6 +137,19 @@ impl Shard {
             self.unlink(hash, handle);
         }
         victims.len()
+    }
+
+    /// Drops this shard's flush marks (a host that starts following another
+    /// must not hide the items it receives behind its own old flush_all).
+    pub fn forget_flush(&mut self) {
+        self.oldest_live = None;
+        self.oldest_cas = 0;
+    }
+
+    /// A replicated delayed flush: items last written before the unix time
+    /// `at` die when it comes. By time only, never by CAS.
+    pub fn flush_at_unix(&mut self, at: i64) {
+        self.oldest_live = Some(self.clock.expiry_of(at).saturating_sub(1));
     }
 
     /// The unix time at which `flush_all <delay>` takes effect (0: now).
