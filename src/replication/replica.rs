@@ -112,11 +112,7 @@ pub async fn follow(core: Rc<ReplicationCore>) {
 }
 
 async fn link_once(core: &Rc<ReplicationCore>, address: &str, generation: u64) -> Result<(), WireError> {
-    let target = address
-        .to_socket_addrs()?
-        .next()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "address does not resolve"))?;
-    let stream = connect_from(core.global.config.listen[0], target).await?;
+    let stream = connect_from(core.global.config.listen[0], address.to_string()).await?;
     stream.set_read_timeout(Some(LINK_TIMEOUT))?;
     stream.set_nodelay(true)?;
     let _tracked = core.track(stream.as_raw_fd());
@@ -152,12 +148,17 @@ async fn link_once(core: &Rc<ReplicationCore>, address: &str, generation: u64) -
     .await
 }
 
-/// Connects from this host's own address (so the primary sees which host
-/// follows it), on a helper thread: the connect may block.
-async fn connect_from(local: std::net::IpAddr, target: std::net::SocketAddr) -> std::io::Result<glommio::net::TcpStream> {
+/// Resolves and connects from this host's own address (so the primary sees
+/// which host follows it), on a helper thread: both may block.
+async fn connect_from(local: std::net::IpAddr, address: String) -> std::io::Result<glommio::net::TcpStream> {
     use std::os::fd::{FromRawFd, IntoRawFd};
     let fd = glommio::executor()
         .spawn_blocking(move || -> std::io::Result<std::os::fd::RawFd> {
+            // Name resolution may block too: it happens here, off the core.
+            let target = address
+                .to_socket_addrs()?
+                .next()
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "address does not resolve"))?;
             let socket = socket2::Socket::new(socket2::Domain::for_address(target), socket2::Type::STREAM, None)?;
             if local.is_ipv4() == target.is_ipv4() && !local.is_unspecified() {
                 socket.bind(&std::net::SocketAddr::new(local, 0).into())?;
