@@ -162,7 +162,7 @@ pub fn render(global: &Global) -> String {
     for (name, kind, help, value) in gauges {
         metric(name, kind, help, &[("", value)]);
     }
-    if global.replication.enabled {
+    if global.config.replication_enabled() {
         // `stats replication` as it was last published: the role as a label,
         // every numeric line as a sample named by its stat.
         let report = global.replication.report();

@@ -190,7 +190,7 @@ pub fn general(emit: &mut Emit<'_>, global: &Global, report: &CoreReport) {
     emit("memory_used", &report.shard.memory_used.to_string());
     emit("index_bytes", &report.shard.index_bytes.to_string());
     // Replication, with the `stats replication` names prefixed.
-    if global.replication.enabled {
+    if global.config.replication_enabled() {
         for (name, value) in global.replication.report() {
             emit(&format!("repl_{name}"), &value);
         }
@@ -202,7 +202,7 @@ pub fn general(emit: &mut Emit<'_>, global: &Global, report: &CoreReport) {
 /// `stats replication`: role, link, per-shard offsets, per-replica lag and
 /// resync counts, as the replication core last published them.
 pub fn replication(emit: &mut Emit<'_>, global: &Global) {
-    if !global.replication.enabled {
+    if !global.config.replication_enabled() {
         emit("role", "off");
         return;
     }

@@ -96,13 +96,8 @@ struct Entry {
 /// size), `gets` reads flags, value and CAS.
 fn contents(server: &Server) -> BTreeMap<String, Entry> {
     let mut client = server.client();
-    client.send(b"lru_crawler metadump all\r\n");
     let mut listed = BTreeMap::new();
-    loop {
-        let line = client.line_lf();
-        if line == "END" {
-            break;
-        }
+    for line in client.metadump() {
         let field = |name: &str| {
             line.split(' ')
                 .find_map(|part| part.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')))

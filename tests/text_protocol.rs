@@ -305,13 +305,8 @@ fn metadump_lists_every_key_of_every_shard() {
             c.roundtrip(format!("set dump/{i} 0 100 1\r\nx\r\n").as_bytes(), b"STORED\r\n");
         }
         c.roundtrip(b"set forever 0 0 1\r\nx\r\ndelete dump/0\r\n", b"STORED\r\nDELETED\r\n");
-        c.send(b"lru_crawler metadump all\r\n");
         let mut keys = Vec::new();
-        loop {
-            let line = c.line_lf();
-            if line == "END" {
-                break;
-            }
+        for line in c.metadump() {
             let fields: Vec<&str> = line.split(' ').collect();
             assert!(
                 fields[0].starts_with("key=") && fields[1].starts_with("exp=") && fields[2].starts_with("la="),

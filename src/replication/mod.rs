@@ -34,8 +34,6 @@ use std::task::{Poll, Waker};
 /// Role and link settings, shared by every thread. Admin commands change
 /// them; the replication core follows.
 pub struct Control {
-    /// Whether this server has a replication core at all.
-    pub enabled: bool,
     read_only: AtomicBool,
     /// The primary's replication address (None: this host is a primary).
     primary: Mutex<Option<String>>,
@@ -48,9 +46,8 @@ pub struct Control {
 }
 
 impl Control {
-    pub fn new(enabled: bool, replica_of: Option<String>) -> Control {
+    pub fn new(replica_of: Option<String>) -> Control {
         Control {
-            enabled,
             read_only: AtomicBool::new(replica_of.is_some()),
             primary: Mutex::new(replica_of),
             generation: AtomicU64::new(0),
@@ -225,7 +222,7 @@ mod tests {
 
     #[test]
     fn promotion_and_following_change_role_and_history() {
-        let control = Control::new(true, Some("127.0.0.2:7000".into()));
+        let control = Control::new(Some("127.0.0.2:7000".into()));
         assert!(control.is_read_only());
         let (first, generation) = (control.replid(), control.generation());
         control.promote();

@@ -10,6 +10,8 @@
 //! `expiry` is a unix time (0: never), so hosts started at different times
 //! agree on it exactly.
 
+use crate::store::ItemState;
+
 const SET: u8 = b'S';
 const DELETE: u8 = b'D';
 const FLUSH: u8 = b'F';
@@ -17,13 +19,8 @@ const SET_HEADER: usize = 1 + 1 + 4 + 8 + 8 + 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record<'a> {
-    Set {
-        key: &'a [u8],
-        client_flags: u32,
-        expiry_unix: i64,
-        cas: u64,
-        value: &'a [u8],
-    },
+    /// The key's item as it now stands.
+    Set(ItemState<'a>),
     Delete {
         key: &'a [u8],
     },
@@ -43,20 +40,20 @@ impl<'a> Record<'a> {
     /// The key a record is about (none for a flush).
     pub fn key(&self) -> Option<&'a [u8]> {
         match *self {
-            Record::Set { key, .. } | Record::Delete { key } => Some(key),
+            Record::Set(ItemState { key, .. }) | Record::Delete { key } => Some(key),
             Record::Flush { .. } => None,
         }
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
         match *self {
-            Record::Set {
+            Record::Set(ItemState {
                 key,
                 client_flags,
                 expiry_unix,
                 cas,
                 value,
-            } => {
+            }) => {
                 out.reserve(SET_HEADER + key.len() + value.len());
                 out.push(SET);
                 out.push(key.len() as u8);
@@ -99,13 +96,13 @@ impl<'a> Record<'a> {
                     return Ok(None);
                 }
                 let key = &buf[SET_HEADER..SET_HEADER + key_len];
-                let record = Record::Set {
+                let record = Record::Set(ItemState {
                     key,
                     client_flags: u32_at(2),
                     expiry_unix: u64_at(6) as i64,
                     cas: u64_at(14),
                     value: &buf[SET_HEADER + key_len..total],
-                };
+                });
                 Ok(Some((record, total)))
             }
             DELETE => {
@@ -151,22 +148,22 @@ mod tests {
 
     fn sample() -> Vec<Record<'static>> {
         vec![
-            Record::Set {
+            Record::Set(ItemState {
                 key: b"alpha",
                 client_flags: 0xdead_beef,
                 expiry_unix: 1_800_000_000,
                 cas: 0x0102_0304_0506_0708,
                 value: b"one\r\ntwo",
-            },
+            }),
             Record::Delete { key: b"beta" },
             Record::Flush { effective_unix: 0 },
-            Record::Set {
+            Record::Set(ItemState {
                 key: b"k",
                 client_flags: 0,
                 expiry_unix: 0,
                 cas: 1,
                 value: b"",
-            },
+            }),
         ]
     }
 

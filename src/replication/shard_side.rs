@@ -14,7 +14,7 @@ use super::{Notify, ToReplication, ToWorker};
 use crate::hash::KeyHash;
 use crate::request::KeyOp;
 use crate::server::Core;
-use crate::store::{ItemState, Shard};
+use crate::store::Shard;
 
 /// How often new log bytes are handed over while writes are flowing, and
 /// while idle.
@@ -74,7 +74,7 @@ impl ShardLog {
     /// The key's state as the shard now holds it: a set, or a delete.
     pub fn append_state(&mut self, shard: &Shard, hash: KeyHash, key: &[u8]) {
         match shard.item_state(hash, key) {
-            Some(state) => self.append(set_record(state)),
+            Some(state) => self.append(Record::Set(state)),
             None => self.append(Record::Delete { key }),
         }
     }
@@ -82,7 +82,7 @@ impl ShardLog {
     /// The pending bytes as a message, if there are any (an empty one
     /// after a drop: it moves the backlog to where the log continues).
     pub fn take_chunk(&mut self) -> Option<ToReplication> {
-        if self.pending.is_empty() && !std::mem::take(&mut self.dropped) {
+        if self.pending.is_empty() && !self.dropped {
             return None;
         }
         self.dropped = false;
@@ -92,16 +92,6 @@ impl ShardLog {
             bytes,
             since: self.since.take().unwrap_or_else(Instant::now),
         })
-    }
-}
-
-fn set_record(state: ItemState<'_>) -> Record<'_> {
-    Record::Set {
-        key: state.key,
-        client_flags: state.client_flags,
-        expiry_unix: state.expiry_unix,
-        cas: state.cas,
-        value: state.value,
     }
 }
 
@@ -212,7 +202,7 @@ fn serve(core: &Core, message: ToWorker) {
             let shard = core.shard_now();
             let mut records = Vec::new();
             let mut cursor = cursor;
-            let more = shard.visit_items(&mut cursor, SLICE_BYTES, |state| set_record(state).encode(&mut records));
+            let more = shard.visit_items(&mut cursor, SLICE_BYTES, |state| Record::Set(state).encode(&mut records));
             let at_offset = replication.log.borrow().end();
             replication.reply(ToReplication::Slice {
                 follower,
@@ -229,37 +219,41 @@ fn serve(core: &Core, message: ToWorker) {
             primary_shards,
             offset,
             records,
-        } => {
-            if generation != core.global.replication.generation() {
-                return;
-            }
-            let mut shard = core.shard_now();
-            let mut log = replication.log.borrow_mut();
+        } => apply_and_report(core, generation, primary_shard, offset, |shard, log| {
             for (hash, record) in HashedRecords(&records) {
-                apply(&mut shard, &mut log, hash, record, primary_shard, primary_shards);
+                apply(shard, log, hash, record, primary_shard, primary_shards);
             }
-            drop(log);
-            replication.reply(ToReplication::Applied { primary_shard, offset });
-        }
+        }),
         ToWorker::DropShard {
             generation,
             primary_shard,
             primary_shards,
             offset,
-        } => {
-            if generation != core.global.replication.generation() {
-                return;
-            }
-            let mut shard = core.shard_now();
-            let mut log = replication.log.borrow_mut();
+        } => apply_and_report(core, generation, primary_shard, offset, |shard, log| {
             // This host's own flush marks (from before it followed) must not
             // hide what the primary sends.
             shard.forget_flush();
-            drop_primary_shard(&mut shard, &mut log, primary_shard, primary_shards);
-            drop(log);
-            replication.reply(ToReplication::Applied { primary_shard, offset });
-        }
+            drop_primary_shard(shard, log, primary_shard, primary_shards);
+        }),
     }
+}
+
+/// Changes the shard as a primary's link asked (unless a promote or follow
+/// has ended that link since), then reports the primary shard's offset
+/// reached.
+fn apply_and_report(
+    core: &Core,
+    generation: u64,
+    primary_shard: usize,
+    offset: u64,
+    change: impl FnOnce(&mut Shard, &mut ShardLog),
+) {
+    if generation != core.global.replication.generation() {
+        return;
+    }
+    let replication = core.replication.as_ref().expect("replication");
+    change(&mut core.shard_now(), &mut replication.log.borrow_mut());
+    replication.reply(ToReplication::Applied { primary_shard, offset });
 }
 
 /// Removes every key that belongs to one of the primary's shards.
@@ -274,24 +268,11 @@ fn drop_primary_shard(shard: &mut Shard, log: &mut ShardLog, primary_shard: usiz
 /// (so this host can serve replicas of its own).
 fn apply(shard: &mut Shard, log: &mut ShardLog, hash: KeyHash, record: Record<'_>, primary_shard: usize, primary_shards: usize) {
     match record {
-        Record::Set {
-            key,
-            client_flags,
-            expiry_unix,
-            cas,
-            value,
-        } => {
-            let state = ItemState {
-                key,
-                value,
-                client_flags,
-                expiry_unix,
-                cas,
-            };
+        Record::Set(state) => {
             if shard.put_replicated(hash, state) {
                 log.append(record);
             } else {
-                log.append(Record::Delete { key });
+                log.append(Record::Delete { key: state.key });
             }
         }
         Record::Delete { key } => {
@@ -299,7 +280,7 @@ fn apply(shard: &mut Shard, log: &mut ShardLog, hash: KeyHash, record: Record<'_
             log.append(record);
         }
         Record::Flush { effective_unix } => {
-            if effective_unix == 0 || effective_unix <= unix_now() {
+            if effective_unix == 0 || effective_unix <= shard.unix_now() {
                 drop_primary_shard(shard, log, primary_shard, primary_shards);
             } else {
                 // A delayed flush applies to the whole replica: close enough
@@ -334,15 +315,10 @@ impl<'a> Iterator for HashedRecords<'a> {
     }
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ItemState;
 
     fn chunk(log: &mut ShardLog) -> Option<(u64, usize)> {
         match log.take_chunk()? {
@@ -379,13 +355,13 @@ mod tests {
         log.append(Record::Delete { key: b"de" });
         assert_eq!(chunk(&mut log), Some((5, 4)));
         let big = vec![b'v'; MIN_PENDING_LIMIT];
-        log.append(Record::Set {
+        log.append(Record::Set(ItemState {
             key: b"big",
             client_flags: 0,
             expiry_unix: 0,
             cas: 1,
             value: &big,
-        });
+        }));
         let end = log.end();
         assert!(end > MIN_PENDING_LIMIT as u64);
         assert_eq!(chunk(&mut log), Some((end, 0)), "an empty chunk says where the log goes on");

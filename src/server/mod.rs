@@ -71,7 +71,7 @@ pub struct Global {
     pub total_connections: AtomicU64,
     pub rejected_connections: AtomicU64,
     /// Role (primary or read-only replica) and the replication report.
-    pub replication: crate::replication::Control,
+    pub replication: Control,
 }
 
 impl Global {
@@ -151,7 +151,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         rejected_connections: AtomicU64::new(0),
         stopping: AtomicBool::new(false),
         published: Mutex::new(vec![None; config.threads()]),
-        replication: Control::new(config.replication_enabled(), config.replica_of.clone()),
+        replication: Control::new(config.replica_of.clone()),
     });
     watch_signals(global.clone())?;
     if let Some(port) = config.metrics_port {

@@ -211,10 +211,9 @@ fn serve_request(core: &Core, request: ToShard) -> FromShard {
             let outcomes = ops
                 .iter()
                 .map(|(hash, op)| {
-                    let op = op.as_borrowed();
-                    let outcome = shard.execute(*hash, &op).to_owned_outcome();
-                    log_change(core, &shard, *hash, &op);
-                    outcome
+                    run_local(core, &mut shard, *hash, &op.as_borrowed(), |outcome| {
+                        outcome.to_owned_outcome()
+                    })
                 })
                 .collect();
             FromShard::Outcomes { slot, outcomes }
@@ -285,9 +284,7 @@ pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], 
                 each(index, &Outcome::ReadOnly);
                 continue;
             }
-            let hash = KeyHash::of(op.key());
-            each(index, &shard.execute(hash, op));
-            log_change(core, &shard, hash, op);
+            run_local(core, &mut shard, KeyHash::of(op.key()), op, |outcome| each(index, outcome));
         }
         return;
     };
@@ -328,8 +325,7 @@ pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], 
         if refused(op) {
             each(index, &Outcome::ReadOnly);
         } else if owner == core.id {
-            each(index, &shard.execute(*hash, op));
-            log_change(core, &shard, *hash, op);
+            run_local(core, &mut shard, *hash, op, |outcome| each(index, outcome));
         } else {
             // A core that could not be reached answers like a failed store.
             let outcome = remote[owner].next().unwrap_or(Outcome::OutOfMemory);
@@ -352,13 +348,23 @@ async fn broadcast(core: &Core, reply_slot: &ReplySlot, message: impl Fn(u32) ->
     reply_slot.wait(sent).await.into_iter().map(|(_, reply)| reply).collect()
 }
 
-/// Records what a key operation left behind in the shard's replication
-/// log (writes only; nothing when replication is off).
+/// Runs a key operation on this core's shard, hands its outcome to
+/// `deliver` (whose result it returns), then records what it left behind in the shard's replication
+/// log (writes only; nothing when replication is off). Every key operation
+/// a shard executes goes through here.
 #[inline]
-fn log_change(core: &Core, shard: &Shard, hash: KeyHash, op: &KeyOp<&[u8]>) {
+fn run_local<R>(
+    core: &Core,
+    shard: &mut Shard,
+    hash: KeyHash,
+    op: &KeyOp<&[u8]>,
+    deliver: impl FnOnce(&Outcome<&[u8]>) -> R,
+) -> R {
+    let delivered = deliver(&shard.execute(hash, op));
     if let Some(replication) = &core.replication {
         replication.record_op(shard, hash, op);
     }
+    delivered
 }
 
 fn flush_local(core: &Core, delay: i64) {

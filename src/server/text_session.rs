@@ -193,7 +193,7 @@ impl Session for TextSession {
 /// `replication promote` and `replication follow`: the reply line.
 fn replication_admin(core: &Core, admin: ReplicationAdmin<'_>) -> &'static str {
     let control = &core.global.replication;
-    if !control.enabled {
+    if !core.global.config.replication_enabled() {
         return "SERVER_ERROR replication is off (start with --repl-port or --replica-of)";
     }
     match admin {

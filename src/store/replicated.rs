@@ -139,6 +139,11 @@ impl Shard {
         victims.len()
     }
 
+    /// The shard's clock as unix time (whole seconds).
+    pub fn unix_now(&self) -> i64 {
+        self.clock.unix_now()
+    }
+
     /// Drops this shard's flush marks (a host that starts following another
     /// must not hide the items it receives behind its own old flush_all).
     pub fn forget_flush(&mut self) {

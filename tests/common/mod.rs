@@ -222,6 +222,14 @@ impl Client {
         String::from_utf8_lossy(&line).into_owned()
     }
 
+    /// `lru_crawler metadump all`: one line per item, END not included.
+    pub fn metadump(&mut self) -> Vec<String> {
+        self.send(b"lru_crawler metadump all\r\n");
+        std::iter::from_fn(|| Some(self.line_lf()))
+            .take_while(|line| line != "END")
+            .collect()
+    }
+
     /// `stats [group]` as (name, value) pairs.
     pub fn stats(&mut self, group: &str) -> Vec<(String, String)> {
         let request = if group.is_empty() {
