@@ -10,6 +10,9 @@
 #   benches/compare.sh                       # 3 rounds of 5 s per workload
 #   ROUNDS=5 DURATION=10 benches/compare.sh
 #   OUT=benches/results/2026-11-23 benches/compare.sh
+#   CORECACHE_BEFORE=/tmp/corecache-old benches/compare.sh   # adds that build as
+#                                            # "before" to every round (before/after)
+#   WORKLOADS="text-p1 open-loop" benches/compare.sh   # a subset (open-loop needs text-p1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +24,9 @@ LOAD_CPU=${LOAD_CPU:-1}
 PORT=${PORT:-31611}
 OUT=${OUT:-target/compare}
 CORECACHE_ARGS=${CORECACHE_ARGS:-"-t 1"}
+CORECACHE_BEFORE=${CORECACHE_BEFORE:-}
+SERVERS=(memcached corecache)
+[ -n "$CORECACHE_BEFORE" ] && SERVERS=(memcached before corecache)
 mkdir -p "$OUT"
 cargo build --release --workspace >&2
 CORECACHE=target/release/corecache
@@ -36,6 +42,8 @@ start_server() { # NAME -> sets SERVER_PID
     memcached) taskset -c "$SERVER_CPU" memcached "${user[@]}" -t 1 -m 1024 -p "$PORT" -l 127.0.0.1 & ;;
     # shellcheck disable=SC2086
     corecache) "$CORECACHE" $CORECACHE_ARGS --cores "$SERVER_CPU" -m 1024 -p "$PORT" -l 127.0.0.1 & ;;
+    # shellcheck disable=SC2086
+    before) "$CORECACHE_BEFORE" $CORECACHE_ARGS --cores "$SERVER_CPU" -m 1024 -p "$PORT" -l 127.0.0.1 & ;;
     esac
     SERVER_PID=$!
     for _ in $(seq 1 100); do
@@ -65,12 +73,13 @@ workload_args() {
     esac
 }
 
-WORKLOADS=(text-p1 text-p16 binary-p1 binary-p16 multiget10 open-loop)
+# shellcheck disable=SC2206
+WORKLOADS=(${WORKLOADS:-text-p1 text-p16 binary-p1 binary-p16 multiget10 open-loop})
 RATE=""
 results="$OUT/results.tsv"
 echo -e "round\tserver\tworkload\tops_per_sec\tkeys_per_sec\tp50_us\tp99_us\tp999_us\tserver_cpu_us_per_op\tloadgen_cpu_us_per_op" >"$results"
 for round in $(seq 1 "$ROUNDS"); do
-    for server in memcached corecache; do
+    for server in "${SERVERS[@]}"; do
         start_server "$server"
         # Load every key first, outside any measurement.
         "$LOADGEN" run -s "127.0.0.1:$PORT" --cpus "$LOAD_CPU" -c 20 --keys 100000 --value-size 32 --prefill --requests 1 --warmup 0 \
@@ -110,7 +119,7 @@ PY
     done
 done
 
-python3 - "$results" <<'PY' | tee "$OUT/summary.txt"
+python3 - "$results" "${SERVERS[@]}" <<'PY' | tee "$OUT/summary.txt"
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 fields = ["ops_per_sec", "keys_per_sec", "p50_us", "p99_us", "p999_us", "server_cpu_us_per_op", "loadgen_cpu_us_per_op"]
@@ -118,15 +127,19 @@ def median(server, workload, field):
     values = [float(r[field]) for r in rows if r["server"] == server and r["workload"] == workload]
     return statistics.median(values)
 workloads = list(dict.fromkeys(r["workload"] for r in rows))
+servers = sys.argv[2:]
 rounds = len(set(r["round"] for r in rows))
 print(f"medians of {rounds} alternating rounds; ratio = corecache / memcached")
 print(f"{'workload':12} {'server':10} {'ops/s':>10} {'keys/s':>10} {'p50 us':>8} {'p99 us':>8} {'p99.9':>8} {'srv us/op':>10} {'load us/op':>10}")
 for w in workloads:
-    for s in ["memcached", "corecache"]:
+    for s in servers:
         m = [median(s, w, f) for f in fields]
         print(f"{w:12} {s:10} {m[0]:10.0f} {m[1]:10.0f} {m[2]:8.1f} {m[3]:8.1f} {m[4]:8.1f} {m[5]:10.2f} {m[6]:10.2f}")
     ratio = [median("corecache", w, f) / max(median("memcached", w, f), 1e-9) for f in fields]
     print(f"{w:12} {'ratio':10} {ratio[0]:9.2f}x {ratio[1]:9.2f}x {ratio[2]:7.2f}x {ratio[3]:7.2f}x {ratio[4]:7.2f}x {ratio[5]:9.2f}x")
+    if "before" in servers:
+        ratio = [median("corecache", w, f) / max(median("before", w, f), 1e-9) for f in fields]
+        print(f"{w:12} {'vs before':10} {ratio[0]:9.2f}x {ratio[1]:9.2f}x {ratio[2]:7.2f}x {ratio[3]:7.2f}x {ratio[4]:7.2f}x {ratio[5]:9.2f}x")
 PY
 
 last=$ROUNDS

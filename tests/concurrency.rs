@@ -90,3 +90,52 @@ fn concurrent_pipelined_clients_see_their_own_writes() {
     c.send(b"version\r\n");
     assert!(c.line().starts_with("VERSION "));
 }
+
+/// Connections come and go quickly, some leaving with replies unread or
+/// requests half sent: every connection still gets exactly its own
+/// replies, and the server's connection count returns to the test's own.
+#[test]
+fn connections_that_come_and_go_get_only_their_own_replies() {
+    let server = Server::start(&["-t", "2"]);
+    let port = server.port;
+    let churners: Vec<_> = (0..4u64)
+        .map(|thread| {
+            std::thread::spawn(move || {
+                for round in 0..150u64 {
+                    let mut c = Client::connect(port);
+                    let key = format!("churn{thread}:{round}");
+                    let value = format!("value-{thread}-{round}");
+                    c.send(format!("set {key} 0 0 {}\r\n{value}\r\nget {key}\r\n", value.len()).as_bytes());
+                    match round % 3 {
+                        // Leaves without reading the replies.
+                        0 => {}
+                        // Leaves in the middle of a request.
+                        1 => c.send(b"set half 0 0 10\r\nabc"),
+                        _ => {
+                            let mut expected = b"STORED\r\n".to_vec();
+                            expected.extend_from_slice(&common::value_block(&key, 0, value.as_bytes()));
+                            expected.extend_from_slice(b"END\r\n");
+                            c.expect(&expected);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for churner in churners {
+        churner.join().expect("a connection saw a wrong reply");
+    }
+    let mut c = server.client();
+    for thread in 0..4 {
+        c.send(format!("get churn{thread}:149\r\n").as_bytes());
+        let mut expected = common::value_block(&format!("churn{thread}:149"), 0, format!("value-{thread}-149").as_bytes());
+        expected.extend_from_slice(b"END\r\n");
+        c.expect(&expected);
+    }
+    // The departed connections are all closed on the server's side.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while c.stat("curr_connections") != 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(c.stat("curr_connections"), 1, "only this client is still connected");
+}
