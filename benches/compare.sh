@@ -2,7 +2,8 @@
 # Side by side: Debian's memcached -t 1 against corecache -t 1, each pinned to
 # CPU 0, driven by corecache-loadgen pinned to CPU 1, in alternating rounds.
 # Workloads: text and binary at pipeline 1 and 16, a 10-key multi-get, and an
-# open-loop run at 70% of memcached's measured text capacity. 32-byte values,
+# open-loop run each for text and binary at 70% of memcached's measured
+# pipeline-1 capacity in that protocol. 32-byte values,
 # get:set 10:1, 20 connections. Prints medians per workload, the ratio
 # corecache/memcached, and server CPU microseconds per operation (utime +
 # stime from /proc), and draws the open-loop latency chart as SVG.
@@ -12,7 +13,8 @@
 #   OUT=benches/results/2026-11-23 benches/compare.sh
 #   CORECACHE_BEFORE=/tmp/corecache-old benches/compare.sh   # adds that build as
 #                                            # "before" to every round (before/after)
-#   WORKLOADS="text-p1 open-loop" benches/compare.sh   # a subset (open-loop needs text-p1)
+#   WORKLOADS="text-p1 open-loop" benches/compare.sh   # a subset (open-loop needs
+#                                            # text-p1, binary-open-loop binary-p1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,13 +72,23 @@ workload_args() {
     binary-p16) echo "${common[@]} --protocol binary --pipeline 16" ;;
     multiget10) echo "${common[@]} --protocol text --pipeline 1 --multiget 10" ;;
     open-loop) echo "${common[@]} --protocol text --rate $RATE" ;;
+    binary-open-loop) echo "${common[@]} --protocol binary --rate $BINARY_RATE" ;;
     esac
 }
 
 # shellcheck disable=SC2206
-WORKLOADS=(${WORKLOADS:-text-p1 text-p16 binary-p1 binary-p16 multiget10 open-loop})
+WORKLOADS=(${WORKLOADS:-text-p1 text-p16 binary-p1 binary-p16 multiget10 open-loop binary-open-loop})
 RATE=""
+BINARY_RATE=""
 results="$OUT/results.tsv"
+
+# 70% of memcached's round-1 throughput in WORKLOAD (the open-loop rates).
+seventy_percent_of() {
+    python3 -c "
+import csv
+rows = [r for r in csv.DictReader(open('$results'), delimiter='\t') if r['server'] == 'memcached' and r['workload'] == '$1']
+print(int(float(rows[0]['ops_per_sec']) * 0.7))"
+}
 echo -e "round\tserver\tworkload\tops_per_sec\tkeys_per_sec\tp50_us\tp99_us\tp999_us\tserver_cpu_us_per_op\tloadgen_cpu_us_per_op" >"$results"
 for round in $(seq 1 "$ROUNDS"); do
     for server in "${SERVERS[@]}"; do
@@ -87,11 +99,12 @@ for round in $(seq 1 "$ROUNDS"); do
         for workload in "${WORKLOADS[@]}"; do
             if [ "$workload" = open-loop ] && [ -z "$RATE" ]; then
                 # 70% of memcached's unpipelined text capacity, measured in round 1.
-                RATE=$(python3 -c "
-import csv
-rows = [r for r in csv.DictReader(open('$results'), delimiter='\t') if r['server'] == 'memcached' and r['workload'] == 'text-p1']
-print(int(float(rows[0]['ops_per_sec']) * 0.7))")
+                RATE=$(seventy_percent_of text-p1)
                 echo "open-loop rate: $RATE ops/s" >&2
+            fi
+            if [ "$workload" = binary-open-loop ] && [ -z "$BINARY_RATE" ]; then
+                BINARY_RATE=$(seventy_percent_of binary-p1)
+                echo "binary open-loop rate: $BINARY_RATE ops/s" >&2
             fi
             json="$OUT/$server-$workload-$round.json"
             before=$(server_ticks "$SERVER_PID")
