@@ -13,8 +13,6 @@
 //! server/          cores and sockets: one glommio executor per core
 //!   mod.rs           starts the cores, the channel mesh, the sweeper
 //!   listener.rs      SO_REUSEPORT listener per core, connection limit
-//!   socket_ring.rs   the core's own io_uring for client sockets (accept,
-//!                    receive, send); glommio sleeps in it (vendor/glommio)
 //!   connection.rs    read buffer -> parse -> route -> replies, one send;
 //!                    the first byte picks the protocol's Session
 //!   session.rs       what a protocol provides to the connection
@@ -26,14 +24,12 @@
 //! stats.rs         `stats` output: shard reports + server counters
 //! ```
 //!
-//! A request travels: bytes received on the core's `server::socket_ring`
-//! and read by `server::connection` -> parsed by
+//! A request travels: bytes read by `server::connection` -> parsed by
 //! `protocol::text` or `protocol::binary` into steps -> `server::router`
 //! hashes each key once,
 //! runs it on the local `store::Shard` or batches it to the owning core over
 //! the channel mesh -> `Outcome`s come back in request order ->
-//! the protocol's reply writer writes them -> one send per batch, queued in
-//! the ring and submitted with every other send when the core sleeps.
+//! the protocol's reply writer writes them -> one send per batch.
 //! A write also leaves the key's new state in the shard's replication log
 //! (`replication::shard_side`), which the replication core streams to replicas.
 

@@ -1,16 +1,20 @@
 //! One client connection: fill the read buffer, parse what is complete,
-//! route it, queue all replies of the batch as one send. The first byte
-//! picks the protocol. The socket (the core's ring, `socket_ring`) is
-//! touched only by `ReadBuffer::fill` and `send`.
+//! route it, write all replies of the batch with one send. The first byte
+//! picks the protocol. The socket is touched only by `ReadBuffer::fill` and
+//! `send`: the seam where a direct io_uring path can replace glommio's
+//! socket later.
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Instant;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
 
 use super::Core;
 use super::binary_session::BinarySession;
 use super::router::{self, ReplySlot};
 use super::session::{After, Parse, Session};
-use super::socket_ring::Socket;
 use super::text_session::TextSession;
 use crate::protocol::binary::REQUEST_MAGIC;
 use crate::protocol::text::TextLimits;
@@ -61,7 +65,7 @@ impl ReadBuffer {
     }
 
     /// Reads more bytes; returns 0 at end of stream.
-    async fn fill(&mut self, socket: &Socket) -> std::io::Result<usize> {
+    async fn fill(&mut self, stream: &mut TcpStream) -> std::io::Result<usize> {
         if self.end == self.data.len() {
             if self.start > 0 {
                 self.data.copy_within(self.start..self.end, 0);
@@ -73,7 +77,7 @@ impl ReadBuffer {
                 self.data.resize(self.data.len() * 2, 0);
             }
         }
-        let read = socket.recv(&mut self.data[self.end..]).await?;
+        let read = stream.read(&mut self.data[self.end..]).await?;
         self.end += read;
         Ok(read)
     }
@@ -89,28 +93,27 @@ struct Batch {
     after: After,
 }
 
-pub async fn serve(core: Rc<Core>, socket: Socket) {
-    let fd = socket.fd();
+pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
+    let fd = stream.as_raw_fd();
     core.connections.borrow_mut().insert(fd);
-    serve_until_closed(&core, &socket).await;
-    // The last replies go out before the stop waits no more for us.
-    socket.flush().await;
+    serve_until_closed(&core, &mut stream).await;
     core.connections.borrow_mut().remove(&fd);
+    let _ = stream.close().await;
 }
 
 /// Serves until the client leaves (or asks for a shutdown).
-async fn serve_until_closed(core: &Rc<Core>, socket: &Socket) {
+async fn serve_until_closed(core: &Rc<Core>, stream: &mut TcpStream) {
     let reply_slot = ReplySlot::open(core);
     let mut input = ReadBuffer::new();
-    if fill(core, &mut input, socket).await == 0 {
+    if fill(core, &mut input, stream).await == 0 {
         return;
     }
     let max_payload = core.global.config.max_payload();
     let after = if input.unparsed()[0] == REQUEST_MAGIC {
-        serve_session(core, &reply_slot, &BinarySession { max_payload }, &mut input, socket).await
+        serve_session(core, &reply_slot, &BinarySession { max_payload }, &mut input, stream).await
     } else {
         let limits = TextLimits { max_payload };
-        serve_session(core, &reply_slot, &TextSession { limits }, &mut input, socket).await
+        serve_session(core, &reply_slot, &TextSession { limits }, &mut input, stream).await
     };
     if after == After::Shutdown {
         tracing::info!("shutdown requested by a client");
@@ -119,8 +122,8 @@ async fn serve_until_closed(core: &Rc<Core>, socket: &Socket) {
 }
 
 /// Reads into the buffer, counting bytes; 0 on end of stream or error.
-async fn fill(core: &Core, input: &mut ReadBuffer, socket: &Socket) -> usize {
-    match input.fill(socket).await {
+async fn fill(core: &Core, input: &mut ReadBuffer, stream: &mut TcpStream) -> usize {
+    match input.fill(stream).await {
         Ok(read) => {
             core.counters.bytes_read.set(core.counters.bytes_read.get() + read as u64);
             read
@@ -134,7 +137,7 @@ async fn serve_session<S: Session>(
     reply_slot: &ReplySlot,
     session: &S,
     input: &mut ReadBuffer,
-    socket: &Socket,
+    stream: &mut TcpStream,
 ) -> After {
     let mut output = Vec::with_capacity(READ_BUFFER);
     let mut swallow = 0;
@@ -146,18 +149,18 @@ async fn serve_session<S: Session>(
             swallow -= discard;
         }
         if need_input || swallow > 0 || input.unparsed().is_empty() {
-            if fill(core, input, socket).await == 0 {
+            if fill(core, input, stream).await == 0 {
                 return After::Close;
             }
             need_input = false;
             continue;
         }
-        let batch = process(core, reply_slot, session, input.unparsed(), &mut output, socket).await;
+        let batch = process(core, reply_slot, session, input.unparsed(), &mut output, stream).await;
         input.consume(batch.consumed);
         swallow = batch.swallow;
         need_input = batch.need_input;
         if !output.is_empty() {
-            if send(core, socket, &output).await.is_err() {
+            if send(core, stream, &output).await.is_err() {
                 return After::Close;
             }
             output.clear();
@@ -168,8 +171,8 @@ async fn serve_session<S: Session>(
     }
 }
 
-async fn send(core: &Core, socket: &Socket, bytes: &[u8]) -> std::io::Result<()> {
-    socket.send(bytes).await?;
+async fn send(core: &Core, stream: &mut TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
     core.counters
         .bytes_written
         .set(core.counters.bytes_written.get() + bytes.len() as u64);
@@ -184,7 +187,7 @@ async fn process<S: Session>(
     session: &S,
     buf: &[u8],
     out: &mut Vec<u8>,
-    socket: &Socket,
+    stream: &mut TcpStream,
 ) -> Batch {
     let started = Instant::now();
     let mut steps = Vec::new();
@@ -228,7 +231,7 @@ async fn process<S: Session>(
     while !rest.is_empty() {
         let run = rest.iter().position(S::is_barrier).unwrap_or(rest.len());
         if run > 0 {
-            if execute_run::<S>(core, reply_slot, &rest[..run], out, socket, started)
+            if execute_run::<S>(core, reply_slot, &rest[..run], out, stream, started)
                 .await
                 .is_err()
             {
@@ -257,7 +260,7 @@ async fn execute_run<S: Session>(
     reply_slot: &ReplySlot,
     steps: &[S::Step<'_>],
     out: &mut Vec<u8>,
-    socket: &Socket,
+    stream: &mut TcpStream,
     started: Instant,
 ) -> std::io::Result<()> {
     let mut ops = Vec::new();
@@ -284,7 +287,7 @@ async fn execute_run<S: Session>(
         })
         .await;
         if out.len() >= FLUSH_AT {
-            send(core, socket, out).await?;
+            send(core, stream, out).await?;
             out.clear();
         }
     }

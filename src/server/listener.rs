@@ -5,11 +5,12 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
+use futures_lite::AsyncWriteExt;
+use glommio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::Core;
 use super::connection;
-use super::socket_ring::{self, Listener};
 
 /// memcached's answer when `-c` connections are already open.
 const TOO_MANY_CONNECTIONS: &[u8] = b"ERROR Too many open connections\r\n";
@@ -60,10 +61,10 @@ fn admit(core: &Rc<Core>) -> Option<ConnectionSlot> {
     }
 }
 
-pub async fn accept_loop(core: Rc<Core>, listener: Listener) {
+pub async fn accept_loop(core: Rc<Core>, listener: TcpListener) {
     loop {
-        let socket = match listener.accept().await {
-            Ok(socket) => socket,
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
             // Stopping: the listener was shut down.
             Err(_) if core.global.stopping.load(Ordering::Relaxed) => return,
             Err(error) => {
@@ -74,23 +75,22 @@ pub async fn accept_loop(core: Rc<Core>, listener: Listener) {
         };
         match admit(&core) {
             Some(slot) => {
-                glommio::spawn_local(serve(core.clone(), socket, slot)).detach();
+                glommio::spawn_local(serve(core.clone(), stream, slot)).detach();
             }
             None => {
-                glommio::spawn_local(refuse(socket)).detach();
+                glommio::spawn_local(refuse(stream)).detach();
             }
         }
     }
 }
 
-async fn serve(core: Rc<Core>, socket: socket_ring::Socket, slot: ConnectionSlot) {
-    // SAFETY: the socket's descriptor stays open while `socket` lives.
-    let _ = socket2::SockRef::from(&unsafe { std::os::fd::BorrowedFd::borrow_raw(socket.fd()) }).set_tcp_nodelay(true);
-    connection::serve(core, socket).await;
+async fn serve(core: Rc<Core>, stream: TcpStream, slot: ConnectionSlot) {
+    let _ = stream.set_nodelay(true);
+    connection::serve(core, stream).await;
     drop(slot);
 }
 
-/// Answers memcached's error; the socket closes once it has gone out.
-async fn refuse(socket: socket_ring::Socket) {
-    let _ = socket.send(TOO_MANY_CONNECTIONS).await;
+async fn refuse(mut stream: TcpStream) {
+    let _ = stream.write_all(TOO_MANY_CONNECTIONS).await;
+    let _ = stream.close().await;
 }

@@ -9,14 +9,13 @@ pub mod connection;
 pub mod listener;
 pub mod router;
 pub mod session;
-pub mod socket_ring;
 pub mod text_session;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::os::fd::{IntoRawFd, OwnedFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -35,7 +34,6 @@ use crate::stats::{CommandLatency, CoreReport};
 use crate::store::clock::CLOCK_START;
 use crate::store::{RelTime, Shard, ShardConfig};
 use router::{FromShard, Mesh, Pending, ToShard};
-use socket_ring::SocketRing;
 
 /// Messages in flight per pair of cores before a sender waits.
 const MESH_CAPACITY: usize = 1024;
@@ -56,8 +54,6 @@ pub enum ServerError {
     Executor { core: usize, cpu: usize, reason: String },
     #[error("cannot switch to user '{user}': {reason}")]
     User { user: String, reason: String },
-    #[error("core {core} cannot set up its io_uring for sockets: {source}")]
-    SocketRing { core: usize, source: std::io::Error },
 }
 
 /// What all cores share: read-mostly settings and connection counters that
@@ -106,8 +102,6 @@ pub struct Core {
     pub latency: RefCell<CommandLatency>,
     /// Sockets of the open connections (shut for reading on stop).
     pub connections: RefCell<HashSet<RawFd>>,
-    /// The ring this core's listeners and connections use.
-    pub sockets: Rc<SocketRing>,
     /// This shard's replication log (None when replication is off).
     pub replication: Option<ShardReplication>,
 }
@@ -202,14 +196,6 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                     evictions: global.config.evictions,
                     started_unix: global.started_unix,
                 });
-                let sockets = match SocketRing::new() {
-                    Ok(sockets) => sockets,
-                    Err(source) => {
-                        stop(&global);
-                        return Err(ServerError::SocketRing { core: index, source });
-                    }
-                };
-                sockets.install_park_hook();
                 let core = Rc::new(Core {
                     id,
                     cores,
@@ -220,7 +206,6 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                     verbosity: Cell::new(0),
                     latency: RefCell::new(CommandLatency::default()),
                     connections: RefCell::new(HashSet::new()),
-                    sockets,
                     replication: channels.map(|channels: WorkerChannels| {
                         ShardReplication::new(global.config.repl_backlog, channels.to_core, channels.from_core)
                     }),
@@ -232,7 +217,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 glommio::spawn_local(stop_when_asked(core.clone(), fds.clone())).detach();
                 let accepts: Vec<_> = fds
                     .into_iter()
-                    .map(|fd| glommio::spawn_local(listener::accept_loop(core.clone(), core.sockets.listen(fd))))
+                    // SAFETY: each fd was just bound for this core and is owned by nothing else.
+                    .map(|fd| {
+                        glommio::spawn_local(listener::accept_loop(core.clone(), unsafe {
+                            glommio::net::TcpListener::from_raw_fd(fd)
+                        }))
+                    })
                     .collect();
                 for accept in accepts {
                     accept.await;
@@ -242,7 +232,6 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                 while !core.connections.borrow().is_empty() && Instant::now() < deadline {
                     glommio::timer::sleep(Duration::from_millis(10)).await;
                 }
-                Ok(())
             })
             .map_err(|error| ServerError::Executor {
                 core: index,
@@ -251,16 +240,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             })?;
         handles.push(handle);
     }
-    let mut outcome = Ok(());
     for handle in handles {
-        if let Ok(Err(error)) = handle.join() {
-            outcome = outcome.and(Err(error));
-        }
+        let _ = handle.join();
     }
     if let Some(thread) = replication_thread {
         let _ = thread.join();
     }
-    outcome
+    Ok(())
 }
 
 /// Active expiry: a bounded slice of the shard is swept on every tick.
