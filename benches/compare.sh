@@ -43,9 +43,11 @@ start_server() { # NAME -> sets SERVER_PID
     case $1 in
     memcached) taskset -c "$SERVER_CPU" memcached "${user[@]}" -t 1 -m 1024 -p "$PORT" -l 127.0.0.1 & ;;
     # shellcheck disable=SC2086
-    corecache) "$CORECACHE" $CORECACHE_ARGS --cores "$SERVER_CPU" -m 1024 -p "$PORT" -l 127.0.0.1 & ;;
-    # shellcheck disable=SC2086
-    before) "$CORECACHE_BEFORE" $CORECACHE_ARGS --cores "$SERVER_CPU" -m 1024 -p "$PORT" -l 127.0.0.1 & ;;
+    corecache | before)
+        binary=$CORECACHE
+        [ "$1" = before ] && binary=$CORECACHE_BEFORE
+        "$binary" $CORECACHE_ARGS --cores "$SERVER_CPU" -m 1024 -p "$PORT" -l 127.0.0.1 &
+        ;;
     esac
     SERVER_PID=$!
     for _ in $(seq 1 100); do
@@ -148,14 +150,15 @@ for w in workloads:
     for s in servers:
         m = [median(s, w, f) for f in fields]
         print(f"{w:12} {s:10} {m[0]:10.0f} {m[1]:10.0f} {m[2]:8.1f} {m[3]:8.1f} {m[4]:8.1f} {m[5]:10.2f} {m[6]:10.2f}")
-    ratio = [median("corecache", w, f) / max(median("memcached", w, f), 1e-9) for f in fields]
-    print(f"{w:12} {'ratio':10} {ratio[0]:9.2f}x {ratio[1]:9.2f}x {ratio[2]:7.2f}x {ratio[3]:7.2f}x {ratio[4]:7.2f}x {ratio[5]:9.2f}x")
-    if "before" in servers:
-        ratio = [median("corecache", w, f) / max(median("before", w, f), 1e-9) for f in fields]
-        print(f"{w:12} {'vs before':10} {ratio[0]:9.2f}x {ratio[1]:9.2f}x {ratio[2]:7.2f}x {ratio[3]:7.2f}x {ratio[4]:7.2f}x {ratio[5]:9.2f}x")
+    for label, base in [("ratio", "memcached"), ("vs before", "before")]:
+        if base in servers:
+            ratio = [median("corecache", w, f) / max(median(base, w, f), 1e-9) for f in fields]
+            print(f"{w:12} {label:10} {ratio[0]:9.2f}x {ratio[1]:9.2f}x {ratio[2]:7.2f}x {ratio[3]:7.2f}x {ratio[4]:7.2f}x {ratio[5]:9.2f}x")
 PY
 
 last=$ROUNDS
-"$LOADGEN" chart --output "$OUT/open-loop-latency.svg" --title "open loop at $RATE ops/s: latency by percentile" \
-    "memcached=$OUT/memcached-open-loop-$last.json" "corecache=$OUT/corecache-open-loop-$last.json"
-echo "chart: $OUT/open-loop-latency.svg"
+if [ -n "$RATE" ]; then # the text open-loop run was among the workloads
+    "$LOADGEN" chart --output "$OUT/open-loop-latency.svg" --title "open loop at $RATE ops/s: latency by percentile" \
+        "memcached=$OUT/memcached-open-loop-$last.json" "corecache=$OUT/corecache-open-loop-$last.json"
+    echo "chart: $OUT/open-loop-latency.svg"
+fi

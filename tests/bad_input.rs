@@ -255,12 +255,7 @@ fn a_huge_multi_get_streams_instead_of_buffering() {
         assert!(received == block);
     }
     c.expect(b"END\r\n");
-    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-    let peak_kib: u64 = status
-        .lines()
-        .find(|line| line.starts_with("VmHWM:"))
-        .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
-        .unwrap();
+    let peak_kib = server.memory_kib("VmHWM");
     assert!(peak_kib < 96 * 1024, "server peaked at {peak_kib} KiB for a streamed reply");
 }
 
@@ -270,20 +265,12 @@ fn a_huge_multi_get_streams_instead_of_buffering() {
 #[test]
 fn a_client_that_does_not_read_cannot_make_the_server_buffer_its_requests() {
     let server = Server::start(&["-t", "1", "-m", "8"]);
-    let resident_kib = || -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
-        status
-            .lines()
-            .find(|line| line.starts_with("VmRSS:"))
-            .and_then(|line| line.split_whitespace().nth(1)?.parse().ok())
-            .unwrap()
-    };
     let mut c = server.client();
     let value = vec![b'v'; 64 * 1024];
     c.send(format!("set big 0 0 {}\r\n", value.len()).as_bytes());
     c.send(&value);
     c.roundtrip(b"\r\n", b"STORED\r\n");
-    let before = resident_kib();
+    let before = server.memory_kib("VmRSS");
     // 64 MiB of replies nobody reads yet, then 64 MiB of requests.
     let mut requests = b"get big\r\n".repeat(1000);
     let mut set = format!("set small 0 0 {}\r\n", value.len()).into_bytes();
@@ -293,7 +280,7 @@ fn a_client_that_does_not_read_cannot_make_the_server_buffer_its_requests() {
     let mut writer = c.stream.try_clone().unwrap();
     let sender = std::thread::spawn(move || writer.write_all(&requests).is_ok());
     std::thread::sleep(Duration::from_secs(2));
-    let grown = resident_kib().saturating_sub(before);
+    let grown = server.memory_kib("VmRSS").saturating_sub(before);
     // Now read everything: the requests then go through.
     let mut hit = value_block("big", 0, &value);
     hit.extend_from_slice(b"END\r\n");

@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use common::{Client, Server};
 
@@ -91,6 +92,11 @@ fn concurrent_pipelined_clients_see_their_own_writes() {
     assert!(c.line().starts_with("VERSION "));
 }
 
+/// A `get` reply holding one value.
+fn hit(key: &str, value: &str) -> Vec<u8> {
+    [common::value_block(key, 0, value.as_bytes()), b"END\r\n".to_vec()].concat()
+}
+
 /// Connections come and go quickly, some leaving with replies unread or
 /// requests half sent: every connection still gets exactly its own
 /// replies, and the server's connection count returns to the test's own.
@@ -111,12 +117,7 @@ fn connections_that_come_and_go_get_only_their_own_replies() {
                         0 => {}
                         // Leaves in the middle of a request.
                         1 => c.send(b"set half 0 0 10\r\nabc"),
-                        _ => {
-                            let mut expected = b"STORED\r\n".to_vec();
-                            expected.extend_from_slice(&common::value_block(&key, 0, value.as_bytes()));
-                            expected.extend_from_slice(b"END\r\n");
-                            c.expect(&expected);
-                        }
+                        _ => c.expect(&[b"STORED\r\n".to_vec(), hit(&key, &value)].concat()),
                     }
                 }
             })
@@ -127,15 +128,16 @@ fn connections_that_come_and_go_get_only_their_own_replies() {
     }
     let mut c = server.client();
     for thread in 0..4 {
-        c.send(format!("get churn{thread}:149\r\n").as_bytes());
-        let mut expected = common::value_block(&format!("churn{thread}:149"), 0, format!("value-{thread}-149").as_bytes());
-        expected.extend_from_slice(b"END\r\n");
-        c.expect(&expected);
+        let key = format!("churn{thread}:149");
+        c.roundtrip(
+            format!("get {key}\r\n").as_bytes(),
+            &hit(&key, &format!("value-{thread}-149")),
+        );
     }
     // The departed connections are all closed on the server's side.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while c.stat("curr_connections") != 1 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.stat("curr_connections") != 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(c.stat("curr_connections"), 1, "only this client is still connected");
 }

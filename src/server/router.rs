@@ -349,9 +349,9 @@ async fn broadcast(core: &Core, reply_slot: &ReplySlot, message: impl Fn(u32) ->
 }
 
 /// Runs a key operation on this core's shard, hands its outcome to
-/// `deliver` (whose result it returns), then records what it left behind in the shard's replication
-/// log (writes only; nothing when replication is off). Every key operation
-/// a shard executes goes through here.
+/// `deliver` (whose result it returns), then records what it left behind
+/// in the shard's replication log (writes only; nothing when replication
+/// is off). Every key operation a shard executes goes through here.
 #[inline]
 fn run_local<R>(
     core: &Core,

@@ -123,6 +123,16 @@ impl Server {
         self.child.id()
     }
 
+    /// A memory line of the server's /proc status (VmRSS, VmHWM...), in KiB.
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in {status}"))
+    }
+
     /// Sends a signal to the server process.
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
