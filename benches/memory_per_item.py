@@ -7,7 +7,7 @@ the resident memory growth (RSS after - RSS before) / N, and what each
 server's own stats say: item header overhead ((bytes - N * (key + value)) / N)
 and index bytes per item.
 
-    python3 benches/memory_per_item.py [--items 1000000] [--value 32]
+    python3 benches/memory_per_item.py [--items 1000000] [--value 32] [--corecache-args "-f 1.25"]
 """
 import argparse
 import os
@@ -90,11 +90,12 @@ def main():
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--value", type=int, default=32)
     parser.add_argument("--corecache", default="target/release/corecache")
+    parser.add_argument("--corecache-args", default="", help="extra corecache flags, e.g. '-f 1.25'")
     args = parser.parse_args()
     user = ["-u", "root"] if os.getuid() == 0 else []
     results = [
         measure("memcached", ["memcached", *user, "-t", "1", "-m", "1024", "-p", "31411", "-l", "127.0.0.1"], 31411, args.items, args.value),
-        measure("corecache", [args.corecache, "-t", "1", "-m", "1024", "-p", "31412", "-l", "127.0.0.1"], 31412, args.items, args.value),
+        measure("corecache", [args.corecache, "-t", "1", "-m", "1024", "-p", "31412", "-l", "127.0.0.1", *args.corecache_args.split()], 31412, args.items, args.value),
     ]
     print(f"{args.items} items, 19-byte keys, {args.value}-byte values")
     print(f"{'server':10} {'RSS/item':>10} {'header/item':>12} {'index/item':>11}")

@@ -34,8 +34,9 @@ pub struct Args {
     /// Largest item, with k/m suffix (e.g. 1m, 128m)
     #[arg(short = 'I', long = "max-item-size", default_value = "1m")]
     pub max_item_size: String,
-    /// Slab chunk growth factor
-    #[arg(short = 'f', long = "slab-growth-factor", default_value_t = 1.25)]
+    /// Slab chunk growth factor (memcached's default is 1.25; finer classes
+    /// waste fewer bytes per item)
+    #[arg(short = 'f', long = "slab-growth-factor", default_value_t = 1.08)]
     pub growth_factor: f64,
     /// Smallest chunk payload in bytes (key + value + flags)
     #[arg(short = 'n', long = "slab-min-size", default_value_t = 48)]

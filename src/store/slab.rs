@@ -15,6 +15,8 @@ const MAX_PAGES: usize = 1 << 16;
 const LARGE_GRAIN: usize = 4096;
 /// Chunks must be at least this big so a page holds < 2^15 of them.
 pub const MIN_CHUNK: usize = 48;
+/// Page classes are numbered in a u8 and the large pseudo-class comes last.
+const MAX_CLASSES: usize = u8::MAX as usize;
 
 #[derive(Debug)]
 pub struct SlabClass {
@@ -51,11 +53,13 @@ pub struct Slab {
 }
 
 /// Chunk sizes from `smallest` growing by `factor` (8-byte aligned), the
-/// last class being a whole page, as memcached's slabs_init.
+/// last class being a whole page, as memcached's slabs_init. Unlike
+/// memcached's 63, up to 254 classes, so that a small factor (the default
+/// 1.08) reaches half a page: finer classes waste fewer bytes per item.
 pub fn class_sizes(smallest: usize, factor: f64) -> Vec<usize> {
     let mut sizes = Vec::new();
     let mut size = smallest.max(MIN_CHUNK).next_multiple_of(8);
-    while (size as f64) * factor < PAGE_SIZE as f64 / 2.0 && sizes.len() < 62 {
+    while (size as f64) * factor < PAGE_SIZE as f64 / 2.0 && sizes.len() < MAX_CLASSES - 3 {
         sizes.push(size);
         let next = ((size as f64 * factor) as usize).next_multiple_of(8);
         size = next.max(size + 8);
@@ -278,6 +282,17 @@ mod tests {
         assert_eq!(*sizes.last().unwrap(), PAGE_SIZE);
         assert!(sizes.windows(2).all(|w| w[0] < w[1] && w[0] % 8 == 0));
         assert!(PAGE_SIZE / sizes[0] < 1 << CHUNK_INDEX_BITS);
+    }
+
+    #[test]
+    fn a_small_factor_steps_by_eight_bytes_and_still_reaches_a_page() {
+        let sizes = class_sizes(80, 1.08);
+        assert_eq!(&sizes[..5], &[80, 88, 96, 104, 112]);
+        assert_eq!(*sizes.last().unwrap(), PAGE_SIZE);
+        assert!(sizes.len() < MAX_CLASSES, "class ids and the large class fit a u8");
+        let smallest_factor = class_sizes(48, 1.0001);
+        assert!(smallest_factor.len() < MAX_CLASSES);
+        assert_eq!(*smallest_factor.last().unwrap(), PAGE_SIZE);
     }
 
     #[test]
