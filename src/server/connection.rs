@@ -18,6 +18,7 @@ use super::session::{After, Parse, Session};
 use super::text_session::TextSession;
 use crate::protocol::binary::REQUEST_MAGIC;
 use crate::protocol::text::TextLimits;
+use crate::request::KeyOp;
 use crate::stats::{CommandLatency, LATENCY_COMMANDS};
 
 /// The latency slot of commands that are not key operations.
@@ -93,6 +94,33 @@ struct Batch {
     after: After,
 }
 
+/// The lists a batch is built in, kept for the connection's life so that a
+/// batch allocates nothing once they have grown to its size.
+struct Scratch<S: Session> {
+    steps: Vec<S::Step<'static>>,
+    ops: Vec<KeyOp<&'static [u8]>>,
+    /// How many of `ops` each step of a run owns.
+    op_counts: Vec<usize>,
+}
+
+impl<S: Session> Scratch<S> {
+    fn new() -> Scratch<S> {
+        Scratch {
+            steps: Vec::new(),
+            ops: Vec::new(),
+            op_counts: Vec::new(),
+        }
+    }
+}
+
+/// An empty list's allocation, reused for the same element type with another
+/// lifetime (the batch's borrow of the read buffer): std collects in place
+/// when the layouts match, so this neither allocates nor frees.
+fn recycle<From, To>(mut list: Vec<From>) -> Vec<To> {
+    list.clear();
+    list.into_iter().map(|_| unreachable!("the list was cleared")).collect()
+}
+
 pub async fn serve(core: Rc<Core>, mut stream: TcpStream) {
     let fd = stream.as_raw_fd();
     core.connections.borrow_mut().insert(fd);
@@ -140,6 +168,7 @@ async fn serve_session<S: Session>(
     stream: &mut TcpStream,
 ) -> After {
     let mut output = Vec::with_capacity(READ_BUFFER);
+    let mut scratch = Scratch::<S>::new();
     let mut swallow = 0;
     let mut need_input = false;
     loop {
@@ -155,7 +184,7 @@ async fn serve_session<S: Session>(
             need_input = false;
             continue;
         }
-        let batch = process(core, reply_slot, session, input.unparsed(), &mut output, stream).await;
+        let batch = process(core, reply_slot, session, input.unparsed(), &mut output, &mut scratch, stream).await;
         input.consume(batch.consumed);
         swallow = batch.swallow;
         need_input = batch.need_input;
@@ -187,10 +216,11 @@ async fn process<S: Session>(
     session: &S,
     buf: &[u8],
     out: &mut Vec<u8>,
+    scratch: &mut Scratch<S>,
     stream: &mut TcpStream,
 ) -> Batch {
     let started = Instant::now();
-    let mut steps = Vec::new();
+    let mut steps: Vec<S::Step<'_>> = recycle(std::mem::take(&mut scratch.steps));
     let mut batch = Batch {
         consumed: 0,
         swallow: 0,
@@ -231,7 +261,7 @@ async fn process<S: Session>(
     while !rest.is_empty() {
         let run = rest.iter().position(S::is_barrier).unwrap_or(rest.len());
         if run > 0 {
-            if execute_run::<S>(core, reply_slot, &rest[..run], out, stream, started)
+            if execute_run::<S>(core, reply_slot, &rest[..run], out, scratch, stream, started)
                 .await
                 .is_err()
             {
@@ -250,6 +280,7 @@ async fn process<S: Session>(
             break;
         }
     }
+    scratch.steps = recycle(steps);
     batch
 }
 
@@ -260,11 +291,14 @@ async fn execute_run<S: Session>(
     reply_slot: &ReplySlot,
     steps: &[S::Step<'_>],
     out: &mut Vec<u8>,
+    scratch: &mut Scratch<S>,
     stream: &mut TcpStream,
     started: Instant,
 ) -> std::io::Result<()> {
-    let mut ops = Vec::new();
-    let counts: Vec<usize> = steps.iter().map(|step| S::key_ops(step, &mut ops)).collect();
+    let mut ops: Vec<KeyOp<&[u8]>> = recycle(std::mem::take(&mut scratch.ops));
+    let counts = &mut scratch.op_counts;
+    counts.clear();
+    counts.extend(steps.iter().map(|step| S::key_ops(step, &mut ops)));
     // Outcomes arrive in op order; step `current` owns the next `left` of them.
     let mut current = 0;
     let mut left = counts.first().copied().unwrap_or(0);
@@ -278,6 +312,7 @@ async fn execute_run<S: Session>(
     advance(out, &mut current, &mut left);
     // Routed in slices so that a huge multi-get streams its replies instead
     // of gathering them all in memory; a normal pipeline is one slice.
+    let mut sent = Ok(());
     for (slice, slice_ops) in ops.chunks(OPS_PER_ROUTE).enumerate() {
         let base = slice * OPS_PER_ROUTE;
         router::execute(core, reply_slot, slice_ops, |index, outcome| {
@@ -287,8 +322,11 @@ async fn execute_run<S: Session>(
         })
         .await;
         if out.len() >= FLUSH_AT {
-            send(core, stream, out).await?;
+            sent = send(core, stream, out).await;
             out.clear();
+            if sent.is_err() {
+                break;
+            }
         }
     }
     // One clock read per run: every op of the batch took this long.
@@ -297,5 +335,32 @@ async fn execute_run<S: Session>(
     for op in &ops {
         latency.record(CommandLatency::command_of(op), nanos);
     }
-    Ok(())
+    scratch.ops = recycle(ops);
+    sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recycled_list_keeps_its_allocation() {
+        let request = b"get a b c\r\n".to_vec();
+        let mut ops: Vec<KeyOp<&'static [u8]>> = Vec::with_capacity(64);
+        ops.push(KeyOp::Delete {
+            key: b"x",
+            options: Default::default(),
+        });
+        let address = ops.as_ptr() as usize;
+        // Borrowing a shorter-lived buffer, as a batch borrows the read buffer.
+        let mut batch: Vec<KeyOp<&[u8]>> = recycle(ops);
+        assert!(batch.is_empty());
+        assert_eq!(batch.as_ptr() as usize, address, "no new allocation");
+        batch.push(KeyOp::Delete {
+            key: &request[4..5],
+            options: Default::default(),
+        });
+        let back: Vec<KeyOp<&'static [u8]>> = recycle(batch);
+        assert_eq!((back.as_ptr() as usize, back.capacity() >= 64), (address, true));
+    }
 }
