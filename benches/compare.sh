@@ -15,6 +15,9 @@
 #                                            # "before" to every round (before/after)
 #   WORKLOADS="text-p1 open-loop" benches/compare.sh   # a subset (open-loop needs
 #                                            # text-p1, binary-open-loop binary-p1)
+#   FLOOR=1 benches/compare.sh               # adds examples/uring_floor (canned text
+#                                            # replies over a direct io_uring loop) to
+#                                            # the text workloads: the floor of CPU per op
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,10 +30,14 @@ PORT=${PORT:-31611}
 OUT=${OUT:-target/compare}
 CORECACHE_ARGS=${CORECACHE_ARGS:-"-t 1"}
 CORECACHE_BEFORE=${CORECACHE_BEFORE:-}
-SERVERS=(memcached corecache)
-[ -n "$CORECACHE_BEFORE" ] && SERVERS=(memcached before corecache)
+FLOOR=${FLOOR:-}
+SERVERS=(memcached)
+[ -n "$CORECACHE_BEFORE" ] && SERVERS+=(before)
+SERVERS+=(corecache)
+[ -n "$FLOOR" ] && SERVERS+=(floor)
 mkdir -p "$OUT"
 cargo build --release --workspace >&2
+[ -n "$FLOOR" ] && cargo build --release --example uring_floor >&2
 CORECACHE=target/release/corecache
 LOADGEN=target/release/corecache-loadgen
 TICKS=$(getconf CLK_TCK)
@@ -48,6 +55,7 @@ start_server() { # NAME -> sets SERVER_PID
         [ "$1" = before ] && binary=$CORECACHE_BEFORE
         "$binary" $CORECACHE_ARGS --cores "$SERVER_CPU" -m 1024 -p "$PORT" -l 127.0.0.1 &
         ;;
+    floor) target/release/examples/uring_floor "$PORT" "$SERVER_CPU" & ;;
     esac
     SERVER_PID=$!
     for _ in $(seq 1 100); do
@@ -99,6 +107,10 @@ for round in $(seq 1 "$ROUNDS"); do
         "$LOADGEN" run -s "127.0.0.1:$PORT" --cpus "$LOAD_CPU" -c 20 --keys 100000 --value-size 32 --prefill --requests 1 --warmup 0 \
             >/dev/null 2>"$OUT/loadgen.log"
         for workload in "${WORKLOADS[@]}"; do
+            # The floor answers text get and set only.
+            if [ "$server" = floor ] && ! [[ "$workload" =~ ^(text-p1|text-p16|open-loop)$ ]]; then
+                continue
+            fi
             if [ "$workload" = open-loop ] && [ -z "$RATE" ]; then
                 # 70% of memcached's unpipelined text capacity, measured in round 1.
                 RATE=$(seventy_percent_of text-p1)
@@ -144,15 +156,19 @@ def median(server, workload, field):
 workloads = list(dict.fromkeys(r["workload"] for r in rows))
 servers = sys.argv[2:]
 rounds = len(set(r["round"] for r in rows))
-print(f"medians of {rounds} alternating rounds; ratio = corecache / memcached")
+print(f"medians of {rounds} alternating rounds; ratio = corecache / memcached, vs X = corecache / X, mc/floor = memcached / floor")
 print(f"{'workload':12} {'server':10} {'ops/s':>10} {'keys/s':>10} {'p50 us':>8} {'p99 us':>8} {'p99.9':>8} {'srv us/op':>10} {'load us/op':>10}")
 for w in workloads:
     for s in servers:
+        if not any(r["server"] == s and r["workload"] == w for r in rows):
+            continue
         m = [median(s, w, f) for f in fields]
         print(f"{w:12} {s:10} {m[0]:10.0f} {m[1]:10.0f} {m[2]:8.1f} {m[3]:8.1f} {m[4]:8.1f} {m[5]:10.2f} {m[6]:10.2f}")
-    for label, base in [("ratio", "memcached"), ("vs before", "before")]:
-        if base in servers:
-            ratio = [median("corecache", w, f) / max(median(base, w, f), 1e-9) for f in fields]
+    comparisons = [("ratio", "corecache", "memcached"), ("vs before", "corecache", "before"),
+                   ("vs floor", "corecache", "floor"), ("mc/floor", "memcached", "floor")]
+    for label, server, base in comparisons:
+        if any(r["server"] == base and r["workload"] == w for r in rows):
+            ratio = [median(server, w, f) / max(median(base, w, f), 1e-9) for f in fields]
             print(f"{w:12} {label:10} {ratio[0]:9.2f}x {ratio[1]:9.2f}x {ratio[2]:7.2f}x {ratio[3]:7.2f}x {ratio[4]:7.2f}x {ratio[5]:9.2f}x")
 PY
 
