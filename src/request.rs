@@ -1,7 +1,7 @@
 //! Protocol-neutral requests and their outcomes: what every protocol
 //! parses into and what the store answers. `B` is the byte container: a
-//! borrowed slice on the local path, an owned Vec when forwarded to
-//! another core.
+//! borrowed slice on the local path, a span of a packed buffer when
+//! forwarded to another core (server::router).
 
 /// How a store command treats an existing item.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,20 +117,11 @@ impl<B: AsRef<[u8]>> KeyOp<B> {
             KeyOp::Store { .. } | KeyOp::Delete { .. } | KeyOp::Arith { .. } | KeyOp::Touch { .. } => true,
         }
     }
-
-    pub fn as_borrowed(&self) -> KeyOp<&[u8]> {
-        self.map_bytes(|bytes| bytes.as_ref())
-    }
-
-    /// The owned form, for forwarding to another core.
-    pub fn to_owned_op(&self) -> KeyOp<Vec<u8>> {
-        self.map_bytes(|bytes| bytes.as_ref().to_vec())
-    }
 }
 
 impl<B> KeyOp<B> {
     /// The same operation with its key and value converted by `convert`.
-    pub fn map_bytes<'a, C>(&'a self, convert: impl Fn(&'a B) -> C) -> KeyOp<C> {
+    pub fn map_bytes<'a, C>(&'a self, mut convert: impl FnMut(&'a B) -> C) -> KeyOp<C> {
         match self {
             KeyOp::Get { key, options } => KeyOp::Get {
                 key: convert(key),
@@ -239,10 +230,6 @@ pub enum Outcome<B> {
 pub const READ_ONLY_MESSAGE: &str = "read-only replica";
 
 impl<B: AsRef<[u8]>> Outcome<B> {
-    pub fn as_borrowed(&self) -> Outcome<&[u8]> {
-        self.map_value(|value| value.as_ref())
-    }
-
     /// The owned form, for a reply travelling back to another core.
     pub fn to_owned_outcome(&self) -> Outcome<Vec<u8>> {
         self.map_value(|value| value.as_ref().to_vec())

@@ -1,7 +1,10 @@
 //! Routing: hash each key once, run it on the local shard or send it to the
 //! owning core, and hand back outcomes in request order. Everything parsed
-//! from one read that goes to the same core travels as one message.
-//! The router knows keys and shards, not wire formats.
+//! from one read that goes to the same core travels as one message, an
+//! `OpBatch`: its keys and values packed in one buffer, its outcomes and hit
+//! values packed on the way back. A batch returns to the connection that
+//! sent it and is reused, so forwarding allocates nothing once its buffers
+//! have grown. The router knows keys and shards, not wire formats.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -15,12 +18,71 @@ use crate::request::{KeyOp, Outcome};
 use crate::stats::CoreReport;
 use crate::store::Shard;
 
+/// Where a key or value sits in a batch's byte buffer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Span {
+    start: usize,
+    end: usize,
+}
+
+impl Span {
+    fn of(self, bytes: &[u8]) -> &[u8] {
+        &bytes[self.start..self.end]
+    }
+}
+
+/// Copies `data` to the end of `bytes` and says where it went.
+fn pack(bytes: &mut Vec<u8>, data: &[u8]) -> Span {
+    let start = bytes.len();
+    bytes.extend_from_slice(data);
+    Span { start, end: bytes.len() }
+}
+
+/// Buffers grown past this are dropped rather than kept for the next batch
+/// (a huge value should not pin its memory to a connection).
+const RETAINED_BATCH_BYTES: usize = 1 << 20;
+
+/// One core's share of a connection's batch. Travels to the owning core
+/// with `ops` and `bytes` filled, comes back with `outcomes` and `values`.
+#[derive(Default)]
+pub struct OpBatch {
+    /// Key operations in the client's order, with their hashes.
+    ops: Vec<(KeyHash, KeyOp<Span>)>,
+    bytes: Vec<u8>,
+    /// One outcome per op; hit values are spans of `values`.
+    outcomes: Vec<Outcome<Span>>,
+    values: Vec<u8>,
+}
+
+impl OpBatch {
+    fn push(&mut self, hash: KeyHash, op: &KeyOp<&[u8]>) {
+        let bytes = &mut self.bytes;
+        self.ops.push((hash, op.map_bytes(|data| pack(bytes, data))));
+    }
+
+    fn outcome(&self, index: usize) -> Option<Outcome<&[u8]>> {
+        let outcome = self.outcomes.get(index)?;
+        Some(outcome.map_value(|span| span.of(&self.values)))
+    }
+
+    /// Empties the batch for reuse, keeping its buffers unless one grew huge.
+    fn clear(&mut self) {
+        self.ops.clear();
+        self.outcomes.clear();
+        for buffer in [&mut self.bytes, &mut self.values] {
+            buffer.clear();
+            if buffer.capacity() > RETAINED_BATCH_BYTES {
+                *buffer = Vec::new();
+            }
+        }
+    }
+}
+
 /// A request to the core that owns the shard.
 pub enum ToShard {
-    /// Key operations, in the client's order, with their hashes.
     Ops {
         slot: u32,
-        ops: Vec<(KeyHash, KeyOp<Vec<u8>>)>,
+        batch: OpBatch,
     },
     FlushAll {
         slot: u32,
@@ -45,7 +107,7 @@ pub enum ToShard {
 
 /// The owning core's answer.
 pub enum FromShard {
-    Outcomes { slot: u32, outcomes: Vec<Outcome<Vec<u8>>> },
+    Outcomes { slot: u32, batch: OpBatch },
     Report { slot: u32, report: Box<CoreReport> },
     Dump { slot: u32, lines: Vec<u8> },
     Done { slot: u32 },
@@ -132,10 +194,24 @@ impl Pending {
     }
 }
 
-/// A connection's reply slot, released when the connection ends.
+/// A connection's reply slot, released when the connection ends. It also
+/// keeps what the connection's forwarded batches are built in.
 pub struct ReplySlot {
     core: Rc<Core>,
     pub slot: u32,
+    forwarding: RefCell<Forwarding>,
+}
+
+/// A connection's lists for routing a batch over several cores, reused
+/// from batch to batch.
+#[derive(Default)]
+struct Forwarding {
+    hashes: Vec<KeyHash>,
+    /// Per core: the batch going there, then its answers.
+    batches: Vec<OpBatch>,
+    /// Per core: how many of its answers have been handed out.
+    answered: Vec<usize>,
+    replies: Vec<(usize, FromShard)>,
 }
 
 impl ReplySlot {
@@ -144,18 +220,21 @@ impl ReplySlot {
         ReplySlot {
             core: core.clone(),
             slot,
+            forwarding: RefCell::default(),
         }
     }
 
-    /// Waits until `expected` replies have arrived and takes them.
-    async fn wait(&self, expected: usize) -> Vec<(usize, FromShard)> {
+    /// Waits until `expected` replies have arrived and moves them into
+    /// `into` (an empty list whose allocation the slot keeps for next time).
+    async fn wait(&self, expected: usize, into: &mut Vec<(usize, FromShard)>) {
         self.core.pending.borrow_mut().slots[self.slot as usize].expected = expected;
         std::future::poll_fn(|cx| {
             let mut pending = self.core.pending.borrow_mut();
             let slot = &mut pending.slots[self.slot as usize];
             if slot.replies.len() >= expected {
                 slot.expected = 0;
-                Poll::Ready(std::mem::take(&mut slot.replies))
+                std::mem::swap(&mut slot.replies, into);
+                Poll::Ready(())
             } else {
                 slot.waker = Some(cx.waker().clone());
                 Poll::Pending
@@ -206,17 +285,22 @@ pub fn spawn_mesh_tasks(core: &Rc<Core>) {
 /// Runs another core's request on this core's shard.
 fn serve_request(core: &Core, request: ToShard) -> FromShard {
     match request {
-        ToShard::Ops { slot, ops } => {
+        ToShard::Ops { slot, mut batch } => {
             let mut shard = core.shard_now();
-            let outcomes = ops
-                .iter()
-                .map(|(hash, op)| {
-                    run_local(core, &mut shard, *hash, &op.as_borrowed(), |outcome| {
-                        outcome.to_owned_outcome()
-                    })
-                })
-                .collect();
-            FromShard::Outcomes { slot, outcomes }
+            let OpBatch {
+                ops,
+                bytes,
+                outcomes,
+                values,
+            } = &mut batch;
+            for (hash, op) in ops.iter() {
+                let op = op.map_bytes(|span| span.of(bytes));
+                let outcome = run_local(core, &mut shard, *hash, &op, |outcome| {
+                    outcome.map_value(|value| pack(values, value))
+                });
+                outcomes.push(outcome);
+            }
+            FromShard::Outcomes { slot, batch }
         }
         ToShard::FlushAll { slot, delay } => {
             flush_local(core, delay);
@@ -288,39 +372,47 @@ pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], 
         }
         return;
     };
-    let hashes: Vec<KeyHash> = ops.iter().map(|op| KeyHash::of(op.key())).collect();
-    // Outcomes from each other core, in the order their ops were sent.
-    let mut remote: Vec<std::vec::IntoIter<Outcome<Vec<u8>>>> = (0..core.cores).map(|_| Vec::new().into_iter()).collect();
-    {
-        let mut batches: Vec<Vec<(KeyHash, KeyOp<Vec<u8>>)>> = (0..core.cores).map(|_| Vec::new()).collect();
-        for (op, hash) in ops.iter().zip(&hashes) {
-            let owner = hash.shard(core.cores);
-            if owner != core.id && !refused(op) {
-                batches[owner].push((*hash, op.to_owned_op()));
+    // The lists are taken out for the batch (it awaits) and put back after.
+    let mut forwarding = reply_slot.forwarding.take();
+    let Forwarding {
+        hashes,
+        batches,
+        answered,
+        replies,
+    } = &mut forwarding;
+    hashes.clear();
+    hashes.extend(ops.iter().map(|op| KeyHash::of(op.key())));
+    batches.resize_with(core.cores, OpBatch::default);
+    answered.clear();
+    answered.resize(core.cores, 0);
+    for (op, hash) in ops.iter().zip(hashes.iter()) {
+        let owner = hash.shard(core.cores);
+        if owner != core.id && !refused(op) {
+            batches[owner].push(*hash, op);
+        }
+    }
+    let mut sent = 0;
+    for (peer, batch) in batches.iter_mut().enumerate() {
+        if !batch.ops.is_empty() {
+            let message = ToShard::Ops {
+                slot: reply_slot.slot,
+                batch: std::mem::take(batch),
+            };
+            if mesh.requests.send_to(peer, message).await.is_ok() {
+                sent += 1;
             }
         }
-        let mut sent = 0;
-        for (peer, batch) in batches.into_iter().enumerate() {
-            if !batch.is_empty() {
-                let message = ToShard::Ops {
-                    slot: reply_slot.slot,
-                    ops: batch,
-                };
-                if mesh.requests.send_to(peer, message).await.is_ok() {
-                    sent += 1;
-                }
-            }
-        }
-        if sent > 0 {
-            for (peer, reply) in reply_slot.wait(sent).await {
-                if let FromShard::Outcomes { outcomes, .. } = reply {
-                    remote[peer] = outcomes.into_iter();
-                }
+    }
+    if sent > 0 {
+        reply_slot.wait(sent, replies).await;
+        for (peer, reply) in replies.drain(..) {
+            if let FromShard::Outcomes { batch, .. } = reply {
+                batches[peer] = batch;
             }
         }
     }
     let mut shard = core.shard_now();
-    for (index, (op, hash)) in ops.iter().zip(&hashes).enumerate() {
+    for (index, (op, hash)) in ops.iter().zip(hashes.iter()).enumerate() {
         let owner = hash.shard(core.cores);
         if refused(op) {
             each(index, &Outcome::ReadOnly);
@@ -328,10 +420,14 @@ pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], 
             run_local(core, &mut shard, *hash, op, |outcome| each(index, outcome));
         } else {
             // A core that could not be reached answers like a failed store.
-            let outcome = remote[owner].next().unwrap_or(Outcome::OutOfMemory);
-            each(index, &outcome.as_borrowed());
+            let outcome = batches[owner].outcome(answered[owner]).unwrap_or(Outcome::OutOfMemory);
+            answered[owner] += 1;
+            each(index, &outcome);
         }
     }
+    drop(shard);
+    batches.iter_mut().for_each(OpBatch::clear);
+    reply_slot.forwarding.replace(forwarding);
 }
 
 /// Sends a request to every other core and waits for all their answers.
@@ -345,7 +441,9 @@ async fn broadcast(core: &Core, reply_slot: &ReplySlot, message: impl Fn(u32) ->
             sent += 1;
         }
     }
-    reply_slot.wait(sent).await.into_iter().map(|(_, reply)| reply).collect()
+    let mut replies = Vec::new();
+    reply_slot.wait(sent, &mut replies).await;
+    replies.into_iter().map(|(_, reply)| reply).collect()
 }
 
 /// Runs a key operation on this core's shard, hands its outcome to
@@ -410,6 +508,56 @@ pub async fn report(core: &Core, reply_slot: &ReplySlot) -> CoreReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::{ItemInfo, StoreMode};
+
+    #[test]
+    fn a_batch_carries_ops_and_outcomes_as_spans_and_keeps_its_buffers() {
+        let set = KeyOp::Store {
+            mode: StoreMode::Set,
+            key: &b"alpha"[..],
+            client_flags: 5,
+            exptime: 0,
+            value: &b"one"[..],
+            options: Default::default(),
+        };
+        let get = KeyOp::Get {
+            key: &b"beta"[..],
+            options: Default::default(),
+        };
+        let mut batch = OpBatch::default();
+        batch.push(KeyHash::of(b"alpha"), &set);
+        batch.push(KeyHash::of(b"beta"), &get);
+        let unpacked: Vec<KeyOp<&[u8]>> = batch
+            .ops
+            .iter()
+            .map(|(_, op)| op.map_bytes(|span| span.of(&batch.bytes)))
+            .collect();
+        assert_eq!(unpacked, vec![set, get]);
+        assert_eq!(batch.ops[1].0, KeyHash::of(b"beta"));
+
+        // The owning core's answers.
+        batch.outcomes.push(Outcome::Stored { cas: 1, value_len: 3 });
+        let value = pack(&mut batch.values, b"two");
+        batch.outcomes.push(Outcome::Hit {
+            info: ItemInfo::default(),
+            value,
+        });
+        assert_eq!(batch.outcome(0), Some(Outcome::Stored { cas: 1, value_len: 3 }));
+        let hit = Outcome::Hit {
+            info: ItemInfo::default(),
+            value: &b"two"[..],
+        };
+        assert_eq!(batch.outcome(1), Some(hit));
+        assert_eq!(batch.outcome(2), None, "an op without an answer");
+
+        let capacity = batch.bytes.capacity();
+        batch.clear();
+        assert!(batch.ops.is_empty() && batch.outcomes.is_empty() && batch.bytes.is_empty() && batch.values.is_empty());
+        assert_eq!(batch.bytes.capacity(), capacity, "kept for the next batch");
+        pack(&mut batch.values, &vec![0; RETAINED_BATCH_BYTES + 1]);
+        batch.clear();
+        assert_eq!(batch.values.capacity(), 0, "a huge buffer is not kept");
+    }
 
     #[test]
     fn reply_slots_collect_their_own_replies_and_are_reused() {
