@@ -150,6 +150,8 @@ python3 - "$results" "${SERVERS[@]}" <<'PY' | tee "$OUT/summary.txt"
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 fields = ["ops_per_sec", "keys_per_sec", "p50_us", "p99_us", "p999_us", "server_cpu_us_per_op", "loadgen_cpu_us_per_op"]
+def measured(server, workload):
+    return any(r["server"] == server and r["workload"] == workload for r in rows)
 def median(server, workload, field):
     values = [float(r[field]) for r in rows if r["server"] == server and r["workload"] == workload]
     return statistics.median(values)
@@ -160,14 +162,14 @@ print(f"medians of {rounds} alternating rounds; ratio = corecache / memcached, v
 print(f"{'workload':12} {'server':10} {'ops/s':>10} {'keys/s':>10} {'p50 us':>8} {'p99 us':>8} {'p99.9':>8} {'srv us/op':>10} {'load us/op':>10}")
 for w in workloads:
     for s in servers:
-        if not any(r["server"] == s and r["workload"] == w for r in rows):
+        if not measured(s, w):
             continue
         m = [median(s, w, f) for f in fields]
         print(f"{w:12} {s:10} {m[0]:10.0f} {m[1]:10.0f} {m[2]:8.1f} {m[3]:8.1f} {m[4]:8.1f} {m[5]:10.2f} {m[6]:10.2f}")
     comparisons = [("ratio", "corecache", "memcached"), ("vs before", "corecache", "before"),
                    ("vs floor", "corecache", "floor"), ("mc/floor", "memcached", "floor")]
     for label, server, base in comparisons:
-        if any(r["server"] == base and r["workload"] == w for r in rows):
+        if measured(base, w):
             ratio = [median(server, w, f) / max(median(base, w, f), 1e-9) for f in fields]
             print(f"{w:12} {label:10} {ratio[0]:9.2f}x {ratio[1]:9.2f}x {ratio[2]:7.2f}x {ratio[3]:7.2f}x {ratio[4]:7.2f}x {ratio[5]:9.2f}x")
 PY

@@ -230,7 +230,7 @@ pub enum Outcome<B> {
 pub const READ_ONLY_MESSAGE: &str = "read-only replica";
 
 impl<B: AsRef<[u8]>> Outcome<B> {
-    /// The owned form, for a reply travelling back to another core.
+    /// An owned copy, kept past the shard borrow it came from (tests, benches).
     pub fn to_owned_outcome(&self) -> Outcome<Vec<u8>> {
         self.map_value(|value| value.as_ref().to_vec())
     }

@@ -19,8 +19,8 @@ use crate::stats::CoreReport;
 use crate::store::Shard;
 
 /// Where a key or value sits in a batch's byte buffer.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Span {
+#[derive(Clone, Copy)]
+struct Span {
     start: usize,
     end: usize,
 }
@@ -425,7 +425,6 @@ pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], 
             each(index, &outcome);
         }
     }
-    drop(shard);
     batches.iter_mut().for_each(OpBatch::clear);
     reply_slot.forwarding.replace(forwarding);
 }
