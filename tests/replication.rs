@@ -170,7 +170,17 @@ fn assert_converged(primary: &Server, replicas: &[&Server]) -> usize {
         }
         match first_difference {
             None => return expected.len(),
-            Some(difference) if Instant::now() > deadline => panic!("replicas did not converge: {difference}"),
+            Some(difference) if Instant::now() > deadline => {
+                // What each host says of its links tells a stuck link from a slow one.
+                let reports: Vec<String> = std::iter::once(primary)
+                    .chain(replicas.iter().copied())
+                    .map(|server| {
+                        let stats = server.client().stats("replication");
+                        format!("{}:{} (pid {}): {stats:?}", server.host, server.port, server.pid())
+                    })
+                    .collect();
+                panic!("replicas did not converge: {difference}\n{}", reports.join("\n"))
+            }
             Some(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::channels::channel_mesh::FullMesh;
-use glommio::{LocalExecutorBuilder, Placement};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use thiserror::Error;
 
 use crate::config::Config;
@@ -54,6 +54,8 @@ pub enum ServerError {
     Executor { core: usize, cpu: usize, reason: String },
     #[error("cannot switch to user '{user}': {reason}")]
     User { user: String, reason: String },
+    #[error("{thread} ended before the server was stopped: {reason}")]
+    Stopped { thread: String, reason: String },
 }
 
 /// What all cores share: read-mostly settings and connection counters that
@@ -240,11 +242,45 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             })?;
         handles.push(handle);
     }
-    for handle in handles {
-        let _ = handle.join();
+    let mut threads: Vec<(String, ExecutorJoinHandle<()>)> = handles
+        .into_iter()
+        .enumerate()
+        .map(|(index, handle)| (format!("core {index}"), handle))
+        .collect();
+    threads.extend(replication_thread.map(|thread| ("the replication core".to_string(), thread)));
+    supervise(&global, threads)
+}
+
+/// Waits for every executor. One that ends before a stop was asked for
+/// (it could not start, or it panicked) ends the whole process with its
+/// reason: the other cores would go on serving, and every request for a
+/// key the lost core owns (or, for the replication core, every replica)
+/// would wait forever.
+fn supervise(global: &Global, threads: Vec<(String, ExecutorJoinHandle<()>)>) -> Result<(), ServerError> {
+    let (ended, endings) = std::sync::mpsc::channel();
+    let count = threads.len();
+    for (name, handle) in threads {
+        let ended = ended.clone();
+        std::thread::Builder::new()
+            .name("supervisor".into())
+            .spawn(move || {
+                let result = handle.join();
+                let _ = ended.send((name, result));
+            })
+            .map_err(|error| ServerError::Stopped {
+                thread: "a supervisor".into(),
+                reason: error.to_string(),
+            })?;
     }
-    if let Some(thread) = replication_thread {
-        let _ = thread.join();
+    for _ in 0..count {
+        let (thread, result) = endings.recv().expect("every supervisor reports");
+        if !global.stopping.load(Ordering::Relaxed) {
+            let reason = match result {
+                Ok(()) => "it ended".to_string(),
+                Err(error) => error.to_string(),
+            };
+            return Err(ServerError::Stopped { thread, reason });
+        }
     }
     Ok(())
 }

@@ -2,9 +2,11 @@
 //! loopback port and talks to it over TCP.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_corecache");
@@ -33,8 +35,17 @@ fn answers_version(host: &str, port: u16) -> bool {
     stream.write_all(b"version\r\n").is_ok() && stream.read_exact(&mut reply).is_ok() && &reply == b"VERSION "
 }
 
-fn free_port(host: &str) -> u16 {
-    TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port()
+/// A port free on `host` now, and never handed out before in this test
+/// process: tests run in parallel threads, and the kernel may offer two of
+/// them the same port before either server binds it.
+pub fn free_port(host: &str) -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<(String, u16)>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port();
+        if HANDED_OUT.lock().unwrap().insert((host.to_string(), port)) {
+            return port;
+        }
+    }
 }
 
 impl Server {
@@ -100,6 +111,13 @@ impl Server {
             }
             assert!(Instant::now() < deadline, "corecache did not start listening");
             std::thread::sleep(Duration::from_millis(20));
+        }
+        // Another test's server may hold the port (both were handed it as
+        // free): then this one failed to bind, and the answer was not its own.
+        let pid = server.client().stat("pid");
+        if pid != u64::from(server.pid()) {
+            eprintln!("port {host}:{port} is another server's (pid {pid}): trying another");
+            return None;
         }
         Some(server)
     }
