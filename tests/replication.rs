@@ -176,7 +176,13 @@ fn assert_converged(primary: &Server, replicas: &[&Server]) -> usize {
                     .chain(replicas.iter().copied())
                     .map(|server| {
                         let stats = server.client().stats("replication");
-                        format!("{}:{} (pid {}): {stats:?}", server.host, server.port, server.pid())
+                        let threads = server.threads();
+                        format!(
+                            "{}:{} (pid {}): {stats:?}\n  threads: {threads}",
+                            server.host,
+                            server.port,
+                            server.pid()
+                        )
                     })
                     .collect();
                 panic!("replicas did not converge: {difference}\n{}", reports.join("\n"))

@@ -151,6 +151,35 @@ impl Server {
             .unwrap_or_else(|| panic!("no {field} in {status}"))
     }
 
+    /// Each thread's name, state and kernel wait point (a stuck core shows
+    /// where it sleeps), for failure reports.
+    pub fn threads(&self) -> String {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .into_iter()
+            .flatten()
+            .flatten();
+        let describe = |task: std::path::PathBuf| {
+            let read = |file: &str| std::fs::read_to_string(task.join(file)).unwrap_or_default();
+            let stat = read("stat");
+            // After the ")" that ends the name: state, then 10 fields to utime and stime.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace()
+                .collect();
+            let field = |index: usize| fields.get(index).copied().unwrap_or("?");
+            format!(
+                "{} {} wchan={} utime={} stime={}",
+                read("comm").trim(),
+                field(0),
+                read("wchan"),
+                field(11),
+                field(12)
+            )
+        };
+        tasks.map(|task| describe(task.path())).collect::<Vec<_>>().join("; ")
+    }
+
     /// Sends a signal to the server process.
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
