@@ -11,7 +11,8 @@
 //! protocol/        bytes <-> requests, one parser and one reply writer per
 //!                  protocol: text (+ meta commands) and binary
 //! server/          cores and sockets: one glommio executor per core
-//!   mod.rs           starts the cores, the channel mesh, the sweeper
+//!   mod.rs           starts the cores, the channel mesh, the sweeper; a core
+//!                    that ends before a stop ends the process
 //!   listener.rs      SO_REUSEPORT listener per core, connection limit
 //!   connection.rs    read buffer -> parse -> route -> replies, one send;
 //!                    the first byte picks the protocol's Session

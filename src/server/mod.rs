@@ -2,7 +2,8 @@
 //! owning one `Shard`, its own SO_REUSEPORT listener and its connections.
 //! Cores talk only over two channel meshes: requests to the owning shard,
 //! replies back (two meshes, so that a core waiting to send a reply can
-//! never block a core waiting to send a request).
+//! never block a core waiting to send a request). The process lives as long
+//! as all of its cores: one that could not start or panicked ends it.
 
 pub mod binary_session;
 pub mod connection;
