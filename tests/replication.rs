@@ -192,14 +192,18 @@ fn assert_converged(primary: &Server, replicas: &[&Server]) -> usize {
     }
 }
 
-fn replication_stat(server: &Server, name: &str) -> String {
+/// A `stats replication` line, if the replication core has published it.
+fn published_stat(server: &Server, name: &str) -> Option<String> {
     server
         .client()
         .stats("replication")
         .into_iter()
         .find(|(stat, _)| stat == name)
-        .unwrap_or_else(|| panic!("no replication stat {name}"))
-        .1
+        .map(|(_, value)| value)
+}
+
+fn replication_stat(server: &Server, name: &str) -> String {
+    published_stat(server, name).unwrap_or_else(|| panic!("no replication stat {name}"))
 }
 
 fn counter(server: &Server, name: &str) -> u64 {
@@ -210,11 +214,12 @@ fn counter(server: &Server, name: &str) -> u64 {
 fn wait_for_stat(server: &Server, name: &str, ok: impl Fn(&str) -> bool) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let value = replication_stat(server, name);
-        if ok(&value) {
-            return value;
+        // Not published yet: a starting replication core waits for every worker first.
+        let value = published_stat(server, name);
+        if let Some(value) = value.as_ref().filter(|value| ok(value)) {
+            return value.clone();
         }
-        assert!(Instant::now() < deadline, "stat {name} stuck at {value}");
+        assert!(Instant::now() < deadline, "stat {name} stuck at {value:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -323,6 +328,9 @@ fn a_replica_killed_mid_stream_resyncs_when_restarted() {
     let primary = start_primary(&[]);
     let mut replica = start_replica(&primary.repl_address(), "1");
     let writer = write_in_background(&primary, 3000, 8, 100);
+    // Killed once its full resync has begun (on a busy host that can take
+    // longer than any fixed pause).
+    wait_for_stat(&primary, "full_resyncs", |v| v.parse::<u64>().unwrap() >= 2);
     std::thread::sleep(Duration::from_millis(300));
     replica.kill();
     std::thread::sleep(Duration::from_millis(300));

@@ -22,8 +22,6 @@ use crate::server::{Global, ServerError, listener};
 
 /// Messages in flight per channel before a sender waits.
 const CHANNEL_CAPACITY: usize = 1024;
-/// Nice value of the replication core's thread (workers stay at 0).
-const REPLICATION_NICE: libc::c_int = 10;
 /// How often `stats replication` is refreshed.
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -120,7 +118,10 @@ pub fn start(global: &Arc<Global>) -> Result<Started, ServerError> {
         .io_memory(config.io_memory)
         .ring_depth(128)
         .spawn(move || async move {
-            defer_to_workers();
+            // No lower priority than the workers (it once ran at nice 10):
+            // under sustained CPU load a niced replication core was not run
+            // at all for a minute and more, and its replicas stayed empty.
+            // To keep it off the workers' CPUs, pin it (`--repl-core`).
             let core = Rc::new(ReplicationCore {
                 shards,
                 workers: RefCell::new(vec![None; shards]),
@@ -164,19 +165,6 @@ pub fn start(global: &Arc<Global>) -> Result<Started, ServerError> {
         channels: worker_channels,
         thread,
     })
-}
-
-/// Lowers this thread's scheduling priority: where the replication core
-/// shares a CPU with a worker, the worker's requests go first (replicas fall
-/// behind rather than clients wait).
-fn defer_to_workers() {
-    // SAFETY: plain syscalls on the calling thread.
-    unsafe {
-        let thread = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        if libc::setpriority(libc::PRIO_PROCESS, thread, REPLICATION_NICE) != 0 {
-            tracing::debug!("replication core keeps its priority: {}", std::io::Error::last_os_error());
-        }
-    }
 }
 
 /// Receives one worker's messages: log bytes into its backlog, snapshot
