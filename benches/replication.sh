@@ -36,7 +36,7 @@ REPL_PORT=${REPL_PORT:-31811}
 METRICS_PORT=${METRICS_PORT:-31911}
 mkdir -p "$OUT"
 cargo build --release --workspace >&2
-CORECACHE=target/release/corecache
+CORECACHE=${CORECACHE:-target/release/corecache} # another build (a before) to compare
 LOADGEN=target/release/corecache-loadgen
 TICKS=$(getconf CLK_TCK)
 
