@@ -6,7 +6,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, start_failure, value_block, version_line};
+use common::{Client, Server, free_port, start_failure, start_failure_with, value_block, version_line};
 
 #[test]
 fn errors_keep_the_connection_and_the_data() {
@@ -302,45 +302,28 @@ fn a_client_that_does_not_read_cannot_make_the_server_buffer_its_requests() {
 fn a_core_that_cannot_start_ends_the_server_with_its_reason() {
     use std::os::unix::process::CommandExt;
     for replication in [false, true] {
-        let mut args = vec!["-t".to_string(), "2".into(), "-l".into(), "127.0.0.1".into()];
-        args.extend(["-p".into(), common::free_port("127.0.0.1").to_string()]);
+        let (port, repl_port) = (free_port("127.0.0.1").to_string(), free_port("127.0.0.1").to_string());
+        let mut args = vec!["-t", "2", "-l", "127.0.0.1", "-p", &port];
         if replication {
-            args.extend(["--repl-port".into(), common::free_port("127.0.0.1").to_string()]);
+            args.extend(["--repl-port", &repl_port]);
         }
-        let mut command = std::process::Command::new(common::BINARY);
-        command
-            .args(&args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        // SAFETY: only setrlimit runs between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: 64 * 1024,
-                    rlim_max: 64 * 1024,
-                };
-                if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        let mut child = command.spawn().expect("start corecache");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
+        let (code, stderr) = start_failure_with(&args, |command| {
+            // SAFETY: only setrlimit runs between fork and exec.
+            unsafe {
+                command.pre_exec(|| {
+                    let limit = libc::rlimit {
+                        rlim_cur: 64 * 1024,
+                        rlim_max: 64 * 1024,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{args:?}: corecache kept running without its cores");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-        assert_eq!(status.code(), Some(71), "{args:?}: {stderr}");
+        });
+        assert_eq!(code, 71, "{args:?}: {stderr}");
         assert!(
             stderr.contains("ended before the server was stopped") && stderr.contains("MemLockLimit"),
             "{args:?}: {stderr}"

@@ -209,13 +209,34 @@ impl Drop for Server {
     }
 }
 
-/// Runs the binary with arguments that must make it fail at start.
+/// Runs the binary with arguments that must make it fail at start; its
+/// exit code and standard error.
 pub fn start_failure(args: &[&str]) -> (i32, String) {
-    let output = Command::new(BINARY).args(args).output().expect("run corecache");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+    start_failure_with(args, |_| {})
+}
+
+/// `start_failure` with the command adjusted first (say, a lower limit). A
+/// server that goes on running fails the test instead of hanging it.
+pub fn start_failure_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> (i32, String) {
+    let mut command = Command::new(BINARY);
+    command.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    adjust(&mut command);
+    let mut child = command.spawn().expect("run corecache");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{args:?}: corecache went on running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().expect("piped").read_to_string(&mut stderr).unwrap();
+    (status.code().unwrap_or(-1), stderr)
 }
 
 pub struct Client {
