@@ -54,6 +54,12 @@ pub struct Args {
     /// compatibility; corecache yields per read)
     #[arg(short = 'R', long = "max-reqs-per-event", default_value_t = 20)]
     pub max_requests_per_event: usize,
+    /// Protocols served: ascii, binary or auto (by the first byte)
+    #[arg(short = 'B', long = "protocol", value_enum, default_value_t = Protocol::Auto)]
+    pub protocol: Protocol,
+    /// Key prefix delimiter for `stats detail` (one ASCII character)
+    #[arg(short = 'D', default_value_t = ':')]
+    pub prefix_delimiter: char,
     /// Listen backlog
     #[arg(short = 'b', long = "listen-backlog", default_value_t = 1024)]
     pub backlog: u32,
@@ -92,8 +98,21 @@ pub struct Args {
     pub metrics_port: Option<u16>,
 }
 
+/// memcached's `-B`: which protocols the client port speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    /// Text (classic and meta) only.
+    Ascii,
+    /// Binary only: a connection that opens with anything else is closed.
+    Binary,
+    /// Chosen per connection by its first byte.
+    Auto,
+}
+
 #[derive(Debug, Error, PartialEq)]
 pub enum ConfigError {
+    #[error("-D '{0}': the prefix delimiter must be one ASCII character")]
+    PrefixDelimiter(char),
     #[error("-U {0}: UDP is not supported; use -U 0")]
     Udp(u16),
     #[error("invalid size '{0}': expected a number with optional k, m or g suffix")]
@@ -144,6 +163,8 @@ pub struct Config {
     pub evictions: bool,
     pub flush_enabled: bool,
     pub shutdown_enabled: bool,
+    pub protocol: Protocol,
+    pub prefix_delimiter: u8,
     pub max_requests_per_event: usize,
     pub backlog: u32,
     pub verbose: u8,
@@ -348,6 +369,11 @@ impl Args {
             evictions: !self.disable_evictions,
             flush_enabled: !self.disable_flush_all,
             shutdown_enabled: self.enable_shutdown,
+            protocol: self.protocol,
+            prefix_delimiter: u8::try_from(self.prefix_delimiter)
+                .ok()
+                .filter(u8::is_ascii)
+                .ok_or(ConfigError::PrefixDelimiter(self.prefix_delimiter))?,
             max_requests_per_event: self.max_requests_per_event,
             backlog: self.backlog,
             verbose: self.verbose,

@@ -38,6 +38,58 @@ pub async fn write_group(
     true
 }
 
+/// `stats detail`'s three subcommands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    On,
+    Off,
+    Dump,
+}
+
+impl Detail {
+    /// The subcommand of a `stats detail ...` group; None when the group is
+    /// not `detail`, Some(None) for a subcommand memcached does not know.
+    pub fn of_group(group: &[u8]) -> Option<Option<Detail>> {
+        let mut words = group.split(|&b| b == b' ').filter(|word| !word.is_empty());
+        if words.next() != Some(b"detail") {
+            return None;
+        }
+        Some(match words.next() {
+            Some(b"on") => Some(Detail::On),
+            Some(b"off") => Some(Detail::Off),
+            Some(b"dump") => Some(Detail::Dump),
+            _ => None,
+        })
+    }
+
+    /// Runs on|off; returns the dump text for dump (memcached's format, END
+    /// included).
+    pub async fn run(self, core: &Core, reply_slot: &ReplySlot) -> Option<Vec<u8>> {
+        match self {
+            Detail::On | Detail::Off => {
+                router::set_detail(core, reply_slot, self == Detail::On).await;
+                None
+            }
+            Detail::Dump => {
+                let mut text = Vec::new();
+                for (prefix, counts) in router::prefix_stats(core, reply_slot).await {
+                    text.extend_from_slice(b"PREFIX ");
+                    text.extend_from_slice(&prefix);
+                    let line = format!(
+                        " get {} hit {} set {} del {}\r\n",
+                        counts.gets, counts.hits, counts.sets, counts.deletes
+                    );
+                    text.extend_from_slice(line.as_bytes());
+                }
+                text.extend_from_slice(b"END\r\n");
+                Some(text)
+            }
+        }
+    }
+}
+
+pub const DETAIL_USAGE: &str = "CLIENT_ERROR usage: stats detail on|off|dump";
+
 /// The command types whose server-side latency each core tracks.
 pub const LATENCY_COMMANDS: [&str; 6] = ["get", "set", "delete", "incr", "touch", "other"];
 

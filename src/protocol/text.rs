@@ -44,7 +44,10 @@ pub enum Command<'a> {
         group: &'a [u8],
     },
     Quit,
-    Shutdown,
+    /// `valid_mode`: no argument, or `graceful`.
+    Shutdown {
+        valid_mode: bool,
+    },
     /// mg, ms, md, ma, me.
     Meta(MetaCommand<'a>),
     /// mn: answers MN once everything before it has been answered.
@@ -99,20 +102,17 @@ pub enum Parsed<'a> {
         /// not keep a stale value after a failed set).
         stale_key: Option<&'a [u8]>,
     },
-    /// Unrecoverable input (an endless line): answer and close.
-    Close {
-        reply: &'static str,
-    },
+    /// Input memcached hangs up on without a reply (an endless line, an
+    /// HTTP request line).
+    Close,
 }
 
 pub const ERROR: &str = "ERROR";
 pub const BAD_FORMAT: &str = "CLIENT_ERROR bad command line format";
 pub const BAD_DATA_CHUNK: &str = "CLIENT_ERROR bad data chunk";
 pub const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
-pub const LINE_TOO_LONG: &str = "CLIENT_ERROR line too long";
 pub const INVALID_EXPTIME: &str = "CLIENT_ERROR invalid exptime argument";
 pub const INVALID_DELTA: &str = "CLIENT_ERROR invalid numeric delta argument";
-pub const DELETE_USAGE: &str = "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]";
 
 /// Parser limits from the configuration.
 #[derive(Clone, Copy, Debug)]
@@ -123,41 +123,48 @@ pub struct TextLimits {
 
 const MAX_TOKENS: usize = 8;
 
-/// Up to MAX_TOKENS space-separated tokens of a line (memcached skips
-/// repeated spaces); `count` may exceed the stored ones.
+/// The first MAX_TOKENS space-separated tokens of a line (memcached skips
+/// repeated spaces), how many there are in all, and the last one.
 struct Tokens<'a> {
     tokens: [&'a [u8]; MAX_TOKENS],
     count: usize,
+    last: &'a [u8],
 }
 
 impl<'a> Tokens<'a> {
     fn of(line: &'a [u8]) -> Tokens<'a> {
         let mut tokens = [&line[..0]; MAX_TOKENS];
         let mut count = 0;
+        let mut last = &line[..0];
         for token in line.split(|&b| b == b' ').filter(|t| !t.is_empty()) {
             if count < MAX_TOKENS {
                 tokens[count] = token;
             }
             count += 1;
+            last = token;
         }
-        Tokens { tokens, count }
+        Tokens { tokens, count, last }
     }
 
+    /// Token `index`, empty when the line has fewer (or it is not kept).
     fn get(&self, index: usize) -> &'a [u8] {
-        self.tokens[index]
+        if index < self.count.min(MAX_TOKENS) {
+            self.tokens[index]
+        } else {
+            &self.last[..0]
+        }
     }
 
-    fn last(&self) -> &'a [u8] {
-        self.tokens[self.count.min(MAX_TOKENS) - 1]
-    }
-
+    /// memcached's rule: a command is quiet when its last token is
+    /// `noreply`, wherever that falls.
     fn noreply(&self) -> bool {
-        self.count > 1 && self.count <= MAX_TOKENS && self.last() == b"noreply"
+        self.count > 1 && self.last == b"noreply"
     }
 }
 
-fn parse_u64(token: &[u8]) -> Option<u64> {
-    if token.is_empty() || token.len() > 20 {
+/// Digits only, as memcached's strict token readers (no sign, no space).
+fn digits(token: &[u8]) -> Option<u64> {
+    if token.is_empty() {
         return None;
     }
     token.iter().try_fold(0u64, |acc, &b| {
@@ -166,19 +173,64 @@ fn parse_u64(token: &[u8]) -> Option<u64> {
     })
 }
 
-fn parse_u32(token: &[u8]) -> Option<u32> {
-    parse_u64(token).and_then(|v| u32::try_from(v).ok())
+/// An unsigned 64-bit token, strictly (incr/decr deltas, cas uniques).
+pub(crate) fn strict_u64(token: &[u8]) -> Option<u64> {
+    digits(token)
 }
 
-/// A signed 32-bit number, as memcached's safe_strtol.
-fn parse_i32(token: &[u8]) -> Option<i64> {
-    let (negative, digits) = match token.split_first() {
+/// An unsigned 32-bit token, strictly (verbosity).
+fn strict_u32(token: &[u8]) -> Option<u32> {
+    digits(token).and_then(|v| u32::try_from(v).ok())
+}
+
+/// A signed 32-bit token, strictly: an optional '-' and digits (data
+/// lengths; touch, gat and flush_all times).
+pub(crate) fn strict_i32(token: &[u8]) -> Option<i64> {
+    let (negative, rest) = match token.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, token),
     };
-    let magnitude = i64::try_from(parse_u64(digits)?).ok()?;
+    let magnitude = i64::try_from(digits(rest)?).ok()?;
     let value = if negative { -magnitude } else { magnitude };
     (i64::from(i32::MIN)..=i64::from(i32::MAX)).contains(&value).then_some(value)
+}
+
+/// C's strtoull as memcached's safe_strtoull uses it for client flags: an
+/// optional sign, digits, no overflow; a '-' is refused only when the
+/// negated value would read as negative (so "-0" is 0). Flags are kept as
+/// 32 bits, the low half of what was sent, as memcached prints them.
+pub(crate) fn client_flags(token: &[u8]) -> Option<u32> {
+    let (negative, rest) = match token.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, token),
+    };
+    let mut value = digits(rest)?;
+    if negative {
+        value = value.wrapping_neg();
+        if (value as i64) < 0 {
+            return None;
+        }
+    }
+    Some(value as u32)
+}
+
+/// C's strtol as memcached's safe_strtol reads a storage command's exptime:
+/// an optional sign and digits within 64 bits, then cut to 32 bits (so
+/// times past 2^31 wrap exactly as they do in memcached).
+fn storage_exptime(token: &[u8]) -> Option<i64> {
+    let (negative, rest) = match token.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, token),
+    };
+    let magnitude = digits(rest)?;
+    let value = if negative {
+        0i64.checked_sub_unsigned(magnitude)?
+    } else {
+        i64::try_from(magnitude).ok()?
+    };
+    Some(i64::from(value as i32))
 }
 
 /// memcached's key rule in the text protocol: at most 250 bytes. Like
@@ -194,19 +246,28 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
         return incomplete_line(buf);
     };
     let consumed = newline + 1;
-    let line = &buf[..newline];
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let tokens = Tokens::of(line);
     let error = |reply| Parsed::Error {
         reply,
         consumed,
         noreply: false,
     };
-    if tokens.count == 0 {
-        return error(ERROR);
+    // No command is shorter than two bytes and its line end.
+    if consumed < 4 {
+        return error(BAD_FORMAT);
     }
+    let line = &buf[..newline];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // The command is what precedes the first space: a line that starts
+    // with a space names no command.
+    let name = &line[..memchr(b' ', line).unwrap_or(line.len())];
+    let tokens = Tokens::of(line);
+    let noreply = tokens.noreply();
+    let quiet_error = |reply| Parsed::Error {
+        reply,
+        consumed,
+        noreply,
+    };
     let command = |command| Parsed::Command { command, consumed };
-    let name = tokens.get(0);
     match name {
         b"get" | b"gets" => parse_get(line, &tokens, name == b"gets", false, consumed),
         b"gat" | b"gats" => parse_get(line, &tokens, name == b"gats", true, consumed),
@@ -216,31 +277,39 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
         b"append" => parse_store(buf, consumed, &tokens, StoreMode::Append, false, limits),
         b"prepend" => parse_store(buf, consumed, &tokens, StoreMode::Prepend, false, limits),
         b"cas" => parse_store(buf, consumed, &tokens, StoreMode::Set, true, limits),
-        b"delete" => parse_delete(&tokens, consumed),
-        b"incr" | b"decr" => {
-            if !(3..=4).contains(&tokens.count) {
-                return error(ERROR);
-            }
-            let noreply = tokens.noreply();
-            if tokens.count == 4 && !noreply {
-                return error(ERROR);
+        b"delete" => {
+            // Anything after the key is ignored but a final noreply (the
+            // legacy "delete <key> <time>" is gone from memcached 1.6.45).
+            if tokens.count < 2 {
+                return error(BAD_FORMAT);
             }
             let key = tokens.get(1);
             if !valid_key(key) {
+                return quiet_error(BAD_FORMAT);
+            }
+            command(Command::Keyed {
+                op: KeyOp::Delete {
+                    key,
+                    options: DeleteOptions::default(),
+                },
+                noreply,
+            })
+        }
+        b"incr" | b"decr" => {
+            if tokens.count < 3 {
                 return error(BAD_FORMAT);
             }
-            let Some(delta) = parse_u64(tokens.get(2)) else {
-                return Parsed::Error {
-                    reply: INVALID_DELTA,
-                    consumed,
-                    noreply,
-                };
+            let key = tokens.get(1);
+            if !valid_key(key) {
+                return quiet_error(BAD_FORMAT);
+            }
+            let Some(delta) = strict_u64(tokens.get(2)) else {
+                return quiet_error(INVALID_DELTA);
             };
-            let incr = name == b"incr";
             command(Command::Keyed {
                 op: KeyOp::Arith {
                     key,
-                    incr,
+                    incr: name == b"incr",
                     delta,
                     options: ArithOptions::default(),
                 },
@@ -248,20 +317,15 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
             })
         }
         b"touch" => {
-            if !(3..=4).contains(&tokens.count) {
-                return error(ERROR);
-            }
-            let noreply = tokens.noreply();
-            let key = tokens.get(1);
-            if !valid_key(key) {
+            if tokens.count < 3 {
                 return error(BAD_FORMAT);
             }
-            let Some(exptime) = parse_i32(tokens.get(2)) else {
-                return Parsed::Error {
-                    reply: INVALID_EXPTIME,
-                    consumed,
-                    noreply,
-                };
+            let key = tokens.get(1);
+            if !valid_key(key) {
+                return quiet_error(BAD_FORMAT);
+            }
+            let Some(exptime) = strict_i32(tokens.get(2)) else {
+                return quiet_error(INVALID_EXPTIME);
             };
             command(Command::Keyed {
                 op: KeyOp::Touch { key, exptime },
@@ -269,31 +333,22 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
             })
         }
         b"flush_all" => {
-            if tokens.count > 3 {
-                return error(ERROR);
-            }
-            let noreply = tokens.noreply();
-            let arguments = tokens.count - 1 - usize::from(noreply);
-            let delay = match arguments {
-                0 => 0,
-                1 => match parse_i32(tokens.get(1)) {
+            // A delay is read only when there is a token besides noreply.
+            let delay = if tokens.count == 1 + usize::from(noreply) {
+                0
+            } else {
+                match strict_i32(tokens.get(1)) {
                     Some(delay) => delay,
-                    None => return error(BAD_FORMAT),
-                },
-                _ => return error(ERROR),
+                    None => return quiet_error(INVALID_EXPTIME),
+                }
             };
             command(Command::FlushAll { delay, noreply })
         }
         b"version" => command(Command::Version),
-        b"verbosity" => {
-            if !(2..=3).contains(&tokens.count) {
-                return error(ERROR);
-            }
-            let noreply = tokens.noreply();
-            // memcached reads the level with strtoul and ignores junk.
-            let level = parse_u32(tokens.get(1)).unwrap_or(0);
-            command(Command::Verbosity { level, noreply })
-        }
+        b"verbosity" => match strict_u32(tokens.get(1)) {
+            Some(level) => command(Command::Verbosity { level, noreply }),
+            None => quiet_error(BAD_FORMAT),
+        },
         b"stats" => command(Command::Stats {
             group: after_tokens(line, 1),
         }),
@@ -356,7 +411,13 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
             _ => error(BAD_FORMAT),
         },
         b"quit" => command(Command::Quit),
-        b"shutdown" => command(Command::Shutdown),
+        // `shutdown` or `shutdown graceful` (both stop gracefully here).
+        b"shutdown" => command(Command::Shutdown {
+            valid_mode: tokens.count == 1 || (tokens.count == 2 && tokens.get(1) == b"graceful"),
+        }),
+        // An HTTP request line is hung up on, as memcached does, so a
+        // browser cannot be used to send commands across protocols.
+        _ if tokens.count > 1 && tokens.last.starts_with(b"HTTP/") => Parsed::Close,
         _ => error(ERROR),
     }
 }
@@ -379,18 +440,20 @@ fn after_tokens(line: &[u8], count: usize) -> &[u8] {
 }
 
 /// No newline yet: wait, unless the line is already too long to be a
-/// command (memcached lets only get lines grow).
+/// command. As in memcached, only a line that starts (after at most 100
+/// spaces) with `get ` or `gets ` may grow past 2048 bytes; any other is
+/// hung up on without a reply.
 fn incomplete_line(buf: &[u8]) -> Parsed<'_> {
     if buf.len() <= MAX_COMMAND_LINE {
         return Parsed::Incomplete;
     }
-    let line = trim_spaces(&buf[..64.min(buf.len())]);
-    let is_get =
-        line.starts_with(b"get ") || line.starts_with(b"gets ") || line.starts_with(b"gat ") || line.starts_with(b"gats ");
+    let spaces = buf.iter().take_while(|&&b| b == b' ').count();
+    let rest = &buf[spaces..];
+    let is_get = spaces <= 100 && (rest.starts_with(b"get ") || rest.starts_with(b"gets "));
     if is_get && buf.len() <= MAX_GET_LINE {
         Parsed::Incomplete
     } else {
-        Parsed::Close { reply: LINE_TOO_LONG }
+        Parsed::Close
     }
 }
 
@@ -402,12 +465,12 @@ fn parse_get<'a>(line: &'a [u8], tokens: &Tokens<'a>, with_cas: bool, touch: boo
     };
     let min_tokens = if touch { 3 } else { 2 };
     if tokens.count < min_tokens {
-        return error(ERROR);
+        return error(BAD_FORMAT);
     }
     // The key list starts after the command (and the exptime for gat).
     let keys = after_tokens(line, if touch { 2 } else { 1 });
     let touch = if touch {
-        match parse_i32(tokens.get(1)) {
+        match strict_i32(tokens.get(1)) {
             Some(exptime) => Some(exptime),
             None => return error(INVALID_EXPTIME),
         }
@@ -436,44 +499,43 @@ fn parse_store<'a>(
         consumed: line_len,
         noreply: false,
     };
-    let arguments = if is_cas { 6 } else { 5 };
-    if tokens.count != arguments && tokens.count != arguments + 1 {
-        return error(ERROR);
+    // Until the data length is known the data block cannot be skipped, so
+    // these errors answer and go on with the next line.
+    if tokens.count < 5 {
+        return error(BAD_FORMAT);
     }
+    let length = match strict_i32(tokens.get(4)) {
+        Some(length) if length >= 0 && length <= i64::from(i32::MAX) - 2 => length as usize,
+        _ => return error(BAD_FORMAT),
+    };
     let noreply = tokens.noreply();
-    if tokens.count == arguments + 1 && !noreply {
-        return error(ERROR);
-    }
+    // From here on an error swallows the data block, as memcached does:
+    // a value is never run as commands. Extra tokens are ignored.
+    let swallow = |reply, stale_key| Parsed::Swallow {
+        reply,
+        consumed: line_len,
+        skip: length + 2,
+        noreply,
+        stale_key,
+    };
     let key = tokens.get(1);
     if !valid_key(key) {
-        return error(BAD_FORMAT);
+        return swallow(BAD_FORMAT, None);
     }
-    let (Some(client_flags), Some(exptime), Some(length)) =
-        (parse_u32(tokens.get(2)), parse_i32(tokens.get(3)), parse_i32(tokens.get(4)))
-    else {
-        return error(BAD_FORMAT);
+    let (Some(client_flags), Some(exptime)) = (client_flags(tokens.get(2)), storage_exptime(tokens.get(3))) else {
+        return swallow(BAD_FORMAT, None);
     };
     let compare_cas = if is_cas {
-        match parse_u64(tokens.get(5)) {
+        match strict_u64(tokens.get(5)) {
             Some(cas) => Some(cas),
-            None => return error(BAD_FORMAT),
+            None => return swallow(BAD_FORMAT, None),
         }
     } else {
         None
     };
-    if length < 0 {
-        return error(BAD_FORMAT);
-    }
-    let length = length as usize;
     if key.len() + length > limits.max_payload {
-        return Parsed::Swallow {
-            reply: TOO_LARGE,
-            consumed: line_len,
-            skip: length + 2,
-            noreply,
-            // memcached drops the old value of a failed set (not of a cas).
-            stale_key: (mode == StoreMode::Set && !is_cas).then_some(key),
-        };
+        // memcached drops the old value of a failed set (not of a cas).
+        return swallow(TOO_LARGE, (mode == StoreMode::Set && !is_cas).then_some(key));
     }
     let end = line_len + length + 2;
     if buf.len() < end {
@@ -502,40 +564,6 @@ fn parse_store<'a>(
             noreply,
         },
         consumed: end,
-    }
-}
-
-fn parse_delete<'a>(tokens: &Tokens<'a>, consumed: usize) -> Parsed<'a> {
-    let error = |reply| Parsed::Error {
-        reply,
-        consumed,
-        noreply: false,
-    };
-    if !(2..=4).contains(&tokens.count) {
-        return error(ERROR);
-    }
-    let key = tokens.get(1);
-    if !valid_key(key) {
-        return error(BAD_FORMAT);
-    }
-    let noreply = tokens.noreply();
-    if tokens.count > 2 {
-        // Only the legacy "delete <key> 0" and noreply are accepted.
-        let hold_is_zero = tokens.get(2) == b"0";
-        let valid = (tokens.count == 3 && (hold_is_zero || noreply)) || (tokens.count == 4 && hold_is_zero && noreply);
-        if !valid {
-            return error(DELETE_USAGE);
-        }
-    }
-    Parsed::Command {
-        command: Command::Keyed {
-            op: KeyOp::Delete {
-                key,
-                options: DeleteOptions::default(),
-            },
-            noreply,
-        },
-        consumed,
     }
 }
 
@@ -630,8 +658,9 @@ mod tests {
         };
         assert_eq!((touch, with_cas), (Some(100), false));
         assert_eq!(Command::get_keys(keys).count(), 2);
-        assert_eq!(error(b"get\r\n"), ERROR);
-        assert_eq!(error(b"gat 10\r\n"), ERROR);
+        assert_eq!(error(b"get\r\n"), BAD_FORMAT, "a missing key is a format error");
+        assert_eq!(error(b"gat 10\r\n"), BAD_FORMAT);
+        assert_eq!(error(b"gat +5 k\r\n"), INVALID_EXPTIME, "touch times are strict numbers");
         assert_eq!(error(b"gat x k\r\n"), INVALID_EXPTIME);
     }
 
@@ -657,8 +686,29 @@ mod tests {
                 noreply: true
             }
         );
-        assert_eq!(error(b"delete k 5\r\n"), DELETE_USAGE);
-        assert_eq!(error(b"delete a b c d e\r\n"), ERROR);
+        // memcached 1.6.45 ignores what follows the key (but a last noreply).
+        assert!(matches!(command(b"delete k 5\r\n"), Command::Keyed { noreply: false, .. }));
+        assert!(matches!(
+            command(b"delete k 10 noreply\r\n"),
+            Command::Keyed { noreply: true, .. }
+        ));
+        assert!(matches!(command(b"delete a b c d e\r\n"), Command::Keyed { .. }));
+        assert_eq!(error(b"delete\r\n"), BAD_FORMAT);
+        assert!(matches!(command(b"incr k 1 x\r\n"), Command::Keyed { noreply: false, .. }));
+        assert!(matches!(
+            command(b"touch k 0 noreply x\r\n"),
+            Command::Keyed { noreply: false, .. }
+        ));
+        assert_eq!(error(b"incr k\r\n"), BAD_FORMAT);
+        assert_eq!(error(b"incr n +1\r\n"), INVALID_DELTA);
+        assert!(matches!(
+            parse_one(b"incr n x noreply\r\n"),
+            Parsed::Error {
+                reply: INVALID_DELTA,
+                noreply: true,
+                ..
+            }
+        ));
         assert_eq!(
             command(b"incr n 18446744073709551615\r\n"),
             Command::Keyed {
@@ -699,18 +749,34 @@ mod tests {
             command(b"flush_all noreply\r\n"),
             Command::FlushAll { delay: 0, noreply: true }
         );
-        assert_eq!(error(b"flush_all soon\r\n"), BAD_FORMAT);
+        assert_eq!(error(b"flush_all soon\r\n"), INVALID_EXPTIME);
+        assert_eq!(
+            command(b"flush_all 0 0\r\n"),
+            Command::FlushAll {
+                delay: 0,
+                noreply: false
+            }
+        );
+        assert_eq!(error(b"flush_all +0\r\n"), INVALID_EXPTIME);
         assert_eq!(command(b"version\r\n"), Command::Version);
         assert_eq!(
             command(b"verbosity 1 noreply\r\n"),
             Command::Verbosity { level: 1, noreply: true }
         );
-        assert_eq!(error(b"verbosity\r\n"), ERROR);
-        assert_eq!(error(b"verbosity foo bar my\r\n"), ERROR);
+        assert_eq!(error(b"verbosity\r\n"), BAD_FORMAT);
+        assert_eq!(error(b"verbosity abc\r\n"), BAD_FORMAT);
+        assert_eq!(
+            command(b"verbosity 1 2 3\r\n"),
+            Command::Verbosity {
+                level: 1,
+                noreply: false
+            }
+        );
         assert_eq!(command(b"stats\r\n"), Command::Stats { group: b"" });
         assert_eq!(command(b"stats  slabs \r\n"), Command::Stats { group: b"slabs" });
         assert_eq!(command(b"quit\r\n"), Command::Quit);
-        assert_eq!(command(b"shutdown\r\n"), Command::Shutdown);
+        assert_eq!(command(b"shutdown\r\n"), Command::Shutdown { valid_mode: true });
+        assert_eq!(command(b"shutdown now\r\n"), Command::Shutdown { valid_mode: false });
         assert_eq!(command(b"lru_crawler metadump all\r\n"), Command::Metadump { classes: None });
         assert_eq!(
             command(b"replication promote\r\n"),
@@ -728,21 +794,65 @@ mod tests {
         );
         assert_eq!(error(b"lru_crawler metadump x\r\n"), BAD_FORMAT);
         assert_eq!(error(b"bogus\r\n"), ERROR);
-        assert_eq!(error(b"\r\n"), ERROR);
+        assert_eq!(error(b" get k\r\n"), ERROR, "a line starting with a space names no command");
+        // Lines shorter than a two-byte command are format errors.
+        assert_eq!(error(b"\r\n"), BAD_FORMAT);
+        assert_eq!(error(b"\n"), BAD_FORMAT);
+        assert_eq!(error(b"x\r\n"), BAD_FORMAT);
+        assert_eq!(error(b"xx\r\n"), ERROR);
+        // HTTP request lines are hung up on.
+        assert_eq!(parse_one(b"GET / HTTP/1.0\r\n"), Parsed::Close);
+        assert_eq!(parse_one(b"DELETE HTTP/1.1\r\n"), Parsed::Close);
+        assert!(matches!(command(b"get / HTTP/1.0\r\n"), Command::Get { .. }));
+    }
+
+    /// The reply of a line whose data block is swallowed.
+    fn swallowed(input: &[u8]) -> &'static str {
+        match parse_one(input) {
+            Parsed::Swallow { reply, skip, .. } => {
+                assert_eq!(skip, 3, "the data block of {:?}", String::from_utf8_lossy(input));
+                reply
+            }
+            other => panic!("expected a swallow from {:?}, got {other:?}", String::from_utf8_lossy(input)),
+        }
     }
 
     #[test]
     fn bad_storage_lines() {
-        assert_eq!(error(b"set k 0 0\r\n"), ERROR);
-        assert_eq!(error(b"set k 0 0 1 extra\r\n"), ERROR);
-        assert_eq!(error(b"set k x 0 1\r\n"), BAD_FORMAT);
+        // Without a usable data length nothing can be swallowed.
+        assert_eq!(error(b"set k 0 0\r\n"), BAD_FORMAT);
         assert_eq!(error(b"set k 0 0 -1\r\n"), BAD_FORMAT);
-        assert_eq!(error(b"set k -1 0 1\r\n"), BAD_FORMAT);
-        assert_eq!(error(b"cas k 0 0 1 x\r\n"), BAD_FORMAT);
+        assert_eq!(error(b"set k 0 0 +1\r\n"), BAD_FORMAT);
+        assert_eq!(error(b"set k 0 0 2147483647\r\n"), BAD_FORMAT);
+        assert_eq!(error(b"set k 0 0 4294967295\r\n"), BAD_FORMAT);
+        // With one, the data block is swallowed.
+        assert_eq!(swallowed(b"set k x 0 1\r\n"), BAD_FORMAT);
+        assert_eq!(swallowed(b"set k -1 0 1\r\n"), BAD_FORMAT);
+        assert_eq!(swallowed(b"set k 0 0x 1\r\n"), BAD_FORMAT);
+        assert_eq!(swallowed(b"cas k 0 0 1 x\r\n"), BAD_FORMAT);
+        assert_eq!(swallowed(b"cas k 0 0 1\r\n"), BAD_FORMAT, "a cas without its unique");
+        assert_eq!(swallowed(b"cas k 0 0 1 +5\r\n"), BAD_FORMAT);
         let long_key = format!("set {} 0 0 1\r\nx\r\n", "k".repeat(251));
-        assert_eq!(error(long_key.as_bytes()), BAD_FORMAT);
+        assert_eq!(swallowed(long_key.as_bytes()), BAD_FORMAT);
+        assert!(matches!(
+            parse_one(format!("set {} 0 0 1 noreply\r\nx\r\n", "k".repeat(251)).as_bytes()),
+            Parsed::Swallow { noreply: true, .. }
+        ));
         let ok_key = format!("set {} 0 0 1\r\nx\r\n", "k".repeat(250));
         assert!(matches!(command(ok_key.as_bytes()), Command::Keyed { .. }));
+        // Extra tokens are ignored; noreply counts only as the last one.
+        assert!(matches!(
+            command(b"set k 0 0 1 extra\r\nx\r\n"),
+            Command::Keyed { noreply: false, .. }
+        ));
+        assert!(matches!(
+            command(b"set k 0 0 1 noreply x\r\nx\r\n"),
+            Command::Keyed { noreply: false, .. }
+        ));
+        assert!(matches!(
+            command(b"set k 0 0 1 x noreply\r\nx\r\n"),
+            Command::Keyed { noreply: true, .. }
+        ));
         assert!(
             matches!(command(b"get a\x01b\x10\r\n"), Command::Get { .. }),
             "memcached accepts control bytes"
@@ -757,6 +867,30 @@ mod tests {
                 noreply: false
             }
         );
+    }
+
+    #[test]
+    fn numbers_are_read_as_memcached_reads_them() {
+        let store = |line: &[u8]| match command(line) {
+            Command::Keyed {
+                op: KeyOp::Store {
+                    client_flags, exptime, ..
+                },
+                ..
+            } => (client_flags, exptime),
+            other => panic!("{other:?}"),
+        };
+        // Client flags: strtoull, kept as their low 32 bits.
+        assert_eq!(store(b"set k 18446744073709551615 0 1\r\nx\r\n").0, u32::MAX);
+        assert_eq!(store(b"set k 4294967296 0 1\r\nx\r\n").0, 0);
+        assert_eq!(store(b"set k +5 0 1\r\nx\r\n").0, 5);
+        assert_eq!(store(b"set k -0 0 1\r\nx\r\n").0, 0);
+        assert_eq!(swallowed(b"set k 18446744073709551616 0 1\r\n"), BAD_FORMAT);
+        // Storage exptimes: 64-bit strtol cut to 32 bits.
+        assert_eq!(store(b"set k 0 +5 1\r\nx\r\n").1, 5);
+        assert_eq!(store(b"set k 0 4294967296 1\r\nx\r\n").1, 0);
+        assert_eq!(store(b"set k 0 99999999999 1\r\nx\r\n").1, 1215752191);
+        assert_eq!(store(b"set k 0 -99999999999 1\r\nx\r\n").1, -1215752191);
     }
 
     #[test]
@@ -784,12 +918,12 @@ mod tests {
     #[test]
     fn endless_lines_are_bounded() {
         let junk = vec![b'x'; MAX_COMMAND_LINE + 1];
-        assert!(matches!(parse_one(&junk), Parsed::Close { .. }));
+        assert!(matches!(parse_one(&junk), Parsed::Close));
         let mut get = b"get ".to_vec();
         get.resize(MAX_COMMAND_LINE * 4, b'k');
         assert_eq!(parse_one(&get), Parsed::Incomplete);
         get.resize(MAX_GET_LINE + 1, b'k');
-        assert!(matches!(parse_one(&get), Parsed::Close { .. }));
+        assert!(matches!(parse_one(&get), Parsed::Close));
     }
 
     /// Parses a stream the way a connection does: complete requests only,
@@ -824,8 +958,8 @@ mod tests {
                         swallow = skip;
                         consumed
                     }
-                    Parsed::Close { reply } => {
-                        trace.push(reply.to_string());
+                    Parsed::Close => {
+                        trace.push("close".to_string());
                         return trace;
                     }
                 };

@@ -145,7 +145,17 @@ impl Session for BinarySession {
                 }
             }
             Command::Stat { group } => {
-                let known = if group == b"reset" {
+                let known = if let Some(detail) = stats::Detail::of_group(group) {
+                    match detail {
+                        None => false,
+                        Some(detail) => {
+                            if let Some(dump) = detail.run(core, reply_slot).await {
+                                binary_reply::response(out, frame, Status::Success, 0, &[], b"detailed", &dump);
+                            }
+                            true
+                        }
+                    }
+                } else if group == b"reset" {
                     router::reset_stats(core, reply_slot).await;
                     true
                 } else {

@@ -16,6 +16,7 @@ use super::binary_session::BinarySession;
 use super::router::{self, ReplySlot};
 use super::session::{After, Parse, Session};
 use super::text_session::TextSession;
+use crate::config::Protocol;
 use crate::protocol::binary::REQUEST_MAGIC;
 use crate::protocol::text::TextLimits;
 use crate::request::KeyOp;
@@ -137,7 +138,13 @@ async fn serve_until_closed(core: &Rc<Core>, stream: &mut TcpStream) {
         return;
     }
     let max_payload = core.global.config.max_payload();
-    let after = if input.unparsed()[0] == REQUEST_MAGIC {
+    let binary = match core.global.config.protocol {
+        Protocol::Auto => input.unparsed()[0] == REQUEST_MAGIC,
+        Protocol::Binary if input.unparsed()[0] != REQUEST_MAGIC => return, // memcached: invalid magic, close
+        Protocol::Binary => true,
+        Protocol::Ascii => false,
+    };
+    let after = if binary {
         serve_session(core, &reply_slot, &BinarySession { max_payload }, &mut input, stream).await
     } else {
         let limits = TextLimits { max_payload };

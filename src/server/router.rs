@@ -7,6 +7,7 @@
 //! have grown. The router knows keys and shards, not wire formats.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
@@ -17,6 +18,7 @@ use crate::hash::KeyHash;
 use crate::request::{KeyOp, Outcome};
 use crate::stats::CoreReport;
 use crate::store::Shard;
+use crate::store::prefix_stats::PrefixCounts;
 
 /// Where a key or value sits in a batch's byte buffer.
 #[derive(Clone, Copy)]
@@ -98,6 +100,15 @@ pub enum ToShard {
         slot: u32,
         level: u32,
     },
+    /// `stats detail on|off`: the prefix delimiter, or None to stop.
+    Detail {
+        slot: u32,
+        delimiter: Option<u8>,
+    },
+    /// `stats detail dump`.
+    PrefixDump {
+        slot: u32,
+    },
     /// `lru_crawler metadump`: the classes asked for (None: all).
     Metadump {
         slot: u32,
@@ -107,10 +118,25 @@ pub enum ToShard {
 
 /// The owning core's answer.
 pub enum FromShard {
-    Outcomes { slot: u32, batch: OpBatch },
-    Report { slot: u32, report: Box<CoreReport> },
-    Dump { slot: u32, lines: Vec<u8> },
-    Done { slot: u32 },
+    Outcomes {
+        slot: u32,
+        batch: OpBatch,
+    },
+    Report {
+        slot: u32,
+        report: Box<CoreReport>,
+    },
+    Dump {
+        slot: u32,
+        lines: Vec<u8>,
+    },
+    Prefixes {
+        slot: u32,
+        counts: Vec<(Vec<u8>, PrefixCounts)>,
+    },
+    Done {
+        slot: u32,
+    },
 }
 
 impl FromShard {
@@ -119,6 +145,7 @@ impl FromShard {
             FromShard::Outcomes { slot, .. }
             | FromShard::Report { slot, .. }
             | FromShard::Dump { slot, .. }
+            | FromShard::Prefixes { slot, .. }
             | FromShard::Done { slot } => slot,
         }
     }
@@ -318,6 +345,14 @@ fn serve_request(core: &Core, request: ToShard) -> FromShard {
             core.verbosity.set(level);
             FromShard::Done { slot }
         }
+        ToShard::Detail { slot, delimiter } => {
+            core.shard.borrow_mut().set_prefix_stats(delimiter);
+            FromShard::Done { slot }
+        }
+        ToShard::PrefixDump { slot } => FromShard::Prefixes {
+            slot,
+            counts: local_prefixes(core),
+        },
         ToShard::Metadump { slot, classes } => {
             let mut lines = Vec::new();
             dump_local(core, classes.as_deref(), &mut lines);
@@ -344,6 +379,39 @@ pub async fn metadump(core: &Core, reply_slot: &ReplySlot, classes: Option<Vec<u
             out.extend_from_slice(&lines);
         }
     }
+}
+
+fn local_prefixes(core: &Core) -> Vec<(Vec<u8>, PrefixCounts)> {
+    let shard = core.shard.borrow();
+    shard
+        .prefix_stats()
+        .counts()
+        .map(|(prefix, counts)| (prefix.to_vec(), *counts))
+        .collect()
+}
+
+/// `stats detail on|off` on every shard.
+pub async fn set_detail(core: &Core, reply_slot: &ReplySlot, on: bool) {
+    let delimiter = on.then_some(core.global.config.prefix_delimiter);
+    core.shard.borrow_mut().set_prefix_stats(delimiter);
+    broadcast(core, reply_slot, |slot| ToShard::Detail { slot, delimiter }).await;
+}
+
+/// `stats detail dump`: every shard's counts, summed per prefix, in prefix order.
+pub async fn prefix_stats(core: &Core, reply_slot: &ReplySlot) -> BTreeMap<Vec<u8>, PrefixCounts> {
+    let mut merged = BTreeMap::new();
+    let mut add = |counts: Vec<(Vec<u8>, PrefixCounts)>| {
+        for (prefix, counts) in counts {
+            merged.entry(prefix).or_insert_with(PrefixCounts::default).add(&counts);
+        }
+    };
+    add(local_prefixes(core));
+    for reply in broadcast(core, reply_slot, |slot| ToShard::PrefixDump { slot }).await {
+        if let FromShard::Prefixes { counts, .. } = reply {
+            add(counts);
+        }
+    }
+    merged
 }
 
 fn reset_local_stats(core: &Core) {

@@ -22,7 +22,7 @@ pub enum Step<'a> {
         noreply: bool,
         stale_key: Option<&'a [u8]>,
     },
-    Close(&'static str),
+    Close,
 }
 
 pub struct TextSession {
@@ -36,7 +36,7 @@ impl Session for TextSession {
         match text::parse(buf, &self.limits) {
             Parsed::Incomplete => Parse::Incomplete,
             Parsed::Command { command, consumed } => Parse::Step {
-                last: matches!(command, Command::Quit | Command::Shutdown),
+                last: matches!(command, Command::Quit | Command::Shutdown { valid_mode: true }),
                 step: Step::Command(command),
                 consumed,
             },
@@ -64,9 +64,7 @@ impl Session for TextSession {
                 consumed,
                 skip,
             },
-            Parsed::Close { reply } => Parse::Close {
-                step: Step::Close(reply),
-            },
+            Parsed::Close => Parse::Close { step: Step::Close },
         }
     }
 
@@ -129,10 +127,7 @@ impl Session for TextSession {
         let config = &core.global.config;
         let command = match step {
             Step::Command(command) => command,
-            Step::Close(reply) => {
-                text_reply::line(out, reply);
-                return After::Close;
-            }
+            Step::Close => return After::Close,
             _ => return After::Continue,
         };
         match *command {
@@ -159,7 +154,16 @@ impl Session for TextSession {
                 }
             }
             Command::Stats { group } => {
-                if group == b"reset" {
+                // memcached reads only the first word: "stats reset x" resets.
+                if let Some(detail) = stats::Detail::of_group(group) {
+                    match detail {
+                        None => text_reply::line(out, stats::DETAIL_USAGE),
+                        Some(detail) => match detail.run(core, reply_slot).await {
+                            Some(dump) => out.extend_from_slice(&dump),
+                            None => text_reply::line(out, "OK"),
+                        },
+                    }
+                } else if group.split(|&b| b == b' ').next() == Some(b"reset") {
                     router::reset_stats(core, reply_slot).await;
                     text_reply::line(out, "RESET");
                 } else if stats::write_group(out, core, reply_slot, group, &mut |out, name, value| {
@@ -178,11 +182,14 @@ impl Session for TextSession {
             }
             Command::Replication(admin) => text_reply::line(out, replication_admin(core, admin)),
             Command::Quit => return After::Close,
-            Command::Shutdown => {
-                if config.shutdown_enabled {
+            Command::Shutdown { valid_mode } => {
+                if !config.shutdown_enabled {
+                    text_reply::line(out, "SERVER_ERROR: shutdown not enabled");
+                } else if valid_mode {
                     return After::Shutdown;
+                } else {
+                    text_reply::line(out, "CLIENT_ERROR invalid shutdown mode");
                 }
-                text_reply::line(out, "ERROR: shutdown not enabled");
             }
             Command::Get { .. } | Command::Keyed { .. } | Command::Meta(_) | Command::MetaNoop => {}
         }

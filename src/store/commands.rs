@@ -3,6 +3,7 @@
 
 use super::clock::RelTime;
 use super::item::{Item, ItemMut, item_size};
+use super::prefix_stats::Access;
 use super::shard::{KEY_MAX_LENGTH, Lookup, OutOfMemory, Shard, parse_counter};
 use crate::hash::KeyHash;
 use crate::request::{ArithOptions, DeleteOptions, GetOptions, KeyOp, Outcome, Recache, StoreMode, StoreOptions};
@@ -11,6 +12,9 @@ impl Shard {
     /// Applies one key operation. `hash` is the key's hash, computed once by
     /// the caller.
     pub fn execute(&mut self, hash: KeyHash, op: &KeyOp<&[u8]>) -> Outcome<&[u8]> {
+        if self.prefixes.is_on() {
+            self.record_prefix(hash, op);
+        }
         match *op {
             KeyOp::Get { key, options } => self.get(hash, key, options),
             KeyOp::Store {
@@ -30,6 +34,20 @@ impl Shard {
             } => self.arith(hash, key, incr, delta, options),
             KeyOp::Touch { key, exptime } => self.touch(hash, key, exptime),
         }
+    }
+
+    /// Counts the operation for `stats detail` (only while it is on; a get
+    /// looks its key up once more to know whether it hits).
+    fn record_prefix(&mut self, hash: KeyHash, op: &KeyOp<&[u8]>) {
+        let access = match *op {
+            KeyOp::Get { key, .. } => Access::Get {
+                hit: self.found(hash, key).is_some(),
+            },
+            KeyOp::Store { .. } => Access::Set,
+            KeyOp::Delete { .. } => Access::Delete,
+            KeyOp::Arith { .. } | KeyOp::Touch { .. } => return,
+        };
+        self.prefixes.record(op.key(), access);
     }
 
     fn found(&mut self, hash: KeyHash, key: &[u8]) -> Option<u32> {
@@ -345,14 +363,20 @@ impl Shard {
     ) -> Outcome<&[u8]> {
         let mut digits = itoa::Buffer::new();
         let digits = digits.format(number).as_bytes();
-        let new_size = item_size(key.len(), digits.len(), client_flags);
+        // As memcached: a result no longer than the old value overwrites it
+        // in place, padded with spaces to the old length.
+        let old_len = existing.map_or(0, |handle| Item(self.slab.chunk(handle)).value_len());
+        let value_len = digits.len().max(old_len);
+        let new_size = item_size(key.len(), value_len, client_flags);
         let ttl = self.clock.ttl_of(expiry);
-        if let Some(handle) = existing.filter(|&handle| new_size <= self.slab.chunk(handle).len()) {
+        if let Some(handle) = existing.filter(|_| digits.len() <= old_len) {
             let cas = new_cas.unwrap_or_else(|| self.next_cas());
             let old_size = Item(self.slab.chunk(handle)).total_size();
             let mut item = ItemMut(self.slab.chunk_mut(handle));
-            item.set_value_len(digits.len());
-            item.value_mut().copy_from_slice(digits);
+            item.set_value_len(value_len);
+            let value = item.value_mut();
+            value[..digits.len()].copy_from_slice(digits);
+            value[digits.len()..].fill(b' ');
             item.set_cas(cas);
             item.set_expiry(expiry);
             self.bytes = self.bytes - old_size + new_size;

@@ -8,6 +8,7 @@
 //! - `index`: hash -> item handle
 //! - `clock`: relative time and exptime conversion
 //! - `stats`: counters with memcached's names
+//! - `prefix_stats`: `stats detail` counts per key prefix
 //! - `replicated`: key state, snapshot walk and applying another host's items
 
 pub mod clock;
@@ -15,6 +16,7 @@ mod commands;
 pub mod index;
 pub mod item;
 pub mod lru;
+pub mod prefix_stats;
 mod replicated;
 pub mod shard;
 pub mod slab;

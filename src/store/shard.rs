@@ -6,6 +6,7 @@ use super::clock::{Clock, RelTime};
 use super::index::Index;
 use super::item::{Item, ItemMut, Segment, item_size};
 use super::lru::Lru;
+use super::prefix_stats::PrefixStats;
 use super::slab::{Slab, class_sizes};
 use super::stats::{ClassCounters, ClassReport, ShardCounters, ShardReport};
 use crate::hash::KeyHash;
@@ -65,6 +66,8 @@ pub struct Shard {
     pub(super) sweep_cursor: usize,
     /// Reused buffer for append/prepend and incr (no allocation per request).
     pub(super) scratch: Vec<u8>,
+    /// `stats detail` counts (off unless turned on).
+    pub(super) prefixes: PrefixStats,
 }
 
 impl Shard {
@@ -88,6 +91,7 @@ impl Shard {
             bytes: 0,
             sweep_cursor: 0,
             scratch: Vec::new(),
+            prefixes: PrefixStats::default(),
         }
     }
 
@@ -434,7 +438,18 @@ impl Shard {
 
     pub fn reset_counters(&mut self) {
         self.counters = ShardCounters::default();
+        self.prefixes.clear();
         self.class_counters.iter_mut().for_each(|c| *c = ClassCounters::default());
+    }
+
+    /// `stats detail on|off`: count per key prefix (cut at `delimiter`) or stop.
+    pub fn set_prefix_stats(&mut self, delimiter: Option<u8>) {
+        self.prefixes.set(delimiter);
+    }
+
+    /// `stats detail dump`: this shard's counts per prefix.
+    pub fn prefix_stats(&self) -> &PrefixStats {
+        &self.prefixes
     }
 
     /// A snapshot for `stats`, `stats items` and `stats slabs`.
@@ -487,19 +502,35 @@ impl Shard {
     }
 }
 
-/// An item value as incr/decr read it: decimal digits, optionally followed
-/// by spaces (memcached pads in place), fitting 64 bits.
+/// A counter's value as memcached's safe_strtoull reads it for incr and
+/// decr: leading white space, an optional sign, digits, then white space or
+/// the end; a '-' only when the negated value is not negative as signed
+/// ("-0"). A value that starts with white space and has no digits reads as
+/// 0, as C's strtoull leaves it. An empty value is not a number.
 pub(super) fn parse_counter(value: &[u8]) -> Option<u64> {
-    let digits_end = value.iter().position(|&b| b == b' ').unwrap_or(value.len());
-    let (digits, rest) = value.split_at(digits_end);
-    if digits.is_empty() || !rest.iter().all(|&b| b == b' ') {
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r');
+    let first = value.first()?;
+    let start = value.iter().position(|b| !is_space(b)).unwrap_or(value.len());
+    let rest = &value[start..];
+    let (negative, rest) = match rest.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        Some((b'+', rest)) => (false, rest),
+        _ => (false, rest),
+    };
+    let digits_end = rest.iter().position(|b| !b.is_ascii_digit()).unwrap_or(rest.len());
+    if digits_end == 0 {
+        return is_space(first).then_some(0);
+    }
+    let (digits, tail) = rest.split_at(digits_end);
+    if tail.first().is_some_and(|b| !is_space(b)) {
         return None;
     }
-    digits.iter().try_fold(0u64, |acc, &b| {
-        if b.is_ascii_digit() {
-            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
-    })
+    let number = digits
+        .iter()
+        .try_fold(0u64, |acc, &b| acc.checked_mul(10)?.checked_add(u64::from(b - b'0')))?;
+    if negative {
+        let number = number.wrapping_neg();
+        return ((number as i64) >= 0).then_some(number);
+    }
+    Some(number)
 }

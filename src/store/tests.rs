@@ -192,7 +192,7 @@ fn incr_and_decr() {
     assert_eq!(arith(&mut shard, b"n", true, 1), number(10));
     assert_eq!(get(&mut shard, b"n").unwrap(), b"10", "value grows a digit");
     assert_eq!(arith(&mut shard, b"n", false, 3), number(7));
-    assert_eq!(get(&mut shard, b"n").unwrap(), b"7", "and shrinks again");
+    assert_eq!(get(&mut shard, b"n").unwrap(), b"7 ", "and shrinks in place, padded");
     assert_eq!(arith(&mut shard, b"n", false, 100), number(0), "decr floors at 0");
     set(&mut shard, b"n", b"18446744073709551615");
     assert_eq!(arith(&mut shard, b"n", true, 2), number(1), "incr wraps");
@@ -200,6 +200,21 @@ fn incr_and_decr() {
     assert_eq!(arith(&mut shard, b"n", true, 1), Outcome::NonNumeric);
     set(&mut shard, b"n", b"5  ");
     assert_eq!(arith(&mut shard, b"n", true, 1), number(6), "trailing spaces are accepted");
+    assert_eq!(
+        get(&mut shard, b"n").unwrap(),
+        b"6  ",
+        "a shorter result is padded, as memcached"
+    );
+    set(&mut shard, b"n", b"  7");
+    assert_eq!(arith(&mut shard, b"n", true, 1), number(8), "leading spaces are accepted");
+    set(&mut shard, b"n", b"-0");
+    assert_eq!(arith(&mut shard, b"n", true, 1), number(1), "-0 is 0");
+    set(&mut shard, b"n", b"-1");
+    assert_eq!(arith(&mut shard, b"n", true, 1), Outcome::NonNumeric);
+    set(&mut shard, b"n", b" ");
+    assert_eq!(arith(&mut shard, b"n", true, 1), number(1), "blank reads as 0, as strtoull");
+    set(&mut shard, b"n", b"");
+    assert_eq!(arith(&mut shard, b"n", true, 1), Outcome::NonNumeric);
     // A new CAS on every change.
     let (_, before, _) = gets(&mut shard, b"n");
     arith(&mut shard, b"n", true, 1);
@@ -636,6 +651,26 @@ enum ModelOp {
     Get(u8),
 }
 
+/// The model's reading of a counter (C's strtoull as memcached checks it),
+/// over strings: white space, an optional '+', digits, then white space.
+fn model_counter(value: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(value).ok()?;
+    let trimmed = text.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+    let unsigned = trimmed.strip_prefix('+').unwrap_or(trimmed);
+    let digits: String = unsigned.chars().take_while(char::is_ascii_digit).collect();
+    if digits.is_empty() {
+        // No digits: 0 when the value starts with white space (and is not
+        // a lone sign after it), as strtoull leaves endptr at the start.
+        let starts_blank = text.starts_with([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
+        return (starts_blank && !trimmed.starts_with('-')).then_some(0);
+    }
+    let after = &unsigned[digits.len()..];
+    if !after.is_empty() && !after.starts_with([' ', '\t', '\n', '\x0b', '\x0c', '\r']) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 fn model_op() -> impl Strategy<Value = ModelOp> {
     let key = 0u8..16;
     // Mostly digits, so incr meets numbers as well as junk.
@@ -699,15 +734,22 @@ proptest! {
                 }
                 ModelOp::Incr(k, delta) => {
                     let key = vec![b'k', k];
-                    let expected = match model.get(&key) {
+                    let old = model.get(&key).cloned();
+                    let expected = match &old {
                         None => Outcome::NotFound,
-                        Some(v) => match std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()).filter(|_| !v.starts_with(b"+")) {
+                        Some(v) => match model_counter(v) {
                             Some(n) => number(n.wrapping_add(delta)),
                             None => Outcome::NonNumeric,
                         },
                     };
                     prop_assert_eq!(arith(&mut shard, &key, true, delta), expected.clone());
-                    if let Outcome::Number { value, .. } = expected { model.insert(key, value.to_string().into_bytes()); }
+                    if let Outcome::Number { value, .. } = expected {
+                        // memcached pads a shorter result to the old length.
+                        let mut digits = value.to_string().into_bytes();
+                        let old_len = old.map_or(0, |old| old.len());
+                        if digits.len() < old_len { digits.resize(old_len, b' '); }
+                        model.insert(key, digits);
+                    }
                 }
                 ModelOp::Get(k) => {
                     let key = vec![b'k', k];
