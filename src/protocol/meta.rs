@@ -15,7 +15,16 @@ pub const DUPLICATE_FLAG: &str = "CLIENT_ERROR duplicate flag";
 pub const BAD_TOKEN: &str = "CLIENT_ERROR bad token in command line format";
 pub const OPAQUE_TOO_LONG: &str = "CLIENT_ERROR opaque token too long";
 pub const BAD_KEY_ENCODING: &str = "CLIENT_ERROR error decoding key";
-pub const INVALID_MODE: &str = "CLIENT_ERROR invalid mode for ms STORE";
+pub const INVALID_SET_MODE: &str = "CLIENT_ERROR invalid mode for ms M token";
+pub const INVALID_ARITH_MODE: &str = "CLIENT_ERROR invalid mode for ma M token";
+/// md and ma answer every flag error with this one line.
+pub const INVALID_OR_DUPLICATE: &str = "CLIENT_ERROR invalid or duplicate flag";
+pub const TOO_MANY_FLAGS: &str = "CLIENT_ERROR options flags are too long";
+pub const BAD_INITIAL: &str = "CLIENT_ERROR invalid numeric initial value";
+pub const BAD_DELTA: &str = "CLIENT_ERROR invalid numeric delta value";
+/// memcached refuses a meta line of more tokens than this (command and key
+/// included).
+const MAX_TOKENS: usize = 20;
 const MAX_OPAQUE: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +103,14 @@ impl MetaCommand<'_> {
         }
     }
 
+    /// The length of an ms's value (0 for other commands).
+    pub fn value_len(&self) -> usize {
+        match &self.op {
+            MetaOp::Set { value, .. } => value.len(),
+            _ => 0,
+        }
+    }
+
     /// The `O` token, if any.
     pub fn opaque(&self) -> Option<&[u8]> {
         flag_tokens(self.flags)
@@ -107,22 +124,18 @@ pub fn flag_tokens(flags: &[u8]) -> impl Iterator<Item = &[u8]> {
     flags.split(|&b| b == b' ').filter(|token| !token.is_empty())
 }
 
-/// Flags each command accepts (P and L are proxy hints, always ignored).
-fn allowed(kind: MetaKind) -> &'static [u8] {
-    match kind {
-        MetaKind::Get => b"bcfhklOqstuvENRTCPL",
-        MetaKind::Set => b"bcCEFIkOqsTMNPL",
-        MetaKind::Delete => b"bCEIkOqTxPL",
-        MetaKind::Arith => b"bCENJDTMOqtcvkPL",
-        MetaKind::Debug => b"b",
-    }
-}
+/// The flags memcached knows. Every meta command accepts all of them and
+/// ignores those that do not apply to it (P and L are proxy hints).
+const KNOWN_FLAGS: &[u8] = b"bNTRlOPLkstcfvhuqxFCEMJDI";
 
-fn number<T: std::str::FromStr>(token: &[u8]) -> Result<T, &'static str> {
-    std::str::from_utf8(token)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .ok_or(BAD_TOKEN)
+/// The flags whose facts a command echoes in its reply, as memcached.
+pub fn echoed(kind: MetaKind) -> &'static [u8] {
+    match kind {
+        MetaKind::Get | MetaKind::Debug => b"stcflhOk",
+        MetaKind::Set => b"Okcs",
+        MetaKind::Delete => b"Ok",
+        MetaKind::Arith => b"ctOk",
+    }
 }
 
 /// The parsed flags of one meta command.
@@ -137,21 +150,21 @@ struct Flags<'a> {
 const TOKEN_FLAGS: [u8; 9] = *b"CEFNRTMJD";
 
 impl<'a> Flags<'a> {
-    fn parse(flags: &'a [u8], kind: MetaKind) -> Result<Flags<'a>, &'static str> {
+    fn parse(flags: &'a [u8]) -> Result<Flags<'a>, &'static str> {
         let mut parsed = Flags {
             seen: 0,
             tokens: [None; TOKEN_FLAGS.len()],
         };
         for token in flag_tokens(flags) {
             let flag = token[0];
-            if !flag.is_ascii() || !allowed(kind).contains(&flag) {
+            if flag >= 127 || parsed.seen & (1u128 << flag) != 0 {
+                return Err(DUPLICATE_FLAG);
+            }
+            if !KNOWN_FLAGS.contains(&flag) {
                 return Err(INVALID_FLAG);
             }
             let bit = 1u128 << flag;
-            if parsed.seen & bit != 0 {
-                return Err(DUPLICATE_FLAG);
-            }
-            if flag == b'O' && token.len() - 1 > MAX_OPAQUE {
+            if flag == b'O' && token.len() > MAX_OPAQUE {
                 return Err(OPAQUE_TOO_LONG);
             }
             parsed.seen |= bit;
@@ -170,9 +183,18 @@ impl<'a> Flags<'a> {
         self.tokens[TOKEN_FLAGS.iter().position(|&f| f == flag).expect("a token flag")]
     }
 
-    /// The numeric token of a flag, if the flag was given.
-    fn number<T: std::str::FromStr>(&self, flag: u8) -> Result<Option<T>, &'static str> {
-        self.token(flag).map(number).transpose()
+    /// A time token (N, T, R): a strict signed 32-bit number, as memcached.
+    fn time(&self, flag: u8) -> Result<Option<i64>, &'static str> {
+        self.token(flag)
+            .map(|token| super::text::strict_i32(token).ok_or(BAD_TOKEN))
+            .transpose()
+    }
+
+    /// An unsigned token (C, E, J, D): strict digits, as memcached.
+    fn unsigned(&self, flag: u8, error: &'static str) -> Result<Option<u64>, &'static str> {
+        self.token(flag)
+            .map(|token| super::text::strict_u64(token).ok_or(error))
+            .transpose()
     }
 }
 
@@ -221,9 +243,9 @@ pub fn parse<'a>(name: &[u8], line: &'a [u8], data: &'a [u8], max_payload: usize
         return MetaParsed::Error(super::text::BAD_FORMAT);
     };
     let datalen = if kind == MetaKind::Set {
-        // A signed 32-bit length, as memcached reads it.
-        match words.next().map(number::<i32>) {
-            Some(Ok(length)) if length >= 0 => Some(length as usize),
+        // A signed 32-bit length, strictly, as memcached reads it.
+        match words.next().and_then(super::text::strict_i32) {
+            Some(length) if (0..=i64::from(i32::MAX) - 2).contains(&length) => Some(length as usize),
             _ => return MetaParsed::Error(super::text::BAD_FORMAT),
         }
     } else {
@@ -234,7 +256,15 @@ pub fn parse<'a>(name: &[u8], line: &'a [u8], data: &'a [u8], max_payload: usize
         .next()
         .map_or(line.len(), |first| first.as_ptr() as usize - line.as_ptr() as usize);
     let flags_text = &line[flags_start..];
-    match build(kind, raw_key, flags_text, datalen, data, max_payload) {
+    let result = if raw_key.len() > KEY_MAX_LENGTH {
+        // The limit applies to the key as sent (base64 included).
+        Err(super::text::BAD_FORMAT)
+    } else if kind != MetaKind::Debug && line.split(|&b| b == b' ').filter(|w| !w.is_empty()).count() > MAX_TOKENS {
+        Err(TOO_MANY_FLAGS)
+    } else {
+        build(kind, raw_key, flags_text, datalen, data, max_payload)
+    };
+    match result {
         Ok(parsed) => parsed,
         // Once the data length is known, an error still discards the data
         // block, as memcached does: a value is never run as commands.
@@ -253,24 +283,46 @@ fn build<'a>(
     data: &'a [u8],
     max_payload: usize,
 ) -> Result<MetaParsed<'a>, &'static str> {
-    let flags = Flags::parse(flags_text, kind)?;
+    // me reads one flag, b, as its second token, and ignores the rest.
+    let flags = if kind == MetaKind::Debug {
+        Flags::parse(if flag_tokens(flags_text).next() == Some(b"b") {
+            b"b"
+        } else {
+            b""
+        })
+    } else {
+        Flags::parse(flags_text)
+    };
+    // ma answers any flag error with one line of its own.
+    let flag_error = |error| match kind {
+        MetaKind::Arith => INVALID_OR_DUPLICATE,
+        _ => error,
+    };
+    let flags = flags.map_err(flag_error)?;
     let base64 = flags.has(b'b');
     let key: Cow<'a, [u8]> = if base64 {
-        Cow::Owned(BASE64.decode(raw_key).map_err(|_| BAD_KEY_ENCODING)?)
+        Cow::Owned(
+            BASE64
+                .decode(raw_key)
+                .ok()
+                .filter(|key| !key.is_empty())
+                .ok_or(flag_error(BAD_KEY_ENCODING))?,
+        )
     } else {
         Cow::Borrowed(raw_key)
     };
     if key.is_empty() || key.len() > KEY_MAX_LENGTH {
         return Err(super::text::BAD_FORMAT);
     }
-    let compare_cas = flags.number::<u64>(b'C')?;
-    let new_cas = flags.number::<u64>(b'E')?;
-    let ttl = flags.number::<i64>(b'T')?;
+    let compare_cas = flags.unsigned(b'C', BAD_TOKEN).map_err(flag_error)?;
+    let new_cas = flags.unsigned(b'E', BAD_TOKEN).map_err(flag_error)?;
+    let ttl = flags.time(b'T').map_err(flag_error)?;
+    let vivify = flags.time(b'N').map_err(flag_error)?;
     let op = match kind {
         MetaKind::Get | MetaKind::Debug => MetaOp::Get(GetOptions {
             touch: ttl,
-            vivify: flags.number(b'N')?,
-            recache_below: flags.number(b'R')?,
+            vivify,
+            recache_below: flags.time(b'R')?,
             no_bump: flags.has(b'u') || kind == MetaKind::Debug,
             new_cas,
             peek: kind == MetaKind::Debug,
@@ -279,13 +331,13 @@ fn build<'a>(
             let length = datalen.unwrap_or(0);
             let mode = match flags.token(b'M') {
                 None => StoreMode::Set,
-                Some(token) => match token.first().map(u8::to_ascii_uppercase) {
+                Some(token) => match token.first() {
                     Some(b'S') => StoreMode::Set,
                     Some(b'E') => StoreMode::Add,
                     Some(b'R') => StoreMode::Replace,
                     Some(b'A') => StoreMode::Append,
                     Some(b'P') => StoreMode::Prepend,
-                    _ => return Err(INVALID_MODE),
+                    _ => return Err(INVALID_SET_MODE),
                 },
             };
             if key.len() + length > max_payload {
@@ -305,14 +357,19 @@ fn build<'a>(
             }
             MetaOp::Set {
                 mode,
-                client_flags: flags.number(b'F')?.unwrap_or(0),
+                client_flags: match flags.token(b'F') {
+                    Some(token) => super::text::strict_u64(token)
+                        .and_then(|flags| u32::try_from(flags).ok())
+                        .ok_or(super::text::BAD_FORMAT)?,
+                    None => 0,
+                },
                 exptime: ttl.unwrap_or(0),
                 value: &data[..length],
                 options: StoreOptions {
                     compare_cas,
                     invalidate: flags.has(b'I'),
                     new_cas,
-                    vivify: flags.number(b'N')?,
+                    vivify,
                 },
             }
         }
@@ -326,17 +383,17 @@ fn build<'a>(
         MetaKind::Arith => {
             let incr = match flags.token(b'M') {
                 None => true,
-                Some(token) => match token.first().map(u8::to_ascii_uppercase) {
+                Some(token) => match token.first() {
                     Some(b'I' | b'+') => true,
                     Some(b'D' | b'-') => false,
-                    _ => return Err(INVALID_MODE),
+                    _ => return Err(INVALID_ARITH_MODE),
                 },
             };
-            let vivify = flags.number::<i64>(b'N')?;
-            let initial = flags.number::<u64>(b'J')?.unwrap_or(0);
+            let initial = flags.unsigned(b'J', BAD_INITIAL).map_err(flag_error)?.unwrap_or(0);
+            let delta = flags.unsigned(b'D', BAD_DELTA).map_err(flag_error)?.unwrap_or(1);
             MetaOp::Arith {
                 incr,
-                delta: flags.number(b'D')?.unwrap_or(1),
+                delta,
                 options: ArithOptions {
                     compare_cas,
                     vivify: vivify.map(|exptime| (initial, exptime)),
@@ -503,7 +560,7 @@ mod tests {
         assert_eq!(error(b"mg foo z"), INVALID_FLAG);
         assert_eq!(error(b"mg foo v v"), DUPLICATE_FLAG);
         assert_eq!(error(b"mg foo Tabc"), BAD_TOKEN);
-        assert_eq!(error(b"ma foo Mx"), INVALID_MODE);
+        assert_eq!(error(b"ma foo Mx"), INVALID_ARITH_MODE);
         assert_eq!(error(b"mg !!! b"), BAD_KEY_ENCODING);
         let long_opaque = format!("mg foo O{}", "o".repeat(33));
         assert_eq!(error(long_opaque.as_bytes()), OPAQUE_TOO_LONG);
@@ -516,7 +573,7 @@ mod tests {
         assert!(matches!(
             parse(b"ms", b"ms k 13 MZ", b"delete victim\r\n", 1 << 20),
             MetaParsed::ErrorSwallow {
-                error: INVALID_MODE,
+                error: INVALID_SET_MODE,
                 skip: 15
             }
         ));

@@ -195,11 +195,10 @@ pub(crate) fn strict_i32(token: &[u8]) -> Option<i64> {
     (i64::from(i32::MIN)..=i64::from(i32::MAX)).contains(&value).then_some(value)
 }
 
-/// C's strtoull as memcached's safe_strtoull uses it for client flags: an
-/// optional sign, digits, no overflow; a '-' is refused only when the
-/// negated value would read as negative (so "-0" is 0). Flags are kept as
-/// 32 bits, the low half of what was sent, as memcached prints them.
-pub(crate) fn client_flags(token: &[u8]) -> Option<u32> {
+/// C's strtoull as memcached's safe_strtoull reads a token: an optional
+/// sign, digits, no overflow; a '-' is refused only when the negated value
+/// would read as negative (so "-0" is 0).
+pub(crate) fn c_strtoull(token: &[u8]) -> Option<u64> {
     let (negative, rest) = match token.split_first() {
         Some((b'-', rest)) => (true, rest),
         Some((b'+', rest)) => (false, rest),
@@ -212,13 +211,19 @@ pub(crate) fn client_flags(token: &[u8]) -> Option<u32> {
             return None;
         }
     }
-    Some(value as u32)
+    Some(value)
 }
 
-/// C's strtol as memcached's safe_strtol reads a storage command's exptime:
-/// an optional sign and digits within 64 bits, then cut to 32 bits (so
-/// times past 2^31 wrap exactly as they do in memcached).
-fn storage_exptime(token: &[u8]) -> Option<i64> {
+/// Client flags: read as strtoull, kept as 32 bits (the low half of what
+/// was sent, as memcached prints them).
+pub(crate) fn client_flags(token: &[u8]) -> Option<u32> {
+    c_strtoull(token).map(|value| value as u32)
+}
+
+/// C's strtol as memcached's safe_strtol reads an exptime: an optional sign
+/// and digits within 64 bits, then cut to 32 bits (so times past 2^31 wrap
+/// exactly as they do in memcached).
+pub(crate) fn storage_exptime(token: &[u8]) -> Option<i64> {
     let (negative, rest) = match token.split_first() {
         Some((b'-', rest)) => (true, rest),
         Some((b'+', rest)) => (false, rest),

@@ -1,7 +1,7 @@
 //! The text protocol's reply writer: every byte the server sends to a
 //! text client is written here, into the connection's output buffer.
 
-use super::meta::{MetaCommand, MetaKind, flag_tokens};
+use super::meta::{MetaCommand, MetaKind, echoed, flag_tokens};
 use crate::request::{ItemInfo, Outcome, Recache};
 
 pub fn line(out: &mut Vec<u8>, text: &str) {
@@ -75,14 +75,20 @@ pub fn stat(out: &mut Vec<u8>, name: &str, value: impl std::fmt::Display) {
 pub fn meta_outcome(out: &mut Vec<u8>, command: &MetaCommand<'_>, outcome: &Outcome<&[u8]>) {
     match (command.kind, outcome) {
         (MetaKind::Debug, Outcome::Hit { info, .. }) => meta_debug(out, command, info),
-        (MetaKind::Get | MetaKind::Debug, Outcome::Miss) => {
-            if !command.quiet || command.kind == MetaKind::Debug {
-                out.extend_from_slice(b"EN\r\n");
+        (MetaKind::Debug, Outcome::Miss) => out.extend_from_slice(b"EN\r\n"),
+        // A miss echoes only the opaque and the key, as memcached.
+        (MetaKind::Get, Outcome::Miss) => {
+            if !command.quiet {
+                meta_line(out, command, None, None, Some("EN"));
             }
         }
         (_, Outcome::Hit { info, value }) => {
-            let value = (command.want_value && command.unless_cas != Some(info.cas)).then_some(*value);
-            meta_line(out, command, value, Some(info), None);
+            let shown = (command.want_value && command.unless_cas != Some(info.cas)).then_some(*value);
+            let info = ItemInfo {
+                total_size: value.len() as u32,
+                ..*info
+            };
+            meta_line(out, command, shown, Some(&info), None);
         }
         (_, Outcome::Stored { cas, value_len }) => {
             if !command.quiet {
@@ -94,13 +100,27 @@ pub fn meta_outcome(out: &mut Vec<u8>, command: &MetaCommand<'_>, outcome: &Outc
                 meta_line(out, command, None, Some(&info), None);
             }
         }
+        // A refused ms still answers c (as 0) and s (the size sent).
+        (MetaKind::Set, Outcome::NotStored | Outcome::Exists | Outcome::NotFound | Outcome::Miss) => {
+            let code = match outcome {
+                Outcome::NotStored => "NS",
+                Outcome::Exists => "EX",
+                _ => "NF",
+            };
+            let info = ItemInfo {
+                total_size: command.value_len() as u32,
+                ..ItemInfo::default()
+            };
+            meta_line(out, command, None, Some(&info), Some(code));
+        }
         (_, Outcome::Deleted) => {
             if !command.quiet {
                 meta_line(out, command, None, None, None);
             }
         }
         (_, Outcome::Number { value, cas, ttl }) => {
-            if !command.quiet || command.want_value {
+            // q hides a success, with or without its value.
+            if !command.quiet {
                 let info = ItemInfo {
                     cas: *cas,
                     ttl: *ttl,
@@ -132,7 +152,10 @@ fn meta_line(out: &mut Vec<u8>, command: &MetaCommand<'_>, value: Option<&[u8]>,
     }
     for token in flag_tokens(command.flags) {
         let flag = token[0];
-        // Item facts only come with a success.
+        if !echoed(command.kind).contains(&flag) {
+            continue;
+        }
+        // Item facts only come with a success (and c, s with a refused ms).
         let fact = |out: &mut Vec<u8>, text: &[u8]| {
             out.push(b' ');
             out.push(flag);
@@ -152,13 +175,7 @@ fn meta_line(out: &mut Vec<u8>, command: &MetaCommand<'_>, value: Option<&[u8]>,
             (b'h', Some(info)) => fact(out, if info.hit_before { b"1" } else { b"0" }),
             (b'l', Some(info)) => fact(out, number.format(info.idle).as_bytes()),
             (b't', Some(info)) => fact(out, number.format(info.ttl).as_bytes()),
-            (b's', Some(info)) => {
-                let size = match (command.kind, value) {
-                    (MetaKind::Get, Some(value)) => value.len() as u64,
-                    _ => u64::from(info.total_size),
-                };
-                fact(out, number.format(size).as_bytes())
-            }
+            (b's', Some(info)) => fact(out, number.format(info.total_size).as_bytes()),
             _ => {}
         }
     }

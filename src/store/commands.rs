@@ -169,18 +169,26 @@ impl Shard {
     ) -> Outcome<&[u8]> {
         self.counters.cmd_set += 1;
         let existing = self.found(hash, key);
-        let mut mark_stale = false;
+        // ms I with an older CAS: the write lands but stays stale, with the
+        // old item's TTL and win token (memcached's CAS_STALE).
+        let mut stale_from: Option<(RelTime, bool)> = None;
         if let Some(expected) = options.compare_cas {
             let Some(handle) = existing else {
-                self.counters.cas_misses += 1;
-                return Outcome::NotFound;
+                // memcached checks a CAS only for set and replace: append,
+                // prepend and add to a missing key are simply not stored.
+                if matches!(mode, StoreMode::Set | StoreMode::Replace) {
+                    self.counters.cas_misses += 1;
+                    return Outcome::NotFound;
+                }
+                return Outcome::NotStored;
             };
             let current = Item(self.slab.chunk(handle)).cas();
             let class = self.slab.class_of(handle);
             if current != expected {
                 // ms I: an older CAS still writes, but the item is stale.
                 if options.invalidate && expected < current {
-                    mark_stale = true;
+                    let old = Item(self.slab.chunk(handle));
+                    stale_from = Some((old.expiry(), old.win_sent()));
                 } else {
                     self.counters.cas_badval += 1;
                     self.class_counters[class].cas_badval += 1;
@@ -215,6 +223,7 @@ impl Shard {
             }
             _ => (client_flags, self.clock.expiry_of(exptime), 0),
         };
+        let expiry = stale_from.map_or(expiry, |(old_expiry, _)| old_expiry);
         let size = item_size(key.len(), old_len + value.len(), client_flags);
         if key.len() > KEY_MAX_LENGTH || size > self.item_size_max {
             self.counters.store_too_large += 1;
@@ -234,8 +243,10 @@ impl Shard {
         self.scratch = scratch;
         match created {
             Ok((handle, cas)) => {
-                if mark_stale {
-                    ItemMut(self.slab.chunk_mut(handle)).set_stale(true);
+                if let Some((_, win_sent)) = stale_from {
+                    let mut item = ItemMut(self.slab.chunk_mut(handle));
+                    item.set_stale(true);
+                    item.set_win_sent(win_sent);
                 }
                 Outcome::Stored {
                     cas,
