@@ -141,6 +141,7 @@ pub struct CoreReport {
     pub bytes_read: u64,
     pub bytes_written: u64,
     pub cmd_flush: u64,
+    pub conn_yields: u64,
     pub latency: CommandLatency,
 }
 
@@ -151,6 +152,7 @@ impl CoreReport {
             bytes_read: core.counters.bytes_read.get(),
             bytes_written: core.counters.bytes_written.get(),
             cmd_flush: core.counters.cmd_flush.get(),
+            conn_yields: core.counters.conn_yields.get(),
             latency: core.latency.borrow().clone(),
         }
     }
@@ -160,6 +162,7 @@ impl CoreReport {
         self.bytes_read += other.bytes_read;
         self.bytes_written += other.bytes_written;
         self.cmd_flush += other.cmd_flush;
+        self.conn_yields += other.conn_yields;
         self.latency.add(&other.latency);
     }
 }
@@ -202,6 +205,7 @@ pub fn general(emit: &mut Emit<'_>, global: &Global, report: &CoreReport) {
         "rejected_connections",
         &global.rejected_connections.load(Ordering::Relaxed).to_string(),
     );
+    emit("conn_yields", &report.conn_yields.to_string());
     emit("cmd_get", &counter("cmd_get").to_string());
     emit("cmd_set", &counter("cmd_set").to_string());
     emit("cmd_flush", &report.cmd_flush.to_string());

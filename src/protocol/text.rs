@@ -44,6 +44,8 @@ pub enum Command<'a> {
         group: &'a [u8],
     },
     Quit,
+    /// `slabs automove 0`: the page mover stays off (it is the only mode).
+    SlabsAutomoveOff,
     /// `valid_mode`: no argument, or `graceful`.
     Shutdown {
         valid_mode: bool,
@@ -113,6 +115,7 @@ pub const BAD_DATA_CHUNK: &str = "CLIENT_ERROR bad data chunk";
 pub const TOO_LARGE: &str = "SERVER_ERROR object too large for cache";
 pub const INVALID_EXPTIME: &str = "CLIENT_ERROR invalid exptime argument";
 pub const INVALID_DELTA: &str = "CLIENT_ERROR invalid numeric delta argument";
+pub const SLAB_REASSIGN_OFF: &str = "CLIENT_ERROR slab reassignment disabled";
 
 /// Parser limits from the configuration.
 #[derive(Clone, Copy, Debug)]
@@ -414,6 +417,18 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
             (2, b"promote") => command(Command::Replication(ReplicationAdmin::Promote)),
             (3, b"follow") => command(Command::Replication(ReplicationAdmin::Follow(tokens.get(2)))),
             _ => error(BAD_FORMAT),
+        },
+        // corecache moves no slab pages between classes: it says so, with
+        // memcached's own replies for a server whose reassignment is off.
+        b"slabs" => match (tokens.get(1), tokens.get(2)) {
+            (b"reassign", _) if tokens.count == 4 => error(SLAB_REASSIGN_OFF),
+            (b"automove", level) if tokens.count >= 3 => match strict_u32(level) {
+                None => error(BAD_FORMAT),
+                Some(0) => command(Command::SlabsAutomoveOff),
+                Some(1 | 2) => error(SLAB_REASSIGN_OFF),
+                Some(_) => error(ERROR),
+            },
+            _ => error(ERROR),
         },
         b"quit" => command(Command::Quit),
         // `shutdown` or `shutdown graceful` (both stop gracefully here).
@@ -799,6 +814,10 @@ mod tests {
         );
         assert_eq!(error(b"lru_crawler metadump x\r\n"), BAD_FORMAT);
         assert_eq!(error(b"bogus\r\n"), ERROR);
+        assert_eq!(error(b"slabs automove invalid\r\n"), BAD_FORMAT);
+        assert_eq!(command(b"slabs automove 0\r\n"), Command::SlabsAutomoveOff);
+        assert_eq!(error(b"slabs automove 1\r\n"), SLAB_REASSIGN_OFF);
+        assert_eq!(error(b"slabs reassign 1 2\r\n"), SLAB_REASSIGN_OFF);
         assert_eq!(error(b" get k\r\n"), ERROR, "a line starting with a space names no command");
         // Lines shorter than a two-byte command are format errors.
         assert_eq!(error(b"\r\n"), BAD_FORMAT);

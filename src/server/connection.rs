@@ -92,6 +92,8 @@ struct Batch {
     swallow: usize,
     /// The buffer ends in an incomplete request.
     need_input: bool,
+    /// The batch stopped at `-R` requests with more possibly waiting.
+    full: bool,
     after: After,
 }
 
@@ -204,6 +206,12 @@ async fn serve_session<S: Session>(
         if batch.after != After::Continue {
             return batch.after;
         }
+        // As memcached's -R: a connection that has more requests waiting
+        // after a full batch gives way to the core's other connections.
+        if batch.full && !input.unparsed().is_empty() {
+            core.counters.conn_yields.set(core.counters.conn_yields.get() + 1);
+            glommio::yield_if_needed().await;
+        }
     }
 }
 
@@ -232,9 +240,15 @@ async fn process<S: Session>(
         consumed: 0,
         swallow: 0,
         need_input: false,
+        full: false,
         after: After::Continue,
     };
-    while steps.len() < MAX_STEPS {
+    let max_steps = core.global.config.max_requests_per_event.clamp(1, MAX_STEPS);
+    loop {
+        if steps.len() == max_steps {
+            batch.full = true;
+            break;
+        }
         match session.parse(&buf[batch.consumed..]) {
             Parse::Incomplete => {
                 batch.need_input = true;

@@ -90,6 +90,8 @@ pub struct CoreCounters {
     pub bytes_read: Cell<u64>,
     pub bytes_written: Cell<u64>,
     pub cmd_flush: Cell<u64>,
+    /// Times a connection gave way to others after `-R` requests.
+    pub conn_yields: Cell<u64>,
 }
 
 /// One worker core's state, shared by its tasks (never across threads).

@@ -181,6 +181,7 @@ impl Session for TextSession {
                 text_reply::end(out);
             }
             Command::Replication(admin) => text_reply::line(out, replication_admin(core, admin)),
+            Command::SlabsAutomoveOff => text_reply::line(out, "OK"),
             Command::Quit => return After::Close,
             Command::Shutdown { valid_mode } => {
                 if !config.shutdown_enabled {

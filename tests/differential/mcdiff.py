@@ -686,7 +686,8 @@ class Generator:
             else:
                 toks[4] = str(len(value) + rng.choice([-1, 1])).encode() if value else b"1"
                 label = cmd.decode() + ".wrong_length"
-            data = [value + b"\r\n"]
+            # One spare CRLF: a length one too long must not eat the batch's mn.
+            data = [value + b"\r\n" + (b"\r\n" if label.endswith("wrong_length") else b"")]
         else:
             nr = self.noreply()
             if nr:
@@ -918,7 +919,7 @@ class Generator:
         if key is not None and self.chance(0.12):
             n, name = self.pick([(b"", "no_length"), (b"abc", "bad_length"), (b"-1", "bad_length"),
                                  (str(len(value) + 1).encode(), "wrong_length")])
-            data = [value + b"\r\n"]
+            data = [value + b"\r\n" + (b"\r\n" if name == "wrong_length" else b"")]
         else:
             data, suffix = self.data_block(value)
             name += suffix
@@ -1009,6 +1010,7 @@ class Pair:
         self.timeout = timeout
         self.conns = [None, None]
         self.book = CasBook()
+        self.both_timeouts = []
 
     def connect(self):
         for i, s in enumerate(self.servers):
@@ -1030,6 +1032,10 @@ class Pair:
                 rep.crashed = True
             replies.append(rep)
         diff = compare_replies(replies[0], replies[1], self.book)
+        if replies[0].timeout and replies[1].timeout:
+            # Both waiting: the batch under-sent a data block (a tester bug)
+            # or both hang alike.  Counted so a slow run can be explained.
+            self.both_timeouts.append(sent[0])
         if replies[0].closed or replies[1].closed or replies[0].timeout or replies[1].timeout:
             self.connect()
         return sent, replies, diff
@@ -1290,6 +1296,9 @@ def main():
             run_seed(seed, args, pair, results, log)
             log("seed %d: %d commands, %d difference(s), %.1f s (%s -t %d)" %
                 (seed, args.commands, len(results) - n_before, time.time() - t0, cand.name, args.threads))
+            if pair.both_timeouts:
+                log("  warning: %d batch(es) timed out on both servers, first: %s" %
+                    (len(pair.both_timeouts), trunc(pair.both_timeouts[0], 300)))
             for c in pair.conns:
                 if c:
                     c.close()
