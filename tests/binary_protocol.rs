@@ -172,7 +172,8 @@ fn incr_decr_with_and_without_initial_value() {
     assert_eq!(response(&mut c).status, NON_NUMERIC);
     c.send(&request(APPENDQ, b"n", &[], b"7", 0, 7));
     c.send(&request(GET, b"n", &[], &[], 0, 8));
-    assert_eq!(response(&mut c).value, b"07");
+    // "15" became "0 " in place (memcached pads a shorter counter).
+    assert_eq!(response(&mut c).value, b"0 7");
 }
 
 #[test]

@@ -215,6 +215,7 @@ fn incr_and_decr() {
     assert_eq!(arith(&mut shard, b"n", true, 1), number(1), "blank reads as 0, as strtoull");
     set(&mut shard, b"n", b"");
     assert_eq!(arith(&mut shard, b"n", true, 1), Outcome::NonNumeric);
+    set(&mut shard, b"n", b"1");
     // A new CAS on every change.
     let (_, before, _) = gets(&mut shard, b"n");
     arith(&mut shard, b"n", true, 1);
@@ -651,24 +652,32 @@ enum ModelOp {
     Get(u8),
 }
 
-/// The model's reading of a counter (C's strtoull as memcached checks it),
-/// over strings: white space, an optional '+', digits, then white space.
+/// The model's reading of a counter (C's strtoull as memcached checks it):
+/// white space, an optional '+', digits, then white space or the end.
 fn model_counter(value: &[u8]) -> Option<u64> {
-    let text = std::str::from_utf8(value).ok()?;
-    let trimmed = text.trim_start_matches([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
-    let unsigned = trimmed.strip_prefix('+').unwrap_or(trimmed);
-    let digits: String = unsigned.chars().take_while(char::is_ascii_digit).collect();
-    if digits.is_empty() {
-        // No digits: 0 when the value starts with white space (and is not
-        // a lone sign after it), as strtoull leaves endptr at the start.
-        let starts_blank = text.starts_with([' ', '\t', '\n', '\x0b', '\x0c', '\r']);
-        return (starts_blank && !trimmed.starts_with('-')).then_some(0);
+    let blank = |b: &u8| b" \t\n\x0b\x0c\r".contains(b);
+    let skipped = value.iter().take_while(|b| blank(b)).count();
+    let rest = &value[skipped..];
+    let negative = rest.starts_with(b"-");
+    let unsigned = rest.strip_prefix(b"+").or(rest.strip_prefix(b"-")).unwrap_or(rest);
+    let digits = unsigned.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        // No digits: 0 when the value starts with white space, as strtoull
+        // leaves its end pointer at the start.
+        return value.first().is_some_and(blank).then_some(0);
     }
-    let after = &unsigned[digits.len()..];
-    if !after.is_empty() && !after.starts_with([' ', '\t', '\n', '\x0b', '\x0c', '\r']) {
+    if unsigned.get(digits).is_some_and(|b| !blank(b)) {
         return None;
     }
-    digits.parse().ok()
+    let number: u64 = std::str::from_utf8(&unsigned[..digits]).ok()?.parse().ok()?;
+    // strtoull negates; memcached refuses what then reads as negative.
+    if negative {
+        return (number == 0).then_some(0).or_else(|| {
+            let negated = number.wrapping_neg();
+            ((negated as i64) >= 0).then_some(negated)
+        });
+    }
+    Some(number)
 }
 
 fn model_op() -> impl Strategy<Value = ModelOp> {

@@ -343,6 +343,17 @@ impl Client {
         let mut byte = [0u8];
         matches!(self.stream.read(&mut byte), Ok(0))
     }
+
+    /// The server hung up without sending a byte (a reset counts: it closed
+    /// with input of ours unread, as memcached does).
+    pub fn hung_up_silently(&mut self) -> bool {
+        let mut byte = [0u8];
+        match self.stream.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(error) => error.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
 }
 
 /// The reply to `version`.

@@ -30,8 +30,8 @@ DEFAULT_MEMCACHED = os.path.join(os.path.dirname(REPO), "shared", "peers", "memc
 
 # ---------------------------------------------------------------------------
 # Deliberate differences.  Each entry: name, reason, and a predicate over a
-# Diff (see class Diff: d.label is the generator label of the command that
-# triggered it, d.cmd the bytes of that command as sent to memcached, d.mc_unit
+# Diff (see class Diff: d.label is the generator labels of the minimal
+# reproducer's commands joined by '+', d.cmd its bytes as sent to memcached, d.mc_unit
 # and d.cc_unit the first differing reply unit of each server, d.mc / d.cc the
 # whole replies).  A difference matching an entry is counted but does not fail
 # the run.  Keep README.md's list in step with this table.
@@ -490,10 +490,16 @@ def compare_replies(mr, cr, book):
 
 
 def shape(unit):
-    """Coarse form of a reply unit for grouping: digits folded."""
+    """Coarse form of a reply unit for grouping: keys, opaques and numbers
+    folded, meta flags reduced to their letters."""
     if unit is None:
         return "<none>"
-    s = unit.line[:60].decode("latin-1")
+    toks = unit.line.split(b" ")
+    if toks[0] in META_CODES:
+        toks = toks[:1] + [b"N" if toks[0] == b"VA" and i == 1 else t[:1] for i, t in enumerate(toks) if i]
+    elif toks[0] in (b"VALUE", b"ME") and len(toks) > 1:
+        toks[1] = b"K"
+    s = b" ".join(toks)[:70].decode("latin-1")
     return re.sub(r"\d+", "N", s)
 
 
@@ -518,7 +524,7 @@ BAD_B64 = [b"Zm9", b"!!!!", b"Zm9v=", b"===="]
 ITEM_MAX = 1024 * 1024
 
 EXPTIMES = [b"0", b"0", b"0", b"3600", b"86400", b"5000", b"2592000", b"2592001", b"-1", b"-100", b"2000000000"]
-BAD_NUMBERS = [b"abc", b"1.5", b"-", b"+1", b"0x10", b"4294967296", b"99999999999999999999", b" "]
+BAD_NUMBERS = [b"abc", b"1.5", b"-", b"+1", b"0x10", b"4294967296", b"99999999999999999999"]
 FLAGS = [b"0", b"0", b"1", b"4294967295", b"65535", b"123"]
 BAD_FLAGS = [b"-1", b"4294967296", b"abc", b"1.0"]
 DELTAS = [b"1", b"1", b"5", b"100", b"0", b"18446744073709551615"]
@@ -645,7 +651,9 @@ class Generator:
         than the server will read, so the batch's closing mn is not eaten."""
         r = self.rng.random()
         if r < 0.04:
-            return [value + self.pick([b"XY", b"\n\n", b"\r\r", b"  "])], ".bad_chunk"
+            # Each ends in LF: a server that reads the rest as a line must
+            # not join it to the next command (or the batch's mn).
+            return [value + self.pick([b"X\n", b"\n\n", b" \n", b"\r\r\n"])], ".bad_chunk"
         if r < 0.07:
             extra = bytes(self.pick(ALNUM) for _ in range(self.rng.randint(1, 6)))
             return [value + extra + b"\r\n"], ".long_chunk"
@@ -967,8 +975,8 @@ class Diff:
         self.sent = sent    # (bytes to memcached, bytes to corecache)
         self.mc, self.cc = mc, cc
         self.where, self.why = where, why
-        self.label = label  # generator label of the command that triggered it ('?' if unknown)
-        self.cmd = cmd      # that command's bytes as sent to memcached
+        self.label = label  # generator labels of the minimal reproducer's commands ('?' if none)
+        self.cmd = cmd      # the minimal reproducer's bytes as sent to memcached (b'' if none)
         self.min_info = min_info  # minimized reproducer, or None
         self.mc_unit = mc.units[where].raw() if where < len(mc.units) else b""
         self.cc_unit = cc.units[where].raw() if where < len(cc.units) else b""
@@ -1042,13 +1050,20 @@ class Pair:
 
     def reset(self):
         """Fresh connections and empty caches: state after a difference is
-        not comparable."""
+        not comparable.  Every key is also deleted one by one, so a server
+        whose flush_all misses some items still starts clean (generated
+        flush_all commands are what test flush_all)."""
         self.connect()
         self.book.reset()
         for side in (0, 1):
-            rep = self.conns[side].exchange([(b"flush_all\r\nmn\r\n", 0)], self.timeout)
-            if rep.raw != b"OK\r\nMN\r\n":
-                raise RuntimeError("%s: reset flush_all answered %r" % (self.servers[side].name, rep.raw))
+            rep = self.conns[side].exchange([(RESET_BYTES, 0)], self.timeout)
+            if not rep.raw.startswith(b"OK\r\n") or not rep.raw.endswith(b"MN\r\n"):
+                raise RuntimeError("%s: reset answered %r" % (self.servers[side].name, rep.raw))
+
+
+RESET_BYTES = (b"flush_all\r\n" +
+               b"".join(b"delete %s noreply\r\n" % k for k in PLAIN_KEYS + [b"big"]) +
+               b"".join(b"md %s b q\r\n" % base64.b64encode(k) for k in BINARY_KEYS) + b"mn\r\n")
 
 
 # ---------------------------------------------------------------------------
@@ -1123,8 +1138,7 @@ class Minimizer:
         if not same(res):
             return None
         sent, reps, diff, cmds = res
-        return {"items": items, "sent": sent, "replies": reps, "diff": diff, "culprit": cmds[-1]
-                if diff[0] >= 0 else None, "trials": self.trials}
+        return {"items": items, "sent": sent, "replies": reps, "diff": diff, "trials": self.trials}
 
 
 def ddmin(items, test):
@@ -1155,15 +1169,6 @@ def ddmin(items, test):
 # ---------------------------------------------------------------------------
 
 
-def culprit_of(min_info):
-    """The command the minimized reproducer ends with (its difference shows
-    at the end: ddmin drops anything after it)."""
-    if not min_info:
-        return "?", b""
-    c = min_info["culprit"]
-    return c.label, min_info["sent"][0][-200:] if c is None else c.render(0, CasBook())
-
-
 def run_seed(seed, args, pair, results, log):
     gen = Generator(seed, pair.book)
     minimizer = Minimizer(pair, args.minimize_budget)
@@ -1186,8 +1191,13 @@ def run_seed(seed, args, pair, results, log):
         cu = cc.units[where] if where < len(cc.units) else None
         min_info = None if args.no_minimize else minimizer.minimize(history, (shape(mu), shape(cu)))
         if min_info:
-            c = min_info["culprit"]
-            label, culprit = c.label, c.render(0, pair.book)
+            # The difference shows at the end of the reproducer, but may be
+            # caused by any of its (usually one or two) commands: name them all.
+            labels = []
+            for _, c in min_info["items"]:
+                if c.label not in labels:
+                    labels.append(c.label)
+            label, culprit = "+".join(labels), min_info["sent"][0]
         else:
             label, culprit = "?", b""
         d = Diff(seed, batch_no, cmds, sent, mc, cc, where, why, label, culprit, min_info)
@@ -1206,7 +1216,7 @@ def run_seed(seed, args, pair, results, log):
 
 
 def report_diff(d, no):
-    out = ["DIFF #%d seed=%d batch=%d mode-independent-label=%s%s" %
+    out = ["DIFF #%d seed=%d batch=%d label=%s%s" %
            (no, d.seed, d.batch_no, d.label, " (allowed: %s)" % d.allowed.name if d.allowed else "")]
     out.append("  signature: %s" % d.signature())
     out.append("  reason: %s (reply unit %d)" % (d.why, d.where))
