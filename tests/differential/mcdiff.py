@@ -592,7 +592,11 @@ class Generator:
     def exptime(self):
         return self.pick(EXPTIMES)
 
-    def value(self, key=None):
+    def value(self, key=None, line_safe=False):
+        """A value.  line_safe: under 2000 bytes, for commands a server may
+        reject so that it reads the value as a command line: memcached
+        closes the connection on a line of over 2048 bytes if its read ends
+        inside it, which depends on segmentation, not on the protocol."""
         rng = self.rng
         if key in (b"num", b"num2") and self.chance(0.7) or self.chance(0.05):
             return self.pick(NUMERIC_VALUES)
@@ -604,7 +608,7 @@ class Generator:
         elif r < 0.9:
             n = rng.randint(21, 200)
         else:
-            n = rng.randint(201, 5000)
+            n = rng.randint(201, 1999 if line_safe else 5000)
         v = bytearray(rng.choice(VALUE_CHARS) for _ in range(n))
         if n and self.chance(0.1):  # bytes a line-based reader would trip on
             for _ in range(rng.randint(1, 3)):
@@ -663,12 +667,13 @@ class Generator:
         rng = self.rng
         cmd = self.pick([b"set", b"set", b"set", b"add", b"replace", b"append", b"prepend", b"cas"])
         key = self.plain_key()
-        value = self.value(key)
+        malformed = rng.random() < 0.22
+        value = self.value(key, line_safe=malformed)
         flags, exp, n = self.pick(FLAGS), self.exptime(), str(len(value)).encode()
         extra = [self.cas_ref(key)] if cmd == b"cas" else []
         label = cmd.decode() + ".valid"
         toks = [cmd, key, flags, exp, n] + extra
-        if rng.random() < 0.22:
+        if malformed:
             m = rng.randrange(8)
             if m == 0:
                 toks = toks[:rng.randint(1, len(toks) - 1)]
@@ -739,7 +744,10 @@ class Generator:
             else:
                 toks = toks + [b"noreply"]
                 label = cmd.decode() + ".noreply_key"
-        return Cmd(label, line(*toks))
+        # memcached answers a too-long key in a multi-key get by dropping the
+        # replies it still has queued, earlier commands' included: how many
+        # depends on timing, so such a get is sent alone.
+        return Cmd(label, line(*toks), solo=label.endswith("key_too_long"))
 
     def delete(self):
         key = self.plain_key()
@@ -922,7 +930,7 @@ class Generator:
         head = [cmd] + ([key] if key is not None else [])
         if cmd != b"ms":
             return Cmd("%s.%s" % (cmd.decode(), name), line(*(head + toks)))
-        value = self.value(ident)
+        value = self.value(ident, line_safe=True)  # flag errors may leave it to be read as a line
         n = str(len(value)).encode()
         if key is not None and self.chance(0.12):
             n, name = self.pick([(b"", "no_length"), (b"abc", "bad_length"), (b"-1", "bad_length"),
@@ -1184,6 +1192,11 @@ def run_seed(seed, args, pair, results, log):
         del history[:-64]
         sent, reps, diff = pair.run(cmds, mode, split_seed)
         if not diff:
+            if reps[0].closed or reps[1].closed:
+                # Replies queued before a close may be lost, so equal replies
+                # do not prove equal state: start over.
+                pair.reset()
+                history = []
             continue
         where, why = diff
         mc, cc = reps
