@@ -41,6 +41,8 @@ pub struct StoreOptions {
     pub new_cas: Option<u64>,
     /// Append/prepend on a miss creates the item with this exptime (ms N).
     pub vivify: Option<i64>,
+    /// The key was sent base64-encoded (ms b): meta `k` returns it so.
+    pub binary_key: bool,
 }
 
 /// Options of a delete (meta delete).
@@ -49,10 +51,12 @@ pub struct DeleteOptions {
     pub compare_cas: Option<u64>,
     /// Keep the item, marked stale with a new CAS (md I).
     pub invalidate: bool,
-    /// With invalidate: new exptime (md T).
+    /// New exptime (md T): with invalidate it changes the item's; with
+    /// remove_value it is the emptied item's (none: never expires).
     pub touch: Option<i64>,
-    /// Keep the item with an empty value (md x).
+    /// Replace the item by an empty one (md x), with these client flags (md F).
     pub remove_value: bool,
+    pub client_flags: u32,
     pub new_cas: Option<u64>,
 }
 
@@ -183,10 +187,15 @@ pub struct ItemInfo {
     pub cas: u64,
     /// Seconds left, -1 for never.
     pub ttl: i64,
+    /// The TTL before this request changed it (mg T, N): memcached prints
+    /// `t` as it finds the item at that flag's place in the line.
+    pub previous_ttl: i64,
     /// Seconds since the last access.
     pub idle: u32,
     pub hit_before: bool,
     pub stale: bool,
+    /// The key was stored base64-encoded (ms b).
+    pub binary_key: bool,
     pub recache: Recache,
     /// Slab class (1-based, as `stats slabs`) and bytes the item occupies.
     pub class: u32,
@@ -218,6 +227,8 @@ pub enum Outcome<B> {
         value: u64,
         cas: u64,
         ttl: i64,
+        /// The TTL before this request (ma T, N), -1 for a created item.
+        previous_ttl: i64,
     },
     NonNumeric,
     TooLarge,
@@ -254,10 +265,16 @@ impl<B> Outcome<B> {
             Outcome::NotFound => Outcome::NotFound,
             Outcome::Deleted => Outcome::Deleted,
             Outcome::Touched { cas } => Outcome::Touched { cas: *cas },
-            Outcome::Number { value, cas, ttl } => Outcome::Number {
+            Outcome::Number {
+                value,
+                cas,
+                ttl,
+                previous_ttl,
+            } => Outcome::Number {
                 value: *value,
                 cas: *cas,
                 ttl: *ttl,
+                previous_ttl: *previous_ttl,
             },
             Outcome::NonNumeric => Outcome::NonNumeric,
             Outcome::TooLarge => Outcome::TooLarge,

@@ -71,6 +71,8 @@ pub struct MetaCommand<'a> {
     pub unless_cas: Option<u64>,
     /// The flag tokens as sent: the reply echoes return flags in this order.
     pub flags: &'a [u8],
+    /// mg, ma: the command runs, but the reply is OPAQUE_TOO_LONG.
+    pub opaque_too_long: bool,
     pub op: MetaOp<'a>,
 }
 
@@ -150,29 +152,65 @@ struct Flags<'a> {
 const TOKEN_FLAGS: [u8; 9] = *b"CEFNRTMJD";
 
 impl<'a> Flags<'a> {
-    fn parse(flags: &'a [u8]) -> Result<Flags<'a>, &'static str> {
+    /// memcached's flag pre-parse: a repeated or unknown flag stops it at
+    /// once; a bad number is remembered and the scan goes on, the last
+    /// such error being the one reported (F keeps the one before it).
+    /// A flag that is not a letter or digit is a format error that ma
+    /// reports as such (the second value is true for those alone). The key
+    /// is checked at `b`'s place, so its error takes its turn too.
+    fn parse(flags: &'a [u8], key: &[u8]) -> Result<Flags<'a>, (&'static str, bool)> {
         let mut parsed = Flags {
             seen: 0,
             tokens: [None; TOKEN_FLAGS.len()],
         };
+        let mut error = None;
         for token in flag_tokens(flags) {
             let flag = token[0];
             if flag >= 127 || parsed.seen & (1u128 << flag) != 0 {
-                return Err(DUPLICATE_FLAG);
+                return Err((DUPLICATE_FLAG, false));
+            }
+            if !flag.is_ascii_alphanumeric() {
+                return Err((super::text::BAD_FORMAT, true));
             }
             if !KNOWN_FLAGS.contains(&flag) {
-                return Err(INVALID_FLAG);
+                return Err((INVALID_FLAG, false));
             }
-            let bit = 1u128 << flag;
-            if flag == b'O' && token.len() > MAX_OPAQUE {
-                return Err(OPAQUE_TOO_LONG);
+            parsed.seen |= 1u128 << flag;
+            if flag == b'b' && BASE64.decode(key).map_or(true, |key| key.is_empty()) {
+                error = Some(BAD_KEY_ENCODING);
             }
-            parsed.seen |= bit;
-            if let Some(slot) = TOKEN_FLAGS.iter().position(|&f| f == flag) {
-                parsed.tokens[slot] = Some(&token[1..]);
+            let Some(slot) = TOKEN_FLAGS.iter().position(|&f| f == flag) else {
+                continue;
+            };
+            let value = &token[1..];
+            parsed.tokens[slot] = Some(value);
+            let fault = match flag {
+                b'N' | b'T' | b'R' => super::text::strict_i32(value).is_none().then_some(BAD_TOKEN),
+                b'C' | b'E' => super::text::strict_u64(value).is_none().then_some(BAD_TOKEN),
+                b'J' => super::text::strict_u64(value).is_none().then_some(BAD_INITIAL),
+                b'D' => super::text::strict_u64(value).is_none().then_some(BAD_DELTA),
+                b'F' => {
+                    if super::text::strict_u32(value).is_none() {
+                        error = error.or(Some(super::text::BAD_FORMAT));
+                    }
+                    None
+                }
+                _ => None,
+            };
+            if fault.is_some() {
+                error = fault;
             }
         }
-        Ok(parsed)
+        match error {
+            Some(error) => Err((error, false)),
+            None => Ok(parsed),
+        }
+    }
+
+    /// Whether an `O` token is longer than memcached takes (32 bytes, O
+    /// included).
+    fn opaque_too_long(flags: &[u8]) -> bool {
+        flag_tokens(flags).any(|token| token[0] == b'O' && token.len() > MAX_OPAQUE)
     }
 
     fn has(&self, flag: u8) -> bool {
@@ -257,8 +295,13 @@ pub fn parse<'a>(name: &[u8], line: &'a [u8], data: &'a [u8], max_payload: usize
         .map_or(line.len(), |first| first.as_ptr() as usize - line.as_ptr() as usize);
     let flags_text = &line[flags_start..];
     let result = if raw_key.len() > KEY_MAX_LENGTH {
-        // The limit applies to the key as sent (base64 included).
-        Err(super::text::BAD_FORMAT)
+        // The limit applies to the key as sent (base64 included); ma says so
+        // with its one flag error line, as memcached 1.6.45 does.
+        Err(if kind == MetaKind::Arith {
+            INVALID_OR_DUPLICATE
+        } else {
+            super::text::BAD_FORMAT
+        })
     } else if kind != MetaKind::Debug && line.split(|&b| b == b' ').filter(|w| !w.is_empty()).count() > MAX_TOKENS {
         Err(TOO_MANY_FLAGS)
     } else {
@@ -285,20 +328,27 @@ fn build<'a>(
 ) -> Result<MetaParsed<'a>, &'static str> {
     // me reads one flag, b, as its second token, and ignores the rest.
     let flags = if kind == MetaKind::Debug {
-        Flags::parse(if flag_tokens(flags_text).next() == Some(b"b") {
+        let b_only: &[u8] = if flag_tokens(flags_text).next() == Some(b"b") {
             b"b"
         } else {
             b""
-        })
+        };
+        Flags::parse(b_only, raw_key)
     } else {
-        Flags::parse(flags_text)
+        Flags::parse(flags_text, raw_key)
     };
     // ma answers any flag error with one line of its own.
     let flag_error = |error| match kind {
         MetaKind::Arith => INVALID_OR_DUPLICATE,
         _ => error,
     };
-    let flags = flags.map_err(flag_error)?;
+    let flags = flags.map_err(|(error, structural)| if structural { error } else { flag_error(error) })?;
+    // memcached meets a long opaque while writing the reply: mg and ma have
+    // done their work by then, ms and md not yet.
+    let opaque_too_long = Flags::opaque_too_long(flags_text);
+    if opaque_too_long && matches!(kind, MetaKind::Set | MetaKind::Delete) {
+        return Err(OPAQUE_TOO_LONG);
+    }
     let base64 = flags.has(b'b');
     let key: Cow<'a, [u8]> = if base64 {
         Cow::Owned(
@@ -368,8 +418,10 @@ fn build<'a>(
                 options: StoreOptions {
                     compare_cas,
                     invalidate: flags.has(b'I'),
-                    new_cas,
+                    // memcached's ms takes E0 as "no CAS given": a fresh one.
+                    new_cas: new_cas.filter(|&cas| cas != 0),
                     vivify,
+                    binary_key: base64,
                 },
             }
         }
@@ -378,6 +430,7 @@ fn build<'a>(
             invalidate: flags.has(b'I'),
             touch: ttl,
             remove_value: flags.has(b'x'),
+            client_flags: flags.token(b'F').and_then(super::text::strict_u32).unwrap_or(0),
             new_cas,
         }),
         MetaKind::Arith => {
@@ -411,6 +464,7 @@ fn build<'a>(
         quiet: flags.has(b'q'),
         want_value: flags.has(b'v'),
         unless_cas: if kind == MetaKind::Get { compare_cas } else { None },
+        opaque_too_long,
         flags: flags_text,
         op,
     }))
@@ -487,7 +541,8 @@ mod tests {
                 compare_cas: Some(7),
                 invalidate: true,
                 new_cas: Some(9),
-                vivify: Some(30)
+                vivify: Some(30),
+                binary_key: false,
             }
         );
         for (token, mode) in [
@@ -526,6 +581,7 @@ mod tests {
                 invalidate: true,
                 touch: Some(30),
                 remove_value: true,
+                client_flags: 0,
                 new_cas: None
             })
         );
@@ -562,8 +618,27 @@ mod tests {
         assert_eq!(error(b"mg foo Tabc"), BAD_TOKEN);
         assert_eq!(error(b"ma foo Mx"), INVALID_ARITH_MODE);
         assert_eq!(error(b"mg !!! b"), BAD_KEY_ENCODING);
-        let long_opaque = format!("mg foo O{}", "o".repeat(33));
+        // A long opaque: md refuses; mg runs and answers the error (memcached
+        // meets it while writing the reply).
+        let long_opaque = format!("md foo O{}", "o".repeat(32));
         assert_eq!(error(long_opaque.as_bytes()), OPAQUE_TOO_LONG);
+        assert!(command(format!("mg foo O{}", "o".repeat(32)).as_bytes(), b"").opaque_too_long);
+        assert!(!command(format!("mg foo O{}", "o".repeat(31)).as_bytes(), b"").opaque_too_long);
+        // As memcached 1.6.45: a flag that is no letter or digit is a format
+        // error; ma says "invalid or duplicate flag" for the others.
+        assert_eq!(error(b"mg foo %"), super::super::text::BAD_FORMAT);
+        assert_eq!(error(b"ma foo %"), super::super::text::BAD_FORMAT);
+        assert_eq!(error(b"ma foo z"), INVALID_OR_DUPLICATE);
+        // Numbers are checked for every command, the last bad one reported.
+        assert_eq!(error(b"mg foo D-1"), BAD_DELTA);
+        assert_eq!(error(b"md foo J-1"), BAD_INITIAL);
+        assert_eq!(error(b"mg foo F-1"), super::super::text::BAD_FORMAT);
+        assert_eq!(error(b"mg foo T+5"), BAD_TOKEN);
+        assert_eq!(error(b"mg !!! Tx b"), BAD_KEY_ENCODING);
+        assert_eq!(error(b"mg !!! b Tx"), BAD_TOKEN);
+        // Too many tokens, and ma's key length.
+        assert_eq!(error(b"mg k a b c d e f g h i j k l m n o p q r s"), TOO_MANY_FLAGS);
+        assert_eq!(error(format!("ma {}", "k".repeat(251)).as_bytes()), INVALID_OR_DUPLICATE);
         let long_key = format!("mg {}", "k".repeat(251));
         assert_eq!(error(long_key.as_bytes()), super::super::text::BAD_FORMAT);
         assert_eq!(error(b"ms foo bar"), super::super::text::BAD_FORMAT);

@@ -182,17 +182,21 @@ pub(crate) fn strict_u64(token: &[u8]) -> Option<u64> {
 }
 
 /// An unsigned 32-bit token, strictly (verbosity).
-fn strict_u32(token: &[u8]) -> Option<u32> {
+pub(crate) fn strict_u32(token: &[u8]) -> Option<u32> {
     digits(token).and_then(|v| u32::try_from(v).ok())
 }
 
 /// A signed 32-bit token, strictly: an optional '-' and digits (data
-/// lengths; touch, gat and flush_all times).
+/// lengths; touch, gat and flush_all times). A lone "-" reads as 0, as in
+/// memcached.
 pub(crate) fn strict_i32(token: &[u8]) -> Option<i64> {
     let (negative, rest) = match token.split_first() {
         Some((b'-', rest)) => (true, rest),
         _ => (false, token),
     };
+    if negative && rest.is_empty() {
+        return Some(0);
+    }
     let magnitude = i64::try_from(digits(rest)?).ok()?;
     let value = if negative { -magnitude } else { magnitude };
     (i64::from(i32::MIN)..=i64::from(i32::MAX)).contains(&value).then_some(value)

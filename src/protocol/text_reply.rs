@@ -1,7 +1,10 @@
 //! The text protocol's reply writer: every byte the server sends to a
 //! text client is written here, into the connection's output buffer.
 
-use super::meta::{MetaCommand, MetaKind, echoed, flag_tokens};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use super::meta::{MetaCommand, MetaKind, OPAQUE_TOO_LONG, echoed, flag_tokens};
 use crate::request::{ItemInfo, Outcome, Recache};
 
 pub fn line(out: &mut Vec<u8>, text: &str) {
@@ -73,6 +76,14 @@ pub fn stat(out: &mut Vec<u8>, name: &str, value: impl std::fmt::Display) {
 
 /// The reply to a meta command (mg, ms, md, ma, me).
 pub fn meta_outcome(out: &mut Vec<u8>, command: &MetaCommand<'_>, outcome: &Outcome<&[u8]>) {
+    // An error of the operation itself comes first (ma's non-numeric).
+    let failed = matches!(
+        outcome,
+        Outcome::NonNumeric | Outcome::TooLarge | Outcome::OutOfMemory | Outcome::ReadOnly
+    );
+    if command.opaque_too_long && !failed {
+        return line(out, OPAQUE_TOO_LONG);
+    }
     match (command.kind, outcome) {
         (MetaKind::Debug, Outcome::Hit { info, .. }) => meta_debug(out, command, info),
         (MetaKind::Debug, Outcome::Miss) => out.extend_from_slice(b"EN\r\n"),
@@ -118,12 +129,21 @@ pub fn meta_outcome(out: &mut Vec<u8>, command: &MetaCommand<'_>, outcome: &Outc
                 meta_line(out, command, None, None, None);
             }
         }
-        (_, Outcome::Number { value, cas, ttl }) => {
+        (
+            _,
+            Outcome::Number {
+                value,
+                cas,
+                ttl,
+                previous_ttl,
+            },
+        ) => {
             // q hides a success, with or without its value.
             if !command.quiet {
                 let info = ItemInfo {
                     cas: *cas,
                     ttl: *ttl,
+                    previous_ttl: *previous_ttl,
                     ..ItemInfo::default()
                 };
                 let digits = itoa::Buffer::new().format(*value).as_bytes().to_vec();
@@ -163,9 +183,18 @@ fn meta_line(out: &mut Vec<u8>, command: &MetaCommand<'_>, value: Option<&[u8]>,
         };
         match (flag, info) {
             (b'O', _) => fact(out, &token[1..]),
+            // A found item's key comes back as it was stored (base64 and
+            // 'b' if it was sent so); otherwise as this request sent it.
+            (b'k', Some(info)) if matches!(command.kind, MetaKind::Get | MetaKind::Debug) && code.is_none() => {
+                if info.binary_key {
+                    fact(out, BASE64.encode(&command.key[..]).as_bytes());
+                    out.extend_from_slice(b" b");
+                } else {
+                    fact(out, &command.key);
+                }
+            }
             (b'k', _) => {
                 fact(out, command.raw_key);
-                // As memcached: a base64 key is returned followed by 'b'.
                 if command.base64 {
                     out.extend_from_slice(b" b");
                 }
@@ -174,7 +203,14 @@ fn meta_line(out: &mut Vec<u8>, command: &MetaCommand<'_>, value: Option<&[u8]>,
             (b'f', Some(info)) => fact(out, number.format(info.client_flags).as_bytes()),
             (b'h', Some(info)) => fact(out, if info.hit_before { b"1" } else { b"0" }),
             (b'l', Some(info)) => fact(out, number.format(info.idle).as_bytes()),
-            (b't', Some(info)) => fact(out, number.format(info.ttl).as_bytes()),
+            (b't', Some(info)) => {
+                // memcached applies T and N at their place in the line: a
+                // `t` before them shows the TTL the item had.
+                let changed_later =
+                    flag_tokens(&command.flags[token_end(command.flags, token)..]).any(|later| matches!(later[0], b'T' | b'N'));
+                let ttl = if changed_later { info.previous_ttl } else { info.ttl };
+                fact(out, number.format(ttl).as_bytes())
+            }
             (b's', Some(info)) => fact(out, number.format(info.total_size).as_bytes()),
             _ => {}
         }
@@ -196,6 +232,11 @@ fn meta_line(out: &mut Vec<u8>, command: &MetaCommand<'_>, value: Option<&[u8]>,
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Where `token` (a slice of `flags`) ends within `flags`.
+fn token_end(flags: &[u8], token: &[u8]) -> usize {
+    token.as_ptr() as usize - flags.as_ptr() as usize + token.len()
 }
 
 /// `ME <key> exp=.. la=.. cas=.. fetch=.. cls=.. size=..`.

@@ -8,6 +8,9 @@ pub type RelTime = u32;
 /// memcached's REALTIME_MAXDELTA: exptimes up to 30 days are relative.
 pub const MAX_RELATIVE_EXPTIME: i64 = 60 * 60 * 24 * 30;
 
+/// The expiry of an item that never expires.
+pub const NEVER: RelTime = 0;
+
 /// The first value the clock reads at start.
 pub const CLOCK_START: RelTime = 2;
 

@@ -1,7 +1,7 @@
 //! The store's commands: every KeyOp a shard executes, with memcached's
 //! semantics (classic, binary and meta variants through their options).
 
-use super::clock::RelTime;
+use super::clock::{NEVER, RelTime};
 use super::item::{Item, ItemMut, item_size};
 use super::prefix_stats::Access;
 use super::shard::{KEY_MAX_LENGTH, Lookup, OutOfMemory, Shard, parse_counter};
@@ -92,9 +92,11 @@ impl Shard {
         let mut info = self.info(handle);
         let now = self.clock.now;
         let expiry = options.touch.map(|exptime| self.clock.expiry_of(exptime));
-        // A stale item, or one close to expiring, goes to the first asker.
-        let wants_recache = info.stale || options.recache_below.is_some_and(|below| info.ttl != -1 && info.ttl < below);
+        // A stale item, or one expiring before the R time (read as any
+        // exptime, so past 30 days it is a unix time), goes to the first asker.
         let item = Item(self.slab.chunk(handle));
+        let recache_by = options.recache_below.map(|exptime| self.clock.expiry_of(exptime));
+        let wants_recache = info.stale || recache_by.is_some_and(|by| item.expiry() != NEVER && item.expiry() < by);
         if item.win_sent() {
             info.recache = Recache::AlreadyWon;
         } else if wants_recache {
@@ -129,6 +131,8 @@ impl Shard {
                 ItemMut(self.slab.chunk_mut(handle)).set_win_sent(true);
                 let mut info = self.info(handle);
                 info.recache = Recache::Won;
+                // Created without an exptime until N (or T) sets one.
+                info.previous_ttl = -1;
                 Outcome::Hit { info, value: b"" }
             }
             Err(OutOfMemory) => Outcome::OutOfMemory,
@@ -172,31 +176,33 @@ impl Shard {
         // ms I with an older CAS: the write lands but stays stale, with the
         // old item's TTL and win token (memcached's CAS_STALE).
         let mut stale_from: Option<(RelTime, bool)> = None;
-        if let Some(expected) = options.compare_cas {
-            let Some(handle) = existing else {
-                // memcached checks a CAS only for set and replace: append,
-                // prepend and add to a missing key are simply not stored.
-                if matches!(mode, StoreMode::Set | StoreMode::Replace) {
+        // memcached checks a CAS only against an item that is there, and add
+        // ignores it; for a missing key append and prepend let the mode decide.
+        if let Some(expected) = options.compare_cas.filter(|_| mode != StoreMode::Add) {
+            match existing {
+                None if matches!(mode, StoreMode::Set | StoreMode::Replace) => {
                     self.counters.cas_misses += 1;
                     return Outcome::NotFound;
                 }
-                return Outcome::NotStored;
-            };
-            let current = Item(self.slab.chunk(handle)).cas();
-            let class = self.slab.class_of(handle);
-            if current != expected {
-                // ms I: an older CAS still writes, but the item is stale.
-                if options.invalidate && expected < current {
-                    let old = Item(self.slab.chunk(handle));
-                    stale_from = Some((old.expiry(), old.win_sent()));
-                } else {
-                    self.counters.cas_badval += 1;
-                    self.class_counters[class].cas_badval += 1;
-                    return Outcome::Exists;
+                None => {}
+                Some(handle) => {
+                    let current = Item(self.slab.chunk(handle)).cas();
+                    let class = self.slab.class_of(handle);
+                    if current != expected {
+                        // ms I: an older CAS still writes, but the item is stale.
+                        if options.invalidate && expected < current {
+                            let old = Item(self.slab.chunk(handle));
+                            stale_from = Some((old.expiry(), old.win_sent()));
+                        } else {
+                            self.counters.cas_badval += 1;
+                            self.class_counters[class].cas_badval += 1;
+                            return Outcome::Exists;
+                        }
+                    }
+                    self.counters.cas_hits += 1;
+                    self.class_counters[class].cas_hits += 1;
                 }
             }
-            self.counters.cas_hits += 1;
-            self.class_counters[class].cas_hits += 1;
         }
         let appending = matches!(mode, StoreMode::Append | StoreMode::Prepend);
         let (mode, exptime) = match (mode, existing) {
@@ -243,6 +249,9 @@ impl Shard {
         self.scratch = scratch;
         match created {
             Ok((handle, cas)) => {
+                if options.binary_key {
+                    ItemMut(self.slab.chunk_mut(handle)).set_binary_key(true);
+                }
                 if let Some((_, win_sent)) = stale_from {
                     let mut item = ItemMut(self.slab.chunk_mut(handle));
                     item.set_stale(true);
@@ -277,25 +286,27 @@ impl Shard {
             self.unlink(hash, handle);
             return Outcome::Deleted;
         }
-        // md I / md x: the item stays, with a new CAS; stale and/or emptied.
-        let (client_flags, mut expiry) = (item.client_flags(), item.expiry());
-        if let (true, Some(exptime)) = (options.invalidate, options.touch) {
-            expiry = self.clock.expiry_of(exptime);
-        }
+        // md x: an empty item in its place, with md's flags and TTL (none:
+        // never expires) and the old CAS (or E); md I: stale, with a new CAS
+        // (or E) and md's TTL if given. As memcached.
+        let touch_expiry = options.touch.map(|exptime| self.clock.expiry_of(exptime));
+        let (old_cas, old_expiry) = (item.cas(), item.expiry());
         let handle = if options.remove_value {
-            match self.create(hash, key, [b"", b""], client_flags, expiry, options.new_cas, Some(handle)) {
+            let expiry = touch_expiry.unwrap_or(NEVER);
+            let cas = Some(options.new_cas.unwrap_or(old_cas));
+            match self.create(hash, key, [b"", b""], options.client_flags, expiry, cas, Some(handle)) {
                 Ok((handle, _)) => handle,
                 Err(OutOfMemory) => return Outcome::OutOfMemory,
             }
         } else {
-            let cas = options.new_cas.unwrap_or_else(|| self.next_cas());
-            let mut item = ItemMut(self.slab.chunk_mut(handle));
-            item.set_cas(cas);
-            item.set_expiry(expiry);
             handle
         };
         if options.invalidate {
+            let cas = options.new_cas.unwrap_or_else(|| self.next_cas());
+            let expiry = touch_expiry.unwrap_or(if options.remove_value { NEVER } else { old_expiry });
             let mut item = ItemMut(self.slab.chunk_mut(handle));
+            item.set_cas(cas);
+            item.set_expiry(expiry);
             item.set_stale(true);
             item.set_win_sent(false);
         }
@@ -372,6 +383,7 @@ impl Shard {
         existing: Option<u32>,
         new_cas: Option<u64>,
     ) -> Outcome<&[u8]> {
+        let previous_ttl = existing.map_or(-1, |handle| self.clock.ttl_of(Item(self.slab.chunk(handle)).expiry()));
         let mut digits = itoa::Buffer::new();
         let digits = digits.format(number).as_bytes();
         // As memcached: a result no longer than the old value overwrites it
@@ -391,10 +403,20 @@ impl Shard {
             item.set_cas(cas);
             item.set_expiry(expiry);
             self.bytes = self.bytes - old_size + new_size;
-            return Outcome::Number { value: number, cas, ttl };
+            return Outcome::Number {
+                value: number,
+                cas,
+                ttl,
+                previous_ttl,
+            };
         }
         match self.create(hash, key, [digits, b""], client_flags, expiry, new_cas, existing) {
-            Ok((_, cas)) => Outcome::Number { value: number, cas, ttl },
+            Ok((_, cas)) => Outcome::Number {
+                value: number,
+                cas,
+                ttl,
+                previous_ttl,
+            },
             Err(OutOfMemory) => {
                 self.counters.store_no_memory += 1;
                 Outcome::OutOfMemory

@@ -6,7 +6,7 @@
 //!  8  cas         u64
 //! 16  expiry      u32   RelTime, 0 = never
 //! 20  last_access u32   RelTime
-//! 24  value_len   u32
+//! 24  value_len   u32   top bit: the key was sent base64 (meta `b`)
 //! 28  key_len     u8
 //! 29  bits        u8    LINKED | HAS_FLAGS | ACTIVE | FETCHED | segment<<4
 //!                         | STALE | WON (meta invalidation and recache)
@@ -33,6 +33,9 @@ const LAST_ACCESS: usize = 20;
 const VALUE_LEN: usize = 24;
 const KEY_LEN: usize = 28;
 const BITS: usize = 29;
+/// In value_len: the client sent the key base64-encoded (values are at
+/// most 1 GiB, so the top bit is free).
+const BINARY_KEY: u32 = 1 << 31;
 
 const LINKED: u8 = 0x01;
 const HAS_FLAGS: u8 = 0x02;
@@ -132,7 +135,11 @@ impl<'a> Item<'a> {
         usize::from(self.0[KEY_LEN])
     }
     pub fn value_len(self) -> usize {
-        read_u32(self.0, VALUE_LEN) as usize
+        (read_u32(self.0, VALUE_LEN) & !BINARY_KEY) as usize
+    }
+    /// The key came base64-encoded (ms with `b`): `k` returns it that way.
+    pub fn binary_key(self) -> bool {
+        read_u32(self.0, VALUE_LEN) & BINARY_KEY != 0
     }
     pub fn key(self) -> &'a [u8] {
         let start = self.key_start();
@@ -204,7 +211,12 @@ impl ItemMut<'_> {
     /// the new size fits the chunk.
     pub fn set_value_len(&mut self, len: usize) {
         debug_assert!(Item(self.0).total_size() - Item(self.0).value_len() + len <= self.0.len());
-        write_u32(self.0, VALUE_LEN, len as u32);
+        let binary = read_u32(self.0, VALUE_LEN) & BINARY_KEY;
+        write_u32(self.0, VALUE_LEN, len as u32 | binary);
+    }
+    pub fn set_binary_key(&mut self, on: bool) {
+        let len = read_u32(self.0, VALUE_LEN) & !BINARY_KEY;
+        write_u32(self.0, VALUE_LEN, if on { len | BINARY_KEY } else { len });
     }
     fn set_bit(&mut self, bit: u8, on: bool) {
         if on {

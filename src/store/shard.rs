@@ -354,12 +354,15 @@ impl Shard {
     /// What a read reports about an item (before the read changes it).
     pub(super) fn info(&self, handle: u32) -> ItemInfo {
         let item = Item(self.slab.chunk(handle));
+        let ttl = self.clock.ttl_of(item.expiry());
         ItemInfo {
             client_flags: item.client_flags(),
             cas: item.cas(),
-            ttl: self.clock.ttl_of(item.expiry()),
+            ttl,
+            previous_ttl: ttl,
             idle: self.clock.now.saturating_sub(item.last_access()),
             hit_before: item.was_fetched(),
+            binary_key: item.binary_key(),
             stale: item.is_stale(),
             recache: Recache::None,
             class: self.slab.class_of(handle) as u32 + 1,

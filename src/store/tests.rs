@@ -110,7 +110,12 @@ fn gets(shard: &mut Shard, key: &[u8]) -> (u32, u64, Vec<u8>) {
 }
 
 fn number(value: u64) -> Outcome<Vec<u8>> {
-    Outcome::Number { value, cas: 0, ttl: 0 }
+    Outcome::Number {
+        value,
+        cas: 0,
+        ttl: 0,
+        previous_ttl: 0,
+    }
 }
 
 /// incr/decr, with CAS and TTL zeroed so tests compare the number.
@@ -782,7 +787,12 @@ impl Normalized for Outcome<Vec<u8>> {
         match self {
             Outcome::Stored { .. } => Outcome::Stored { cas: 0, value_len: 0 },
             Outcome::Touched { .. } => Outcome::Touched { cas: 0 },
-            Outcome::Number { value, .. } => Outcome::Number { value, cas: 0, ttl: 0 },
+            Outcome::Number { value, .. } => Outcome::Number {
+                value,
+                cas: 0,
+                ttl: 0,
+                previous_ttl: 0,
+            },
             other => other,
         }
     }
