@@ -376,6 +376,7 @@ fn build<'a>(
             no_bump: flags.has(b'u') || kind == MetaKind::Debug,
             new_cas,
             peek: kind == MetaKind::Debug,
+            no_win: opaque_too_long,
         }),
         MetaKind::Set => {
             let length = datalen.unwrap_or(0);
@@ -508,6 +509,7 @@ mod tests {
                 no_bump: true,
                 new_cas: None,
                 peek: false,
+                no_win: false,
             })
         );
         let base64 = command(b"mg Zm9v b k", b"");

@@ -76,7 +76,7 @@ impl Shard {
             miss => {
                 self.count_miss(&miss, options.touch.is_some());
                 return match options.vivify {
-                    Some(exptime) => self.vivify(hash, key, exptime, options.new_cas),
+                    Some(exptime) => self.vivify(hash, key, exptime, options.new_cas, options.no_win),
                     None => Outcome::Miss,
                 };
             }
@@ -99,7 +99,7 @@ impl Shard {
         let wants_recache = info.stale || recache_by.is_some_and(|by| item.expiry() != NEVER && item.expiry() < by);
         if item.win_sent() {
             info.recache = Recache::AlreadyWon;
-        } else if wants_recache {
+        } else if wants_recache && !options.no_win {
             info.recache = Recache::Won;
         }
         if !options.no_bump {
@@ -124,11 +124,11 @@ impl Shard {
     }
 
     /// mg N on a miss: an empty placeholder item whose creator wins the recache.
-    fn vivify(&mut self, hash: KeyHash, key: &[u8], exptime: i64, cas: Option<u64>) -> Outcome<&[u8]> {
+    fn vivify(&mut self, hash: KeyHash, key: &[u8], exptime: i64, cas: Option<u64>, no_win: bool) -> Outcome<&[u8]> {
         let expiry = self.clock.expiry_of(exptime);
         match self.create(hash, key, [b"", b""], 0, expiry, cas, None) {
             Ok((handle, _)) => {
-                ItemMut(self.slab.chunk_mut(handle)).set_win_sent(true);
+                ItemMut(self.slab.chunk_mut(handle)).set_win_sent(!no_win);
                 let mut info = self.info(handle);
                 info.recache = Recache::Won;
                 // Created without an exptime until N (or T) sets one.
@@ -346,7 +346,12 @@ impl Shard {
             };
         };
         let item = Item(self.slab.chunk(handle));
-        if options.compare_cas.is_some_and(|cas| cas != item.cas()) {
+        // memcached's order: an empty value is not a number before any CAS
+        // is compared, and C0 compares nothing.
+        if item.value().is_empty() {
+            return Outcome::NonNumeric;
+        }
+        if options.compare_cas.is_some_and(|cas| cas != 0 && cas != item.cas()) {
             return Outcome::Exists;
         }
         let Some(current) = parse_counter(item.value()) else {
