@@ -117,7 +117,8 @@ fn meta_errors_keep_the_connection() {
     let server = server();
     let mut c = server.client();
     c.roundtrip(b"mg\r\n", b"CLIENT_ERROR bad command line format\r\n");
-    c.roundtrip(b"mg k !\r\n", b"CLIENT_ERROR invalid flag\r\n");
+    c.roundtrip(b"mg k z\r\n", b"CLIENT_ERROR invalid flag\r\n");
+    c.roundtrip(b"mg k !\r\n", b"CLIENT_ERROR bad command line format\r\n");
     c.roundtrip(b"mg k v v\r\n", b"CLIENT_ERROR duplicate flag\r\n");
     c.roundtrip(b"mg k Tx\r\n", b"CLIENT_ERROR bad token in command line format\r\n");
     c.roundtrip(b"mg %%% b\r\n", b"CLIENT_ERROR error decoding key\r\n");
