@@ -205,8 +205,13 @@ impl Config {
     }
 
     /// Largest key + value a request may carry (`-I` less the item header).
+    /// The largest key + value accepted: `-I` less memcached's own item
+    /// overhead (protocol::ITEM_OVERHEAD), so the values that fit are the
+    /// ones that fit in memcached. corecache's header is smaller, so any
+    /// such item fits its chunk.
     pub fn max_payload(&self) -> usize {
-        self.item_size_max - HEADER_BYTES
+        debug_assert!(crate::protocol::ITEM_OVERHEAD >= HEADER_BYTES);
+        self.item_size_max - crate::protocol::ITEM_OVERHEAD
     }
 }
 

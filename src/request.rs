@@ -28,9 +28,9 @@ pub struct GetOptions {
     pub new_cas: Option<u64>,
     /// Look without touching anything, counters included (me).
     pub peek: bool,
-    /// Hand out no recache win (an mg whose reply is an error: memcached
-    /// marks the win only once the reply is written).
-    pub no_win: bool,
+    /// mg: may hand out the recache win (classic gets never do; nor does an
+    /// mg whose reply is an error: memcached marks the win as it ends the reply).
+    pub claims_win: bool,
 }
 
 /// Options of a store (cas, binary CAS, meta set).

@@ -310,8 +310,11 @@ pub fn parse<'a>(name: &[u8], line: &'a [u8], data: &'a [u8], max_payload: usize
     match result {
         Ok(parsed) => parsed,
         // Once the data length is known, an error still discards the data
-        // block, as memcached does: a value is never run as commands.
+        // block, as memcached does: a value is never run as commands. Only a
+        // flag that is no letter or digit stops memcached's ms before it
+        // knows to swallow.
         Err(error) => match datalen {
+            Some(_) if flag_tokens(flags_text).any(|token| !token[0].is_ascii_alphanumeric()) => MetaParsed::Error(error),
             Some(length) => MetaParsed::ErrorSwallow { error, skip: length + 2 },
             None => MetaParsed::Error(error),
         },
@@ -376,7 +379,7 @@ fn build<'a>(
             no_bump: flags.has(b'u') || kind == MetaKind::Debug,
             new_cas,
             peek: kind == MetaKind::Debug,
-            no_win: opaque_too_long,
+            claims_win: kind == MetaKind::Get && !opaque_too_long,
         }),
         MetaKind::Set => {
             let length = datalen.unwrap_or(0);
@@ -391,7 +394,8 @@ fn build<'a>(
                     _ => return Err(INVALID_SET_MODE),
                 },
             };
-            if key.len() + length > max_payload {
+            let client_flags = flags.token(b'F').and_then(super::text::strict_u32).unwrap_or(0);
+            if super::too_large(key.len(), length, client_flags, max_payload) {
                 // As memcached: a refused set drops the old value (not a
                 // compare-and-swap; base64 keys keep it, see the README).
                 let drops_old = mode == StoreMode::Set && compare_cas.is_none() && !base64;
@@ -408,12 +412,7 @@ fn build<'a>(
             }
             MetaOp::Set {
                 mode,
-                client_flags: match flags.token(b'F') {
-                    Some(token) => super::text::strict_u64(token)
-                        .and_then(|flags| u32::try_from(flags).ok())
-                        .ok_or(super::text::BAD_FORMAT)?,
-                    None => 0,
-                },
+                client_flags,
                 exptime: ttl.unwrap_or(0),
                 value: &data[..length],
                 options: StoreOptions {
@@ -509,7 +508,7 @@ mod tests {
                 no_bump: true,
                 new_cas: None,
                 peek: false,
-                no_win: false,
+                claims_win: true,
             })
         );
         let base64 = command(b"mg Zm9v b k", b"");
@@ -655,8 +654,10 @@ mod tests {
             }
         ));
         assert!(matches!(
-            parse(b"ms", b"ms k 3 !", b"", 1 << 20),
+            parse(b"ms", b"ms k 3 z", b"", 1 << 20),
             MetaParsed::ErrorSwallow { skip: 5, .. }
         ));
+        // memcached's ms meets a non-alphanumeric flag before it swallows.
+        assert!(matches!(parse(b"ms", b"ms k 3 !", b"", 1 << 20), MetaParsed::Error(_)));
     }
 }

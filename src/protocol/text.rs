@@ -557,7 +557,7 @@ fn parse_store<'a>(
     } else {
         None
     };
-    if key.len() + length > limits.max_payload {
+    if super::too_large(key.len(), length, client_flags, limits.max_payload) {
         // memcached drops the old value of a failed set (not of a cas).
         return swallow(TOO_LARGE, (mode == StoreMode::Set && !is_cas).then_some(key));
     }

@@ -243,7 +243,12 @@ fn token_end(flags: &[u8], token: &[u8]) -> usize {
 fn meta_debug(out: &mut Vec<u8>, command: &MetaCommand<'_>, info: &ItemInfo) {
     use std::io::Write;
     out.extend_from_slice(b"ME ");
-    out.extend_from_slice(command.raw_key);
+    // The key as stored: base64 if it was sent so.
+    if info.binary_key {
+        out.extend_from_slice(BASE64.encode(&command.key[..]).as_bytes());
+    } else {
+        out.extend_from_slice(&command.key);
+    }
     let fetched = if info.hit_before { "yes" } else { "no" };
     let _ = write!(
         out,

@@ -76,7 +76,7 @@ impl Shard {
             miss => {
                 self.count_miss(&miss, options.touch.is_some());
                 return match options.vivify {
-                    Some(exptime) => self.vivify(hash, key, exptime, options.new_cas, options.no_win),
+                    Some(exptime) => self.vivify(hash, key, exptime, options),
                     None => Outcome::Miss,
                 };
             }
@@ -96,10 +96,12 @@ impl Shard {
         // exptime, so past 30 days it is a unix time), goes to the first asker.
         let item = Item(self.slab.chunk(handle));
         let recache_by = options.recache_below.map(|exptime| self.clock.expiry_of(exptime));
-        let wants_recache = info.stale || recache_by.is_some_and(|by| item.expiry() != NEVER && item.expiry() < by);
+        // R is weighed against the TTL this command's T leaves.
+        let expiry_now = expiry.unwrap_or(item.expiry());
+        let wants_recache = info.stale || recache_by.is_some_and(|by| expiry_now != NEVER && expiry_now < by);
         if item.win_sent() {
             info.recache = Recache::AlreadyWon;
-        } else if wants_recache && !options.no_win {
+        } else if wants_recache && options.claims_win {
             info.recache = Recache::Won;
         }
         if !options.no_bump {
@@ -124,13 +126,18 @@ impl Shard {
     }
 
     /// mg N on a miss: an empty placeholder item whose creator wins the recache.
-    fn vivify(&mut self, hash: KeyHash, key: &[u8], exptime: i64, cas: Option<u64>, no_win: bool) -> Outcome<&[u8]> {
-        let expiry = self.clock.expiry_of(exptime);
-        match self.create(hash, key, [b"", b""], 0, expiry, cas, None) {
+    fn vivify(&mut self, hash: KeyHash, key: &[u8], exptime: i64, options: GetOptions) -> Outcome<&[u8]> {
+        // A T in the same command sets the new item's TTL too (memcached
+        // applies N, then T in the usual order of the flags).
+        let expiry = self.clock.expiry_of(options.touch.unwrap_or(exptime));
+        match self.create(hash, key, [b"", b""], 0, expiry, options.new_cas, None) {
             Ok((handle, _)) => {
-                ItemMut(self.slab.chunk_mut(handle)).set_win_sent(!no_win);
+                let mut item = ItemMut(self.slab.chunk_mut(handle));
+                item.set_win_sent(options.claims_win);
+                // memcached counts the creating read as a fetch.
+                item.set_fetched();
                 let mut info = self.info(handle);
-                info.recache = Recache::Won;
+                info.recache = if options.claims_win { Recache::Won } else { Recache::None };
                 // Created without an exptime until N (or T) sets one.
                 info.previous_ttl = -1;
                 Outcome::Hit { info, value: b"" }
@@ -178,7 +185,11 @@ impl Shard {
         let mut stale_from: Option<(RelTime, bool)> = None;
         // memcached checks a CAS only against an item that is there, and add
         // ignores it; for a missing key append and prepend let the mode decide.
-        if let Some(expected) = options.compare_cas.filter(|_| mode != StoreMode::Add) {
+        // C0 means nothing to append and prepend, which check a CAS only
+        // when one is given; set and replace compare it (and fail).
+        let appending_mode = matches!(mode, StoreMode::Append | StoreMode::Prepend);
+        let compare_cas = options.compare_cas.filter(|&cas| !(appending_mode && cas == 0));
+        if let Some(expected) = compare_cas.filter(|_| mode != StoreMode::Add) {
             match existing {
                 None if matches!(mode, StoreMode::Set | StoreMode::Replace) => {
                     self.counters.cas_misses += 1;
@@ -190,7 +201,7 @@ impl Shard {
                     let class = self.slab.class_of(handle);
                     if current != expected {
                         // ms I: an older CAS still writes, but the item is stale.
-                        if options.invalidate && expected < current {
+                        if options.invalidate && expected != 0 && expected < current {
                             let old = Item(self.slab.chunk(handle));
                             stale_from = Some((old.expiry(), old.win_sent()));
                         } else {
@@ -328,6 +339,8 @@ impl Shard {
         let mut item = ItemMut(self.slab.chunk_mut(handle));
         item.set_expiry(expiry);
         item.set_last_access(now);
+        // memcached's touch is a fetch: the item counts as read.
+        item.set_fetched();
         Outcome::Touched { cas: item.view().cas() }
     }
 
@@ -339,8 +352,10 @@ impl Shard {
                 self.counters.decr_misses += 1;
             }
             return match options.vivify {
+                // A T in the same command sets the new item's TTL too.
                 Some((initial, exptime)) => {
-                    self.store_number(hash, key, initial, 0, self.clock.expiry_of(exptime), None, options.new_cas)
+                    let expiry = self.clock.expiry_of(options.touch.unwrap_or(exptime));
+                    self.store_number(hash, key, initial, 0, expiry, None, options.new_cas)
                 }
                 None => Outcome::NotFound,
             };

@@ -488,6 +488,7 @@ fn vivify_on_miss_wins_once() {
     let mut shard = shard();
     let vivify = GetOptions {
         vivify: Some(30),
+        claims_win: true,
         ..GetOptions::default()
     };
     let (info, value) = meta_get(&mut shard, b"k", vivify).unwrap();
@@ -506,6 +507,7 @@ fn recache_is_won_when_ttl_runs_low() {
     assert!(stored(store(&mut shard, StoreMode::Set, b"k", b"v", 100, 0)));
     let recache = GetOptions {
         recache_below: Some(30),
+        claims_win: true,
         ..GetOptions::default()
     };
     assert_eq!(meta_get(&mut shard, b"k", recache).unwrap().0.recache, Recache::None);
@@ -533,13 +535,16 @@ fn invalidation_marks_stale_and_hands_out_one_win() {
     )
     .to_owned_outcome();
     assert_eq!(outcome, Outcome::Deleted);
-    let (info, value) = meta_get(&mut shard, b"k", GetOptions::default()).unwrap();
+    // A classic get sees the stale value but takes no win (memcached).
+    assert_eq!(get(&mut shard, b"k").unwrap(), b"v1");
+    let mg = GetOptions {
+        claims_win: true,
+        ..GetOptions::default()
+    };
+    let (info, value) = meta_get(&mut shard, b"k", mg).unwrap();
     assert!(info.stale && info.cas != cas && info.ttl == 30);
     assert_eq!((info.recache, value.as_slice()), (Recache::Won, &b"v1"[..]));
-    assert_eq!(
-        meta_get(&mut shard, b"k", GetOptions::default()).unwrap().0.recache,
-        Recache::AlreadyWon
-    );
+    assert_eq!(meta_get(&mut shard, b"k", mg).unwrap().0.recache, Recache::AlreadyWon);
     // A set with the old CAS and I is accepted but stays stale.
     let stale_set = StoreOptions {
         compare_cas: Some(cas),
