@@ -20,8 +20,10 @@ pub struct GetOptions {
     pub touch: Option<i64>,
     /// On a miss, create an empty item with this exptime and win (mg N).
     pub vivify: Option<i64>,
-    /// Win the recache if fewer seconds than this remain (mg R).
+    /// Win the recache if the item expires before this exptime (mg R).
     pub recache_below: Option<i64>,
+    /// R comes after T in the line, so it sees the new TTL.
+    pub recache_after_touch: bool,
     /// Leave LRU position, hit bit and access time alone (mg u).
     pub no_bump: bool,
     /// The CAS of an item this read creates (mg E with N).

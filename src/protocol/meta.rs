@@ -146,6 +146,8 @@ struct Flags<'a> {
     seen: u128,
     /// The tokens of the flags that take one, in TOKEN_FLAGS order.
     tokens: [Option<&'a [u8]>; TOKEN_FLAGS.len()],
+    /// The flags as sent.
+    text: &'a [u8],
 }
 
 /// Flags whose token the parser reads (O is echoed from the raw text).
@@ -162,6 +164,7 @@ impl<'a> Flags<'a> {
         let mut parsed = Flags {
             seen: 0,
             tokens: [None; TOKEN_FLAGS.len()],
+            text: flags,
         };
         let mut error = None;
         for token in flag_tokens(flags) {
@@ -211,6 +214,11 @@ impl<'a> Flags<'a> {
     /// included).
     fn opaque_too_long(flags: &[u8]) -> bool {
         flag_tokens(flags).any(|token| token[0] == b'O' && token.len() > MAX_OPAQUE)
+    }
+
+    /// Where a flag stands among the flags (for flags that act in order).
+    fn position(&self, flag: u8) -> Option<usize> {
+        flag_tokens(self.text).position(|token| token[0] == flag)
     }
 
     fn has(&self, flag: u8) -> bool {
@@ -370,12 +378,19 @@ fn build<'a>(
     let compare_cas = flags.unsigned(b'C', BAD_TOKEN).map_err(flag_error)?;
     let new_cas = flags.unsigned(b'E', BAD_TOKEN).map_err(flag_error)?;
     let ttl = flags.time(b'T').map_err(flag_error)?;
-    let vivify = flags.time(b'N').map_err(flag_error)?;
+    // memcached's mg and ma apply T and N at their places in the line: an
+    // item N creates ends up with the TTL of whichever comes last. (An ms
+    // append that creates takes N's.)
+    let vivify = flags.time(b'N').map_err(flag_error)?.map(|n| match ttl {
+        Some(t) if kind != MetaKind::Set && flags.position(b'T') > flags.position(b'N') => t,
+        _ => n,
+    });
     let op = match kind {
         MetaKind::Get | MetaKind::Debug => MetaOp::Get(GetOptions {
             touch: ttl,
             vivify,
             recache_below: flags.time(b'R')?,
+            recache_after_touch: flags.position(b'T') < flags.position(b'R'),
             no_bump: flags.has(b'u') || kind == MetaKind::Debug,
             new_cas,
             peek: kind == MetaKind::Debug,
@@ -505,12 +520,21 @@ mod tests {
                 touch: Some(30),
                 vivify: Some(10),
                 recache_below: Some(5),
+                recache_after_touch: true,
                 no_bump: true,
                 new_cas: None,
                 peek: false,
                 claims_win: true,
             })
         );
+        // T and N act in the order of the line.
+        let order = |line: &'static [u8]| match command(line, b"").op {
+            MetaOp::Get(options) => (options.vivify, options.recache_after_touch),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(order(b"mg k N30 T60"), (Some(60), false));
+        assert_eq!(order(b"mg k T60 N30 R5"), (Some(30), true));
+        assert_eq!(order(b"mg k R5 T60"), (None, false));
         let base64 = command(b"mg Zm9v b k", b"");
         assert_eq!(
             (&base64.key[..], base64.raw_key, base64.base64),

@@ -96,8 +96,9 @@ impl Shard {
         // exptime, so past 30 days it is a unix time), goes to the first asker.
         let item = Item(self.slab.chunk(handle));
         let recache_by = options.recache_below.map(|exptime| self.clock.expiry_of(exptime));
-        // R is weighed against the TTL this command's T leaves.
-        let expiry_now = expiry.unwrap_or(item.expiry());
+        // R is weighed against the TTL the item has at R's place in the
+        // line: after a T that comes before it.
+        let expiry_now = expiry.filter(|_| options.recache_after_touch).unwrap_or(item.expiry());
         let wants_recache = info.stale || recache_by.is_some_and(|by| expiry_now != NEVER && expiry_now < by);
         if item.win_sent() {
             info.recache = Recache::AlreadyWon;
@@ -127,16 +128,16 @@ impl Shard {
 
     /// mg N on a miss: an empty placeholder item whose creator wins the recache.
     fn vivify(&mut self, hash: KeyHash, key: &[u8], exptime: i64, options: GetOptions) -> Outcome<&[u8]> {
-        // A T in the same command sets the new item's TTL too (memcached
-        // applies N, then T in the usual order of the flags).
-        let expiry = self.clock.expiry_of(options.touch.unwrap_or(exptime));
+        // `exptime` is the parser's pick of N and T (the later one wins).
+        let expiry = self.clock.expiry_of(exptime);
         match self.create(hash, key, [b"", b""], 0, expiry, options.new_cas, None) {
             Ok((handle, _)) => {
+                let mut info = self.info(handle);
                 let mut item = ItemMut(self.slab.chunk_mut(handle));
                 item.set_win_sent(options.claims_win);
-                // memcached counts the creating read as a fetch.
+                // memcached counts the creating read as a fetch (from the next
+                // read on: this one reports h0).
                 item.set_fetched();
-                let mut info = self.info(handle);
                 info.recache = if options.claims_win { Recache::Won } else { Recache::None };
                 // Created without an exptime until N (or T) sets one.
                 info.previous_ttl = -1;
@@ -199,7 +200,8 @@ impl Shard {
                 Some(handle) => {
                     let current = Item(self.slab.chunk(handle)).cas();
                     let class = self.slab.class_of(handle);
-                    if current != expected {
+                    // A CAS of 0 matches nothing (memcached's cas with 0).
+                    if current != expected || expected == 0 {
                         // ms I: an older CAS still writes, but the item is stale.
                         if options.invalidate && expected != 0 && expected < current {
                             let old = Item(self.slab.chunk(handle));
@@ -232,13 +234,14 @@ impl Shard {
             _ => (mode, exptime),
         };
 
-        // Append and prepend keep the old item's flags and expiry.
-        let (client_flags, expiry, old_len) = match (appending, existing) {
+        // Append and prepend keep the old item's flags and expiry; like
+        // memcached's, the joined item forgets that a key came base64.
+        let (client_flags, expiry, old_len, binary_key) = match (appending, existing) {
             (true, Some(handle)) => {
                 let old = Item(self.slab.chunk(handle));
-                (old.client_flags(), old.expiry(), old.value_len())
+                (old.client_flags(), old.expiry(), old.value_len(), false)
             }
-            _ => (client_flags, self.clock.expiry_of(exptime), 0),
+            _ => (client_flags, self.clock.expiry_of(exptime), 0, options.binary_key),
         };
         let expiry = stale_from.map_or(expiry, |(old_expiry, _)| old_expiry);
         let size = item_size(key.len(), old_len + value.len(), client_flags);
@@ -260,7 +263,7 @@ impl Shard {
         self.scratch = scratch;
         match created {
             Ok((handle, cas)) => {
-                if options.binary_key {
+                if binary_key {
                     ItemMut(self.slab.chunk_mut(handle)).set_binary_key(true);
                 }
                 if let Some((_, win_sent)) = stale_from {
@@ -352,9 +355,9 @@ impl Shard {
                 self.counters.decr_misses += 1;
             }
             return match options.vivify {
-                // A T in the same command sets the new item's TTL too.
+                // `exptime` is the parser's pick of N and T (the later one).
                 Some((initial, exptime)) => {
-                    let expiry = self.clock.expiry_of(options.touch.unwrap_or(exptime));
+                    let expiry = self.clock.expiry_of(exptime);
                     self.store_number(hash, key, initial, 0, expiry, None, options.new_cas)
                 }
                 None => Outcome::NotFound,

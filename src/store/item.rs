@@ -6,7 +6,8 @@
 //!  8  cas         u64
 //! 16  expiry      u32   RelTime, 0 = never
 //! 20  last_access u32   RelTime
-//! 24  value_len   u32   top bit: the key was sent base64 (meta `b`)
+//! 24  value_len   u32   top bit: the key was sent base64 (meta `b`);
+//!                         bit 30: the flush generation it was made in
 //! 28  key_len     u8
 //! 29  bits        u8    LINKED | HAS_FLAGS | ACTIVE | FETCHED | segment<<4
 //!                         | STALE | WON (meta invalidation and recache)
@@ -36,6 +37,9 @@ const BITS: usize = 29;
 /// In value_len: the client sent the key base64-encoded (values are at
 /// most 1 GiB, so the top bit is free).
 const BINARY_KEY: u32 = 1 << 31;
+/// In value_len: which side of the last `flush_all` the item was made on.
+const EPOCH: u32 = 1 << 30;
+const LEN_MASK: u32 = !(BINARY_KEY | EPOCH);
 
 const LINKED: u8 = 0x01;
 const HAS_FLAGS: u8 = 0x02;
@@ -135,7 +139,11 @@ impl<'a> Item<'a> {
         usize::from(self.0[KEY_LEN])
     }
     pub fn value_len(self) -> usize {
-        (read_u32(self.0, VALUE_LEN) & !BINARY_KEY) as usize
+        (read_u32(self.0, VALUE_LEN) & LEN_MASK) as usize
+    }
+    /// The flush generation the item was made in.
+    pub fn epoch(self) -> bool {
+        read_u32(self.0, VALUE_LEN) & EPOCH != 0
     }
     /// The key came base64-encoded (ms with `b`): `k` returns it that way.
     pub fn binary_key(self) -> bool {
@@ -211,12 +219,18 @@ impl ItemMut<'_> {
     /// the new size fits the chunk.
     pub fn set_value_len(&mut self, len: usize) {
         debug_assert!(Item(self.0).total_size() - Item(self.0).value_len() + len <= self.0.len());
-        let binary = read_u32(self.0, VALUE_LEN) & BINARY_KEY;
-        write_u32(self.0, VALUE_LEN, len as u32 | binary);
+        let marks = read_u32(self.0, VALUE_LEN) & !LEN_MASK;
+        write_u32(self.0, VALUE_LEN, len as u32 | marks);
+    }
+    fn set_len_bit(&mut self, bit: u32, on: bool) {
+        let word = read_u32(self.0, VALUE_LEN) & !bit;
+        write_u32(self.0, VALUE_LEN, if on { word | bit } else { word });
     }
     pub fn set_binary_key(&mut self, on: bool) {
-        let len = read_u32(self.0, VALUE_LEN) & !BINARY_KEY;
-        write_u32(self.0, VALUE_LEN, if on { len | BINARY_KEY } else { len });
+        self.set_len_bit(BINARY_KEY, on);
+    }
+    pub fn set_epoch(&mut self, epoch: bool) {
+        self.set_len_bit(EPOCH, epoch);
     }
     fn set_bit(&mut self, bit: u8, on: bool) {
         if on {

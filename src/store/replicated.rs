@@ -147,8 +147,12 @@ impl Shard {
     /// Drops this shard's flush marks (a host that starts following another
     /// must not hide the items it receives behind its own old flush_all).
     pub fn forget_flush(&mut self) {
+        // What the marks hide is removed first, so that none of it returns.
+        let marks = self.flush_marks();
+        self.remove_all(|item| marks.hide(item));
         self.oldest_live = None;
-        self.oldest_cas = 0;
+        self.last_flush = None;
+        self.flush_before = None;
     }
 
     /// A replicated delayed flush: items last written before the unix time

@@ -43,6 +43,23 @@ pub(super) enum Lookup {
     Flushed,
 }
 
+/// What the flush_all's so far say is dead.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct FlushMarks {
+    epoch: bool,
+    flush_before: Option<RelTime>,
+    /// A delayed flush that has taken effect.
+    oldest_live: Option<RelTime>,
+}
+
+impl FlushMarks {
+    pub(super) fn hide(self, item: Item<'_>) -> bool {
+        item.epoch() != self.epoch
+            || self.flush_before.is_some_and(|at| item.last_access() <= at)
+            || self.oldest_live.is_some_and(|oldest| item.last_access() <= oldest)
+    }
+}
+
 /// No memory could be found for an item.
 #[derive(Debug)]
 pub(super) struct OutOfMemory;
@@ -57,9 +74,15 @@ pub struct Shard {
     pub(super) item_size_max: usize,
     pub(super) evictions: bool,
     /// flush_all: items last touched at or before this time are dead once
-    /// it has passed, and so are items with a CAS below `oldest_cas`.
+    /// it has passed (flush_all with a delay).
     pub(super) oldest_live: Option<RelTime>,
-    pub(super) oldest_cas: u64,
+    /// flush_all without a delay flips the generation new items are made
+    /// in: every item of the other one is dead. `last_flush` is when that
+    /// happened; `flush_before` when the one before did: items of the
+    /// current generation last touched by then are two flushes old.
+    pub(super) epoch: bool,
+    pub(super) last_flush: Option<RelTime>,
+    pub(super) flush_before: Option<RelTime>,
     pub(super) counters: ShardCounters,
     pub(super) class_counters: Vec<ClassCounters>,
     pub(super) bytes: usize,
@@ -85,7 +108,9 @@ impl Shard {
             item_size_max: config.item_size_max,
             evictions: config.evictions,
             oldest_live: None,
-            oldest_cas: 0,
+            epoch: false,
+            last_flush: None,
+            flush_before: None,
             counters: ShardCounters::default(),
             class_counters: vec![ClassCounters::default(); classes],
             bytes: 0,
@@ -120,11 +145,14 @@ impl Shard {
     }
 
     pub(super) fn is_flushed(&self, item: Item<'_>) -> bool {
-        match self.oldest_live {
-            Some(oldest) if oldest <= self.clock.now => {
-                item.last_access() <= oldest || (self.oldest_cas != 0 && item.cas() < self.oldest_cas)
-            }
-            _ => false,
+        self.flush_marks().hide(item)
+    }
+
+    pub(super) fn flush_marks(&self) -> FlushMarks {
+        FlushMarks {
+            epoch: self.epoch,
+            flush_before: self.flush_before,
+            oldest_live: self.oldest_live.filter(|&oldest| oldest <= self.clock.now),
         }
     }
 
@@ -344,6 +372,7 @@ impl Shard {
         let now = self.clock.now;
         let mut item = ItemMut(self.slab.chunk_mut(handle));
         item.init(key, value_len, client_flags, expiry, cas, now);
+        item.set_epoch(self.epoch);
         let value = item.value_mut();
         value[..parts[0].len()].copy_from_slice(parts[0]);
         value[parts[0].len()..].copy_from_slice(parts[1]);
@@ -376,15 +405,34 @@ impl Shard {
     /// far dies now; with a delay, items not touched since then die when it
     /// passes. Memory is reclaimed lazily and by the sweep.
     pub fn flush_all(&mut self, delay: i64) {
-        let oldest = if delay > 0 {
-            self.clock.expiry_of(delay)
+        if delay > 0 {
+            self.oldest_live = Some(self.clock.expiry_of(delay).saturating_sub(1));
+            return;
+        }
+        // Everything made so far dies, whatever its CAS (ms E sets any), and
+        // what is stored next lives, as memcached. The generation the flip
+        // brings back is told apart by time, unless the last flush was this
+        // same second: then it is removed now (rare: two flushes a second).
+        let now = self.clock.now;
+        if self.last_flush == Some(now) {
+            let returning = !self.epoch;
+            self.remove_all(|item| item.epoch() == returning);
+            self.flush_before = None;
         } else {
-            self.clock.now
-        };
-        let oldest = oldest.saturating_sub(1);
-        self.oldest_live = Some(oldest);
-        if oldest <= self.clock.now {
-            self.oldest_cas = self.next_cas();
+            self.flush_before = self.last_flush;
+        }
+        self.epoch = !self.epoch;
+        self.last_flush = Some(now);
+    }
+
+    /// Removes, now, every linked item `dead` picks (a walk of all chunks).
+    pub(super) fn remove_all(&mut self, dead: impl Fn(Item<'_>) -> bool) {
+        let mut cursor = 0;
+        while let Some(handle) = self.slab.sweep_next(&mut cursor) {
+            let item = Item(self.slab.chunk(handle));
+            if item.is_linked() && dead(item) {
+                self.remove_victim(handle);
+            }
         }
     }
 

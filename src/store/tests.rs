@@ -337,6 +337,54 @@ fn flush_all_now_and_later() {
 }
 
 #[test]
+fn flush_all_ignores_cas_values_chosen_by_clients() {
+    let mut shard = shard();
+    let explicit = |cas| StoreOptions {
+        new_cas: Some(cas),
+        ..StoreOptions::default()
+    };
+    // An item with a CAS far above the shard's counter dies all the same.
+    assert!(stored(store_with(
+        &mut shard,
+        StoreMode::Set,
+        b"big",
+        b"x",
+        0,
+        explicit(1 << 40)
+    )));
+    shard.flush_all(0);
+    assert_eq!(get(&mut shard, b"big"), None);
+    // One stored after the flush, in the same second, with a tiny CAS lives.
+    assert!(stored(store_with(&mut shard, StoreMode::Set, b"small", b"y", 0, explicit(5))));
+    assert_eq!(get(&mut shard, b"small").unwrap(), b"y");
+}
+
+#[test]
+fn repeated_flushes_never_bring_an_item_back() {
+    let mut shard = shard();
+    set(&mut shard, b"old", b"1");
+    shard.flush_all(0);
+    set(&mut shard, b"mid", b"2");
+    // A second flush in the same second flips the generation back: what
+    // was flushed first must stay gone.
+    shard.flush_all(0);
+    assert_eq!(get(&mut shard, b"old"), None);
+    assert_eq!(get(&mut shard, b"mid"), None);
+    set(&mut shard, b"new", b"3");
+    // And in later seconds, by time.
+    shard.set_now(CLOCK_START + 5);
+    shard.flush_all(0);
+    shard.set_now(CLOCK_START + 9);
+    set(&mut shard, b"newer", b"4");
+    shard.flush_all(0);
+    assert_eq!(get(&mut shard, b"new"), None);
+    assert_eq!(get(&mut shard, b"newer"), None);
+    set(&mut shard, b"last", b"5");
+    assert_eq!(get(&mut shard, b"last").unwrap(), b"5");
+    assert_eq!(shard.len(), 1, "the dead are reclaimed as they are met");
+}
+
+#[test]
 fn lru_evicts_the_least_recently_used_first() {
     // One page of one class: a known number of slots.
     let mut shard = Shard::new(&config(PAGE_SIZE));
