@@ -24,6 +24,8 @@ pub struct GetOptions {
     pub recache_below: Option<i64>,
     /// R comes after T in the line, so it sees the new TTL.
     pub recache_after_touch: bool,
+    /// T comes after N in the line: an item N creates ends with T's TTL.
+    pub touch_after_vivify: bool,
     /// Leave LRU position, hit bit and access time alone (mg u).
     pub no_bump: bool,
     /// The CAS of an item this read creates (mg E with N).
@@ -195,6 +197,10 @@ pub struct ItemInfo {
     /// The TTL before this request changed it (mg T, N): memcached prints
     /// `t` as it finds the item at that flag's place in the line.
     pub previous_ttl: i64,
+    /// The TTL this request's T gave, and the one its N gave an item it
+    /// created: a `t` after them shows the later one's.
+    pub touch_ttl: Option<i64>,
+    pub vivify_ttl: Option<i64>,
     /// Seconds since the last access.
     pub idle: u32,
     pub hit_before: bool,

@@ -382,7 +382,7 @@ fn build<'a>(
     // item N creates ends up with the TTL of whichever comes last. (An ms
     // append that creates takes N's.)
     let vivify = flags.time(b'N').map_err(flag_error)?.map(|n| match ttl {
-        Some(t) if kind != MetaKind::Set && flags.position(b'T') > flags.position(b'N') => t,
+        Some(t) if kind == MetaKind::Arith && flags.position(b'T') > flags.position(b'N') => t,
         _ => n,
     });
     let op = match kind {
@@ -391,6 +391,7 @@ fn build<'a>(
             vivify,
             recache_below: flags.time(b'R')?,
             recache_after_touch: flags.position(b'T') < flags.position(b'R'),
+            touch_after_vivify: flags.position(b'T') > flags.position(b'N'),
             no_bump: flags.has(b'u') || kind == MetaKind::Debug,
             new_cas,
             peek: kind == MetaKind::Debug,
@@ -521,6 +522,7 @@ mod tests {
                 vivify: Some(10),
                 recache_below: Some(5),
                 recache_after_touch: true,
+                touch_after_vivify: false,
                 no_bump: true,
                 new_cas: None,
                 peek: false,
@@ -532,7 +534,7 @@ mod tests {
             MetaOp::Get(options) => (options.vivify, options.recache_after_touch),
             other => panic!("{other:?}"),
         };
-        assert_eq!(order(b"mg k N30 T60"), (Some(60), false));
+        assert_eq!(order(b"mg k N30 T60"), (Some(30), false));
         assert_eq!(order(b"mg k T60 N30 R5"), (Some(30), true));
         assert_eq!(order(b"mg k R5 T60"), (None, false));
         let base64 = command(b"mg Zm9v b k", b"");

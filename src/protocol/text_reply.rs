@@ -204,11 +204,22 @@ fn meta_line(out: &mut Vec<u8>, command: &MetaCommand<'_>, value: Option<&[u8]>,
             (b'h', Some(info)) => fact(out, if info.hit_before { b"1" } else { b"0" }),
             (b'l', Some(info)) => fact(out, number.format(info.idle).as_bytes()),
             (b't', Some(info)) => {
-                // memcached applies T and N at their place in the line: a
-                // `t` before them shows the TTL the item had.
-                let changed_later =
-                    flag_tokens(&command.flags[token_end(command.flags, token)..]).any(|later| matches!(later[0], b'T' | b'N'));
-                let ttl = if changed_later { info.previous_ttl } else { info.ttl };
+                // memcached applies T and N at their place in the line: `t`
+                // shows the TTL left by the last of them before it.
+                let split = token_end(command.flags, token);
+                let last_change = flag_tokens(&command.flags[..split])
+                    .filter_map(|flag| match flag[0] {
+                        b'T' => info.touch_ttl,
+                        b'N' => info.vivify_ttl,
+                        _ => None,
+                    })
+                    .last();
+                let later_change = flag_tokens(&command.flags[split..]).any(|flag| matches!(flag[0], b'T' | b'N'));
+                let ttl = match last_change {
+                    Some(ttl) => ttl,
+                    None if later_change => info.previous_ttl,
+                    None => info.ttl,
+                };
                 fact(out, number.format(ttl).as_bytes())
             }
             (b's', Some(info)) => fact(out, number.format(info.total_size).as_bytes()),

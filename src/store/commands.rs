@@ -119,6 +119,7 @@ impl Shard {
         if let Some(expiry) = expiry {
             item.set_expiry(expiry);
             info.ttl = self.clock.ttl_of(expiry);
+            info.touch_ttl = Some(info.ttl);
         }
         Outcome::Hit {
             info,
@@ -128,8 +129,13 @@ impl Shard {
 
     /// mg N on a miss: an empty placeholder item whose creator wins the recache.
     fn vivify(&mut self, hash: KeyHash, key: &[u8], exptime: i64, options: GetOptions) -> Outcome<&[u8]> {
-        // `exptime` is the parser's pick of N and T (the later one wins).
-        let expiry = self.clock.expiry_of(exptime);
+        // N and T act in the order of the line: the later one's TTL stays.
+        let vivify_expiry = self.clock.expiry_of(exptime);
+        let touch_expiry = options.touch.map(|touch| self.clock.expiry_of(touch));
+        let expiry = match touch_expiry {
+            Some(touch) if options.touch_after_vivify => touch,
+            _ => vivify_expiry,
+        };
         match self.create(hash, key, [b"", b""], 0, expiry, options.new_cas, None) {
             Ok((handle, _)) => {
                 let mut info = self.info(handle);
@@ -141,6 +147,8 @@ impl Shard {
                 info.recache = if options.claims_win { Recache::Won } else { Recache::None };
                 // Created without an exptime until N (or T) sets one.
                 info.previous_ttl = -1;
+                info.vivify_ttl = Some(self.clock.ttl_of(vivify_expiry));
+                info.touch_ttl = touch_expiry.map(|touch| self.clock.ttl_of(touch));
                 Outcome::Hit { info, value: b"" }
             }
             Err(OutOfMemory) => Outcome::OutOfMemory,

@@ -389,6 +389,8 @@ impl Shard {
             cas: item.cas(),
             ttl,
             previous_ttl: ttl,
+            touch_ttl: None,
+            vivify_ttl: None,
             idle: self.clock.now.saturating_sub(item.last_access()),
             hit_before: item.was_fetched(),
             binary_key: item.binary_key(),
@@ -556,11 +558,9 @@ impl Shard {
 /// A counter's value as memcached's safe_strtoull reads it for incr and
 /// decr: leading white space, an optional sign, digits, then white space or
 /// the end; a '-' only when the negated value is not negative as signed
-/// ("-0"). A value that starts with white space and has no digits reads as
-/// 0, as C's strtoull leaves it. An empty value is not a number.
+/// ("-0"). No digits, no number.
 pub(super) fn parse_counter(value: &[u8]) -> Option<u64> {
     let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r');
-    let first = value.first()?;
     let start = value.iter().position(|b| !is_space(b)).unwrap_or(value.len());
     let rest = &value[start..];
     let (negative, rest) = match rest.split_first() {
@@ -570,7 +570,7 @@ pub(super) fn parse_counter(value: &[u8]) -> Option<u64> {
     };
     let digits_end = rest.iter().position(|b| !b.is_ascii_digit()).unwrap_or(rest.len());
     if digits_end == 0 {
-        return is_space(first).then_some(0);
+        return None;
     }
     let (digits, tail) = rest.split_at(digits_end);
     if tail.first().is_some_and(|b| !is_space(b)) {

@@ -217,7 +217,7 @@ fn incr_and_decr() {
     set(&mut shard, b"n", b"-1");
     assert_eq!(arith(&mut shard, b"n", true, 1), Outcome::NonNumeric);
     set(&mut shard, b"n", b" ");
-    assert_eq!(arith(&mut shard, b"n", true, 1), number(1), "blank reads as 0, as strtoull");
+    assert_eq!(arith(&mut shard, b"n", true, 1), Outcome::NonNumeric, "no digits, no number");
     set(&mut shard, b"n", b"");
     assert_eq!(arith(&mut shard, b"n", true, 1), Outcome::NonNumeric);
     set(&mut shard, b"n", b"1");
@@ -720,9 +720,7 @@ fn model_counter(value: &[u8]) -> Option<u64> {
     let unsigned = rest.strip_prefix(b"+").or(rest.strip_prefix(b"-")).unwrap_or(rest);
     let digits = unsigned.iter().take_while(|b| b.is_ascii_digit()).count();
     if digits == 0 {
-        // No digits: 0 when the value starts with white space, as strtoull
-        // leaves its end pointer at the start.
-        return value.first().is_some_and(blank).then_some(0);
+        return None;
     }
     if unsigned.get(digits).is_some_and(|b| !blank(b)) {
         return None;
