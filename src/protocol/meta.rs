@@ -392,7 +392,11 @@ fn build<'a>(
             recache_below: flags.time(b'R')?,
             recache_after_touch: flags.position(b'T') < flags.position(b'R'),
             touch_after_vivify: flags.position(b'T') > flags.position(b'N'),
-            no_bump: flags.has(b'u') || kind == MetaKind::Debug,
+            // An mg that holds its item (N T R l h) bumps it at the end of
+            // its reply, which a long opaque never reaches.
+            no_bump: flags.has(b'u')
+                || kind == MetaKind::Debug
+                || (opaque_too_long && b"NTRlh".iter().any(|&flag| flags.has(flag))),
             new_cas,
             peek: kind == MetaKind::Debug,
             claims_win: kind == MetaKind::Get && !opaque_too_long,

@@ -144,6 +144,9 @@ pub fn meta_outcome(out: &mut Vec<u8>, command: &MetaCommand<'_>, outcome: &Outc
                     cas: *cas,
                     ttl: *ttl,
                     previous_ttl: *previous_ttl,
+                    // ma knows only the TTL its T and N leave in the end.
+                    touch_ttl: Some(*ttl),
+                    vivify_ttl: Some(*ttl),
                     ..ItemInfo::default()
                 };
                 let digits = itoa::Buffer::new().format(*value).as_bytes().to_vec();

@@ -142,8 +142,10 @@ impl Shard {
                 let mut item = ItemMut(self.slab.chunk_mut(handle));
                 item.set_win_sent(options.claims_win);
                 // memcached counts the creating read as a fetch (from the next
-                // read on: this one reports h0).
-                item.set_fetched();
+                // read on: this one reports h0), unless it does not bump.
+                if !options.no_bump {
+                    item.set_fetched();
+                }
                 info.recache = if options.claims_win { Recache::Won } else { Recache::None };
                 // Created without an exptime until N (or T) sets one.
                 info.previous_ttl = -1;
