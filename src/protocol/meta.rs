@@ -302,7 +302,11 @@ pub fn parse<'a>(name: &[u8], line: &'a [u8], data: &'a [u8], max_payload: usize
         .next()
         .map_or(line.len(), |first| first.as_ptr() as usize - line.as_ptr() as usize);
     let flags_text = &line[flags_start..];
-    let result = if raw_key.len() > KEY_MAX_LENGTH {
+    let structural = flag_tokens(flags_text).any(|token| !token[0].is_ascii_alphanumeric());
+    let result = if kind == MetaKind::Arith && structural {
+        // ma meets a flag that is no letter or digit before its key check.
+        Err(super::text::BAD_FORMAT)
+    } else if raw_key.len() > KEY_MAX_LENGTH {
         // The limit applies to the key as sent (base64 included); ma says so
         // with its one flag error line, as memcached 1.6.45 does.
         Err(if kind == MetaKind::Arith {
@@ -322,7 +326,7 @@ pub fn parse<'a>(name: &[u8], line: &'a [u8], data: &'a [u8], max_payload: usize
         // flag that is no letter or digit stops memcached's ms before it
         // knows to swallow.
         Err(error) => match datalen {
-            Some(_) if flag_tokens(flags_text).any(|token| !token[0].is_ascii_alphanumeric()) => MetaParsed::Error(error),
+            Some(_) if structural => MetaParsed::Error(error),
             Some(length) => MetaParsed::ErrorSwallow { error, skip: length + 2 },
             None => MetaParsed::Error(error),
         },

@@ -213,7 +213,8 @@ impl Shard {
                     // A CAS of 0 matches nothing (memcached's cas with 0).
                     if current != expected || expected == 0 {
                         // ms I: an older CAS still writes, but the item is stale.
-                        if options.invalidate && expected != 0 && expected < current {
+                        // (set and replace only: append and prepend just fail).
+                        if options.invalidate && !appending_mode && expected != 0 && expected < current {
                             let old = Item(self.slab.chunk(handle));
                             stale_from = Some((old.expiry(), old.win_sent()));
                         } else {
