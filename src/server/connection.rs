@@ -26,7 +26,8 @@ use crate::stats::{CommandLatency, LATENCY_COMMANDS};
 const OTHER_COMMANDS: usize = LATENCY_COMMANDS.len() - 1;
 
 const READ_BUFFER: usize = 16 * 1024;
-/// Requests handled per batch before replies are sent.
+/// Most requests handled per batch before replies are sent (a batch is
+/// `-R` requests, memcached's requests per event, at most this many).
 const MAX_STEPS: usize = 256;
 /// Key operations routed together; a longer run (a huge multi-get) is
 /// routed in slices of this many.
@@ -223,7 +224,7 @@ async fn send(core: &Core, stream: &mut TcpStream, bytes: &[u8]) -> std::io::Res
     Ok(())
 }
 
-/// Parses up to MAX_STEPS requests from `buf`, executes them and writes
+/// Parses up to `-R` requests from `buf`, executes them and writes
 /// their replies, in order, to `out`.
 async fn process<S: Session>(
     core: &Core,

@@ -101,6 +101,11 @@ def _counter_in_place(d):
     labels = d.label.split("+")
     if not any(l.startswith(("incr.", "decr.", "ma.")) for l in labels):
         return False
+    mt, ct = _line(d.mc_unit).split(b" "), _line(d.cc_unit).split(b" ")
+    if mt[:1] == [b"ME"] == ct[:1] and len(mt) == len(ct):
+        # The new item memcached made is not marked fetched.
+        return all(f == g or f.split(b"=")[0] in (b"fetch", b"cls", b"size", b"cas", b"exp", b"la")
+                   for f, g in zip(mt, ct))
     m, c = d.mc_unit.split(b"\r\n"), d.cc_unit.split(b"\r\n")
     if len(m) < 2 or len(c) < 2:
         return False
@@ -122,10 +127,10 @@ def _ma_ttl_lost(d):
     item that a reply earlier in the batch still holds is rewritten as a new
     item, and T lands on the old one, so memcached's item keeps its TTL."""
     labels = d.label.split("+")
-    if "ma.valid" not in labels or not any(l.startswith(("get", "gat", "mg.")) for l in labels):
+    if not any(l.startswith("ma.") for l in labels) or not re.search(rb"(^|\n)ma [^\r\n]* T-?\d", d.cmd):
         return False
-    if not re.search(rb"(^|\n)ma [^\r\n]* T-?\d", d.cmd):
-        return False
+    if d.why.startswith("state probe"):
+        return True  # memcached's item kept its TTL; corecache's expired
     answers = {(b"TOUCHED\r\n", b"NOT_FOUND\r\n"), (b"HD\r\n", b"EN\r\n")}
     return (d.mc_unit, d.cc_unit) in answers or (d.mc_unit.startswith(b"VALUE ") and d.cc_unit == b"END\r\n")
 
