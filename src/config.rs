@@ -210,7 +210,7 @@ impl Config {
     /// ones that fit in memcached. corecache's header is smaller, so any
     /// such item fits its chunk.
     pub fn max_payload(&self) -> usize {
-        debug_assert!(crate::protocol::ITEM_OVERHEAD >= HEADER_BYTES);
+        const { assert!(crate::protocol::ITEM_OVERHEAD >= HEADER_BYTES) };
         self.item_size_max - crate::protocol::ITEM_OVERHEAD
     }
 }
