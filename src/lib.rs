@@ -9,7 +9,9 @@
 //! metrics.rs       Prometheus exposition of stats and latency (--metrics-port)
 //! request.rs       protocol-neutral requests (KeyOp) and answers (Outcome)
 //! protocol/        bytes <-> requests, one parser and one reply writer per
-//!                  protocol: text (+ meta commands) and binary
+//!                  protocol: text (+ meta commands) and binary, each held to
+//!                  memcached 1.6.45's behaviour on the wire (its t/ suite,
+//!                  tests/conformance; the differential test, tests/differential)
 //! server/          cores and sockets: one glommio executor per core
 //!   mod.rs           starts the cores, the channel mesh, the sweeper; a core
 //!                    that ends before a stop ends the process
@@ -20,6 +22,7 @@
 //!   text_session.rs, binary_session.rs   the two Sessions
 //!   router.rs        hash once, run local ops, batch remote ops per core
 //! store/           one Shard per core: index + slab + segmented LRU + expiry
+//!                  (+ flush generations, `stats detail` prefix counts)
 //! replication/     per-shard logs, the replication core (backlogs, primary
 //!                  and replica links), applying records on a replica
 //! stats.rs         `stats` output: shard reports + server counters
