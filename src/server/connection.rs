@@ -198,6 +198,17 @@ async fn serve_session<S: Session>(
         input.consume(batch.consumed);
         swallow = batch.swallow;
         need_input = batch.need_input;
+        // As memcached's -R: after that many requests a connection with more
+        // waiting gives way to the core's other connections, with its
+        // replies sent. When nothing else needs the core, it goes on and the
+        // next batch's replies join the same send.
+        let more_waiting = batch.full && batch.after == After::Continue && !input.unparsed().is_empty();
+        if more_waiting {
+            core.counters.conn_yields.set(core.counters.conn_yields.get() + 1);
+            if !glommio::executor().need_preempt() && output.len() < FLUSH_AT {
+                continue;
+            }
+        }
         if !output.is_empty() {
             if send(core, stream, &output).await.is_err() {
                 return After::Close;
@@ -207,10 +218,7 @@ async fn serve_session<S: Session>(
         if batch.after != After::Continue {
             return batch.after;
         }
-        // As memcached's -R: a connection that has more requests waiting
-        // after a full batch gives way to the core's other connections.
-        if batch.full && !input.unparsed().is_empty() {
-            core.counters.conn_yields.set(core.counters.conn_yields.get() + 1);
+        if more_waiting {
             glommio::yield_if_needed().await;
         }
     }

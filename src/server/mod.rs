@@ -90,7 +90,8 @@ pub struct CoreCounters {
     pub bytes_read: Cell<u64>,
     pub bytes_written: Cell<u64>,
     pub cmd_flush: Cell<u64>,
-    /// Times a connection gave way to others after `-R` requests.
+    /// Times a connection reached `-R` requests with more waiting (and gave
+    /// way to the core's other connections if they had work).
     pub conn_yields: Cell<u64>,
 }
 
