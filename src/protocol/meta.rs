@@ -146,8 +146,9 @@ struct Flags<'a> {
     seen: u128,
     /// The tokens of the flags that take one, in TOKEN_FLAGS order.
     tokens: [Option<&'a [u8]>; TOKEN_FLAGS.len()],
-    /// The flags as sent.
-    text: &'a [u8],
+    /// Where each flag of TOKEN_FLAGS stands among the flags (for flags that
+    /// act in order).
+    positions: [usize; TOKEN_FLAGS.len()],
 }
 
 /// Flags whose token the parser reads (O is echoed from the raw text).
@@ -164,10 +165,10 @@ impl<'a> Flags<'a> {
         let mut parsed = Flags {
             seen: 0,
             tokens: [None; TOKEN_FLAGS.len()],
-            text: flags,
+            positions: [usize::MAX; TOKEN_FLAGS.len()],
         };
         let mut error = None;
-        for token in flag_tokens(flags) {
+        for (index, token) in flag_tokens(flags).enumerate() {
             let flag = token[0];
             if flag >= 127 || parsed.seen & (1u128 << flag) != 0 {
                 return Err((DUPLICATE_FLAG, false));
@@ -187,6 +188,7 @@ impl<'a> Flags<'a> {
             };
             let value = &token[1..];
             parsed.tokens[slot] = Some(value);
+            parsed.positions[slot] = index;
             let fault = match flag {
                 b'N' | b'T' | b'R' => super::text::strict_i32(value).is_none().then_some(BAD_TOKEN),
                 b'C' | b'E' => super::text::strict_u64(value).is_none().then_some(BAD_TOKEN),
@@ -216,9 +218,10 @@ impl<'a> Flags<'a> {
         flag_tokens(flags).any(|token| token[0] == b'O' && token.len() > MAX_OPAQUE)
     }
 
-    /// Where a flag stands among the flags (for flags that act in order).
+    /// Where a token flag stands among the flags (None: not given).
     fn position(&self, flag: u8) -> Option<usize> {
-        flag_tokens(self.text).position(|token| token[0] == flag)
+        let slot = TOKEN_FLAGS.iter().position(|&f| f == flag).expect("a token flag");
+        self.tokens[slot].map(|_| self.positions[slot])
     }
 
     fn has(&self, flag: u8) -> bool {

@@ -205,7 +205,7 @@ pub(crate) fn strict_i32(token: &[u8]) -> Option<i64> {
 /// C's strtoull as memcached's safe_strtoull reads a token: an optional
 /// sign, digits, no overflow; a '-' is refused only when the negated value
 /// would read as negative (so "-0" is 0).
-pub(crate) fn c_strtoull(token: &[u8]) -> Option<u64> {
+fn c_strtoull(token: &[u8]) -> Option<u64> {
     let (negative, rest) = match token.split_first() {
         Some((b'-', rest)) => (true, rest),
         Some((b'+', rest)) => (false, rest),
@@ -223,14 +223,14 @@ pub(crate) fn c_strtoull(token: &[u8]) -> Option<u64> {
 
 /// Client flags: read as strtoull, kept as 32 bits (the low half of what
 /// was sent, as memcached prints them).
-pub(crate) fn client_flags(token: &[u8]) -> Option<u32> {
+fn client_flags(token: &[u8]) -> Option<u32> {
     c_strtoull(token).map(|value| value as u32)
 }
 
 /// C's strtol as memcached's safe_strtol reads an exptime: an optional sign
 /// and digits within 64 bits, then cut to 32 bits (so times past 2^31 wrap
 /// exactly as they do in memcached).
-pub(crate) fn storage_exptime(token: &[u8]) -> Option<i64> {
+fn storage_exptime(token: &[u8]) -> Option<i64> {
     let (negative, rest) = match token.split_first() {
         Some((b'-', rest)) => (true, rest),
         Some((b'+', rest)) => (false, rest),
@@ -269,10 +269,14 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
     }
     let line = &buf[..newline];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let tokens = Tokens::of(line);
     // The command is what precedes the first space: a line that starts
     // with a space names no command.
-    let name = &line[..memchr(b' ', line).unwrap_or(line.len())];
-    let tokens = Tokens::of(line);
+    let name = if line.first() == Some(&b' ') {
+        &line[..0]
+    } else {
+        tokens.get(0)
+    };
     let noreply = tokens.noreply();
     let quiet_error = |reply| Parsed::Error {
         reply,

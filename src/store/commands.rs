@@ -198,8 +198,8 @@ impl Shard {
         // ignores it; for a missing key append and prepend let the mode decide.
         // C0 means nothing to append and prepend, which check a CAS only
         // when one is given; set and replace compare it (and fail).
-        let appending_mode = matches!(mode, StoreMode::Append | StoreMode::Prepend);
-        let compare_cas = options.compare_cas.filter(|&cas| !(appending_mode && cas == 0));
+        let appending = matches!(mode, StoreMode::Append | StoreMode::Prepend);
+        let compare_cas = options.compare_cas.filter(|&cas| !(appending && cas == 0));
         if let Some(expected) = compare_cas.filter(|_| mode != StoreMode::Add) {
             match existing {
                 None if matches!(mode, StoreMode::Set | StoreMode::Replace) => {
@@ -214,7 +214,7 @@ impl Shard {
                     if current != expected || expected == 0 {
                         // ms I: an older CAS still writes, but the item is stale.
                         // (set and replace only: append and prepend just fail).
-                        if options.invalidate && !appending_mode && expected != 0 && expected < current {
+                        if options.invalidate && !appending && expected != 0 && expected < current {
                             let old = Item(self.slab.chunk(handle));
                             stale_from = Some((old.expiry(), old.win_sent()));
                         } else {
@@ -228,7 +228,6 @@ impl Shard {
                 }
             }
         }
-        let appending = matches!(mode, StoreMode::Append | StoreMode::Prepend);
         let (mode, exptime) = match (mode, existing) {
             (StoreMode::Add, Some(handle)) => {
                 // memcached refreshes the item's LRU position on a failed add.

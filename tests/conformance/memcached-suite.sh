@@ -3,7 +3,7 @@
 # the @core and @stats groups, with -t 1 and -t 2. Exit status: non-zero if
 # any file fails.
 #
-#   tests/conformance/memcached-suite.sh [corecache binary] [memcached-tests dir]
+#   tests/conformance/memcached-suite.sh [corecache binary] [memcached-tests/run.sh]
 #
 # A few files assert memcached internals that corecache does not have; they
 # are left out here, each with the reason (README "Differences from memcached"):
@@ -20,7 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 binary=${1:-target/debug/corecache}
-suite=${2:-../shared/memcached-tests}
+runner=${2:-../shared/memcached-tests/run.sh}
+suite=$(dirname "$runner")
 [ -x "$binary" ] || { echo "no corecache binary at $binary (cargo build first)" >&2; exit 2; }
 [ -x "$suite/run.sh" ] || { echo "no memcached test suite at $suite" >&2; exit 2; }
 
