@@ -34,13 +34,30 @@ files_but() {
     echo "${out[@]}"
 }
 internal="issue_42 issue_163 issue_22 64bit"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+run() {  # run <threads> <files...>: the files through prove, output kept in $log
+    local threads=$1
+    shift
+    MC_EXTRA_ARGS="-t $threads" TEST_TIMEOUT=${TEST_TIMEOUT:-120} SHOW_CMDLINES=0 \
+        "$suite/run.sh" "$binary" "$@" 2>&1 | tee "$log"
+    return "${PIPESTATUS[0]}"
+}
 status=0
 for threads in 1 2; do
     skip=$internal
     [ "$threads" = 2 ] && skip="$skip dash-M"
     echo "== memcached t/ suite, corecache -t $threads (left out: $skip)"
     # shellcheck disable=SC2046
-    MC_EXTRA_ARGS="-t $threads" TEST_TIMEOUT=${TEST_TIMEOUT:-120} SHOW_CMDLINES=0 \
-        "$suite/run.sh" "$binary" $(files_but "$skip") || status=1
+    run "$threads" $(files_but "$skip") && continue
+    # Some files race the one-second clock (binary.t stores with exptime 1
+    # and then touches: when a second boundary falls between the two the
+    # item has expired, as it does with memcached, about 1 in 5000 tries).
+    # A file that fails is run once more; failing twice fails the suite.
+    failed=$(sed -n 's|^t/\([A-Za-z0-9_-]*\)\.t  *(Wstat.*|\1|p' "$log" | tr '\n' ' ')
+    [ -n "$failed" ] || { status=1; continue; }
+    echo "== corecache -t $threads: again, once: $failed"
+    # shellcheck disable=SC2086
+    run "$threads" $failed || status=1
 done
 exit $status
