@@ -37,6 +37,7 @@
 //! A write also leaves the key's new state in the shard's replication log
 //! (`replication::shard_side`), which the replication core streams to replicas.
 
+pub mod cluster;
 pub mod config;
 pub mod hash;
 pub mod host;
