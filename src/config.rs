@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use clap::{ArgAction, Parser};
 use thiserror::Error;
 
+use crate::cluster::ring::{self, NodeAddress};
 use crate::store::item::HEADER_BYTES;
 use crate::store::slab::PAGE_SIZE;
 
@@ -96,6 +97,20 @@ pub struct Args {
     /// Serve Prometheus metrics over HTTP on this port (first -l address)
     #[arg(long = "metrics-port")]
     pub metrics_port: Option<u16>,
+    /// Cluster mode: every node's client address and weight, comma-separated
+    /// (the list ketama clients are given); this node is the entry that
+    /// matches its -l and -p
+    #[arg(long = "cluster-nodes", value_name = "HOST:PORT[:WEIGHT],...")]
+    pub cluster_nodes: Option<String>,
+    /// Port for replication and failure detection between cluster nodes.
+    /// Every node's sits at the same offset from its client port (default:
+    /// client port + 10000)
+    #[arg(long = "cluster-port")]
+    pub cluster_port: Option<u16>,
+    /// Copies of each key a cluster keeps (its owner and the next nodes
+    /// clockwise on the ring)
+    #[arg(long = "copies", default_value_t = 2)]
+    pub copies: usize,
 }
 
 /// memcached's `-B`: which protocols the client port speaks.
@@ -147,6 +162,37 @@ pub enum ConfigError {
     Listen(String),
     #[error("--io-memory {0}: must be between 64k and 8m (locked memory is limited)")]
     IoMemory(String),
+    #[error("--cluster-nodes '{0}': expected host:port[:weight] entries, comma-separated, weight 1 or more")]
+    ClusterNode(String),
+    #[error("--cluster-nodes lists {0} twice")]
+    ClusterDuplicate(String),
+    #[error("--cluster-nodes: at most {max} nodes, {count} given", max = ring::MAX_NODES)]
+    ClusterSize { count: usize },
+    #[error("--cluster-nodes does not list this node: none of its entries is -l {listen} with -p {port}")]
+    ClusterSelf { listen: String, port: u16 },
+    #[error("--copies {copies}: must be between 1 and the number of nodes ({nodes})")]
+    Copies { copies: usize, nodes: usize },
+    #[error("--cluster-port {0}: must differ from the client port and the replication port")]
+    ClusterPort(u16),
+    #[error("--cluster-port needs --cluster-nodes")]
+    ClusterPortAlone,
+}
+
+/// Cluster mode: the node list and where this node is in it.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub nodes: Vec<NodeAddress>,
+    /// This node's index in `nodes`.
+    pub me: usize,
+    pub copies: usize,
+    /// Every node's cluster port is its client port plus this.
+    pub cluster_port_offset: i32,
+}
+
+impl ClusterConfig {
+    pub fn cluster_port_of(&self, node: usize) -> u16 {
+        (i32::from(self.nodes[node].port) + self.cluster_port_offset) as u16
+    }
 }
 
 /// The validated configuration the server runs with.
@@ -175,6 +221,7 @@ pub struct Config {
     pub repl_port: Option<u16>,
     pub replica_of: Option<String>,
     pub repl_backlog: usize,
+    pub cluster: Option<ClusterConfig>,
     /// `-o` options that were not understood (warned at start).
     pub ignored_options: Vec<String>,
 }
@@ -362,6 +409,7 @@ impl Args {
             .filter(|o| !o.is_empty() && !KNOWN_EXTENDED.contains(o))
             .map(String::from)
             .collect();
+        let cluster = self.cluster(&listen)?;
         Ok(Config {
             port: self.port,
             listen,
@@ -389,8 +437,88 @@ impl Args {
             repl_port: self.repl_port,
             replica_of: self.replica_of.clone(),
             repl_backlog: parse_size(&self.repl_backlog)?.max(64 << 10),
+            cluster,
             ignored_options,
         })
+    }
+
+    fn cluster(&self, listen: &[IpAddr]) -> Result<Option<ClusterConfig>, ConfigError> {
+        let Some(list) = &self.cluster_nodes else {
+            return match self.cluster_port {
+                Some(_) => Err(ConfigError::ClusterPortAlone),
+                None => Ok(None),
+            };
+        };
+        let nodes = parse_node_list(list)?;
+        if nodes.len() > ring::MAX_NODES {
+            return Err(ConfigError::ClusterSize { count: nodes.len() });
+        }
+        let me = nodes
+            .iter()
+            .position(|node| node.port == self.port && resolves_to_one_of(&node.host, node.port, listen))
+            .ok_or_else(|| ConfigError::ClusterSelf {
+                listen: self.listen.clone(),
+                port: self.port,
+            })?;
+        if !(1..=nodes.len()).contains(&self.copies) {
+            return Err(ConfigError::Copies {
+                copies: self.copies,
+                nodes: nodes.len(),
+            });
+        }
+        let cluster_port = self.cluster_port.unwrap_or(self.port.wrapping_add(10000));
+        if cluster_port == self.port || Some(cluster_port) == self.repl_port {
+            return Err(ConfigError::ClusterPort(cluster_port));
+        }
+        Ok(Some(ClusterConfig {
+            nodes,
+            me,
+            copies: self.copies,
+            cluster_port_offset: i32::from(cluster_port) - i32::from(self.port),
+        }))
+    }
+}
+
+/// Parses "host:port[:weight],..." (weight defaults to 1).
+pub fn parse_node_list(text: &str) -> Result<Vec<NodeAddress>, ConfigError> {
+    let mut nodes: Vec<NodeAddress> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let bad = || ConfigError::ClusterNode(entry.to_string());
+        let mut parts = entry.split(':');
+        let host = parts.next().filter(|h| !h.is_empty()).ok_or_else(bad)?;
+        let port = parts.next().and_then(|p| p.parse::<u16>().ok()).ok_or_else(bad)?;
+        let weight = match parts.next() {
+            Some(w) => w.parse::<u32>().ok().filter(|&w| w > 0).ok_or_else(bad)?,
+            None => 1,
+        };
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        let node = NodeAddress {
+            host: host.to_string(),
+            port,
+            weight,
+        };
+        if nodes.iter().any(|n| n.host == node.host && n.port == node.port) {
+            return Err(ConfigError::ClusterDuplicate(node.to_string()));
+        }
+        nodes.push(node);
+    }
+    if nodes.is_empty() {
+        return Err(ConfigError::ClusterNode(text.to_string()));
+    }
+    Ok(nodes)
+}
+
+/// Whether `host` (an IP address or a name) is one of the addresses this
+/// node listens on.
+fn resolves_to_one_of(host: &str, port: u16, listen: &[IpAddr]) -> bool {
+    use std::net::ToSocketAddrs;
+    match host.parse::<IpAddr>() {
+        Ok(ip) => listen.contains(&ip),
+        Err(_) => (host, port)
+            .to_socket_addrs()
+            .is_ok_and(|mut addresses| addresses.any(|address| listen.contains(&address.ip()))),
     }
 }
 
@@ -494,5 +622,54 @@ mod tests {
         let config = args("-o modern,hashpower=20 -vv").validate_with_cpus(&[0]).unwrap();
         assert_eq!(config.ignored_options, vec!["hashpower=20".to_string()]);
         assert_eq!(config.verbose, 2);
+    }
+
+    #[test]
+    fn a_node_finds_itself_in_the_cluster_list() {
+        let list = "--cluster-nodes 127.0.0.2:11211,127.0.0.3:11211:2,127.0.0.4:11211";
+        let config = args(&format!("-l 127.0.0.3 {list}")).validate_with_cpus(&[0]).unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.me, 1);
+        assert_eq!(cluster.nodes[1].weight, 2);
+        assert_eq!(cluster.copies, 2);
+        assert_eq!(cluster.cluster_port_of(0), 21211);
+        let config = args(&format!("-l 127.0.0.4 --cluster-port 12000 {list}"))
+            .validate_with_cpus(&[0])
+            .unwrap();
+        assert_eq!(config.cluster.unwrap().cluster_port_of(2), 12000);
+    }
+
+    #[test]
+    fn cluster_lists_are_checked() {
+        let at = |line: &str| args(line).validate_with_cpus(&[0]).unwrap_err();
+        assert_eq!(
+            at("-l 127.0.0.9 --cluster-nodes 127.0.0.2:11211,127.0.0.3:11211"),
+            ConfigError::ClusterSelf {
+                listen: "127.0.0.9".into(),
+                port: 11211
+            }
+        );
+        assert_eq!(
+            at("-l 127.0.0.2 -p 1 --cluster-nodes 127.0.0.2:11211"),
+            ConfigError::ClusterSelf {
+                listen: "127.0.0.2".into(),
+                port: 1
+            }
+        );
+        for bad in ["127.0.0.2", "127.0.0.2:x", "127.0.0.2:11211:0", "127.0.0.2:1:2:3", ":11211"] {
+            assert_eq!(
+                at(&format!("-l 127.0.0.2 --cluster-nodes {bad}")),
+                ConfigError::ClusterNode(bad.into())
+            );
+        }
+        assert_eq!(
+            at("-l 127.0.0.2 --cluster-nodes 127.0.0.2:11211,127.0.0.2:11211:3"),
+            ConfigError::ClusterDuplicate("127.0.0.2:11211".into())
+        );
+        assert_eq!(
+            at("-l 127.0.0.2 --copies 3 --cluster-nodes 127.0.0.2:11211,127.0.0.3:11211"),
+            ConfigError::Copies { copies: 3, nodes: 2 }
+        );
+        assert_eq!(at("--cluster-port 5000"), ConfigError::ClusterPortAlone);
     }
 }

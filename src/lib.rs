@@ -25,6 +25,9 @@
 //!                  (+ flush generations, `stats detail` prefix counts)
 //! replication/     per-shard logs, the replication core (backlogs, primary
 //!                  and replica links), applying records on a replica
+//! cluster/         several hosts as one cache: the ketama ring (ring.rs)
+//!                  and each key's preference list (forwarding, per-key
+//!                  copies and failure detection are still to come)
 //! stats.rs         `stats` output: shard reports + server counters
 //! ```
 //!

@@ -244,12 +244,26 @@ pub enum Outcome<B> {
     NonNumeric,
     TooLarge,
     OutOfMemory,
-    /// A write sent to a replica that has not been promoted.
+    /// Not run here, for a reason of the deployment (not of the key).
+    Refused(Refusal),
+}
+
+/// Why a node did not run an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A write sent to a replica that has not been promoted. (The cluster's
+    /// refusals, such as a write without a majority, join it here.)
     ReadOnly,
 }
 
-/// What a replica says to a write, after the protocol's error prefix.
-pub const READ_ONLY_MESSAGE: &str = "read-only replica";
+impl Refusal {
+    /// What the reply says, after the protocol's error prefix.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::ReadOnly => "read-only replica",
+        }
+    }
+}
 
 impl<B: AsRef<[u8]>> Outcome<B> {
     /// An owned copy, kept past the shard borrow it came from (tests, benches).
@@ -290,7 +304,7 @@ impl<B> Outcome<B> {
             Outcome::NonNumeric => Outcome::NonNumeric,
             Outcome::TooLarge => Outcome::TooLarge,
             Outcome::OutOfMemory => Outcome::OutOfMemory,
-            Outcome::ReadOnly => Outcome::ReadOnly,
+            Outcome::Refused(refusal) => Outcome::Refused(*refusal),
         }
     }
 }

@@ -1,5 +1,51 @@
 //! Several hosts as one cache (DESIGN.md "Cluster"): the ketama ring that
-//! places keys on nodes, the node list with who is alive, and forwarding of
-//! requests to the node that acts for their keys.
+//! places keys on nodes and each key's preference list. Still to come here:
+//! membership (SWIM, who is alive), forwarding to the node acting for a
+//! key, and per-key copies.
 
 pub mod ring;
+
+use crate::config::ClusterConfig;
+use ring::{Ring, point_of};
+
+/// The node list as this node holds it, and the ring built from it.
+pub struct Cluster {
+    pub config: ClusterConfig,
+    pub ring: Ring,
+}
+
+impl Cluster {
+    pub fn new(config: ClusterConfig) -> Cluster {
+        let ring = Ring::new(&config.nodes);
+        Cluster { config, ring }
+    }
+
+    /// A key's preference list: its owner, then the next distinct nodes
+    /// clockwise, `--copies` in all.
+    pub fn preference_list(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
+        self.ring.clockwise(point_of(key)).take(self.config.copies)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_node_list;
+
+    #[test]
+    fn preference_lists_hold_copies_distinct_nodes_owner_first() {
+        let cluster = Cluster::new(ClusterConfig {
+            nodes: parse_node_list("127.0.0.2:11211,127.0.0.3:11211,127.0.0.4:11211").unwrap(),
+            me: 0,
+            copies: 2,
+            cluster_port_offset: 10000,
+        });
+        for i in 0..1000 {
+            let key = format!("key:{i}");
+            let list: Vec<usize> = cluster.preference_list(key.as_bytes()).collect();
+            assert_eq!(list.len(), 2);
+            assert_ne!(list[0], list[1]);
+            assert_eq!(list[0], cluster.ring.owner(point_of(key.as_bytes())));
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! waits for a body, so a header can never make the server buffer more
 //! than a legal request.
 
-use crate::request::{ArithOptions, DeleteOptions, GetOptions, KeyOp, StoreMode, StoreOptions};
+use crate::request::{ArithOptions, DeleteOptions, GetOptions, KeyOp, Refusal, StoreMode, StoreOptions};
 use crate::store::KEY_MAX_LENGTH;
 
 pub const HEADER_LEN: usize = 24;
@@ -80,7 +80,7 @@ impl Status {
             Status::AuthError => "Auth failure.",
             Status::UnknownCommand => "Unknown command",
             Status::OutOfMemory => "Out of memory",
-            Status::NotSupported => crate::request::READ_ONLY_MESSAGE,
+            Status::NotSupported => Refusal::ReadOnly.message(),
         }
     }
 }

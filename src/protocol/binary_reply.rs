@@ -1,7 +1,7 @@
 //! The binary protocol's reply writer: every response frame is built here.
 
 use super::binary::{Frame, HEADER_LEN, RESPONSE_MAGIC, Status, opcode};
-use crate::request::Outcome;
+use crate::request::{Outcome, Refusal};
 
 /// Writes a whole response frame.
 pub fn response(out: &mut Vec<u8>, frame: Frame, status: Status, cas: u64, extras: &[u8], key: &[u8], value: &[u8]) {
@@ -80,6 +80,11 @@ pub fn outcome(out: &mut Vec<u8>, frame: Frame, key: &[u8], outcome: &Outcome<&[
         Outcome::NonNumeric => error(out, frame, Status::NonNumeric),
         Outcome::TooLarge => error(out, frame, Status::ValueTooLarge),
         Outcome::OutOfMemory => error(out, frame, Status::OutOfMemory),
-        Outcome::ReadOnly => error(out, frame, Status::NotSupported),
+        Outcome::Refused(refusal) => {
+            let status = match refusal {
+                Refusal::ReadOnly => Status::NotSupported,
+            };
+            response(out, frame, status, 0, &[], &[], refusal.message().as_bytes());
+        }
     }
 }

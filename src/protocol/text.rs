@@ -60,6 +60,17 @@ pub enum Command<'a> {
     },
     /// `replication promote` | `replication follow <host>:<port>`.
     Replication(ReplicationAdmin<'a>),
+    /// `cluster nodes` | `cluster owner <key>`.
+    Cluster(ClusterAdmin<'a>),
+}
+
+/// Admin commands about the cluster's node list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterAdmin<'a> {
+    /// Every node of the list.
+    Nodes,
+    /// A key's preference list.
+    Owner(&'a [u8]),
 }
 
 /// Admin commands that change this host's replication role.
@@ -420,6 +431,13 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
             }
             // Other crawler controls are not served: the sweep runs by itself.
             _ => error(ERROR),
+        },
+        b"cluster" => match (tokens.count, tokens.get(1)) {
+            (2, b"nodes") => command(Command::Cluster(ClusterAdmin::Nodes)),
+            (3, b"owner") if tokens.get(2).len() <= KEY_MAX_LENGTH => {
+                command(Command::Cluster(ClusterAdmin::Owner(tokens.get(2))))
+            }
+            _ => error(BAD_FORMAT),
         },
         b"replication" => match (tokens.count, tokens.get(1)) {
             (2, b"promote") => command(Command::Replication(ReplicationAdmin::Promote)),
@@ -813,6 +831,11 @@ mod tests {
         assert_eq!(
             command(b"replication follow 127.0.0.2:7000\r\n"),
             Command::Replication(ReplicationAdmin::Follow(b"127.0.0.2:7000"))
+        );
+        assert_eq!(command(b"cluster nodes\r\n"), Command::Cluster(ClusterAdmin::Nodes));
+        assert_eq!(
+            command(b"cluster owner foo\r\n"),
+            Command::Cluster(ClusterAdmin::Owner(b"foo"))
         );
         assert_eq!(
             command(b"lru_crawler metadump 1,3\r\n"),

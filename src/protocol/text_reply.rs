@@ -5,7 +5,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use super::meta::{MetaCommand, MetaKind, OPAQUE_TOO_LONG, echoed, flag_tokens};
-use crate::request::{ItemInfo, Outcome, Recache};
+use crate::request::{ItemInfo, Outcome, Recache, Refusal};
 
 pub fn line(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(text.as_bytes());
@@ -41,8 +41,11 @@ pub fn get_outcome(out: &mut Vec<u8>, key: &[u8], with_cas: bool, outcome: &Outc
     }
 }
 
-/// A write refused by a replica.
-pub const READ_ONLY_LINE: &str = "SERVER_ERROR read-only replica";
+/// `SERVER_ERROR <why>` for an operation the deployment refused.
+pub fn refused(out: &mut Vec<u8>, refusal: Refusal) {
+    out.extend_from_slice(b"SERVER_ERROR ");
+    line(out, refusal.message());
+}
 
 /// The reply line to a single-key command.
 pub fn keyed_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
@@ -61,7 +64,7 @@ pub fn keyed_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
         Outcome::NonNumeric => "CLIENT_ERROR cannot increment or decrement non-numeric value",
         Outcome::TooLarge => "SERVER_ERROR object too large for cache",
         Outcome::OutOfMemory => "SERVER_ERROR out of memory storing object",
-        Outcome::ReadOnly => READ_ONLY_LINE,
+        Outcome::Refused(refusal) => return refused(out, *refusal),
         // A value is never the answer to a single-key command.
         Outcome::Hit { .. } => "SERVER_ERROR unexpected value",
     };
@@ -79,7 +82,7 @@ pub fn meta_outcome(out: &mut Vec<u8>, command: &MetaCommand<'_>, outcome: &Outc
     // An error of the operation itself comes first (ma's non-numeric).
     let failed = matches!(
         outcome,
-        Outcome::NonNumeric | Outcome::TooLarge | Outcome::OutOfMemory | Outcome::ReadOnly
+        Outcome::NonNumeric | Outcome::TooLarge | Outcome::OutOfMemory | Outcome::Refused(_)
     );
     if command.opaque_too_long && !failed {
         return line(out, OPAQUE_TOO_LONG);

@@ -75,6 +75,8 @@ pub struct Global {
     pub rejected_connections: AtomicU64,
     /// Role (primary or read-only replica) and the replication report.
     pub replication: Control,
+    /// The node list and ring (cluster mode only).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Global {
@@ -158,6 +160,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         stopping: AtomicBool::new(false),
         published: Mutex::new(vec![None; config.threads()]),
         replication: Control::new(config.replica_of.clone()),
+        cluster: config.cluster.clone().map(crate::cluster::Cluster::new),
     });
     watch_signals(global.clone())?;
     if let Some(port) = config.metrics_port {

@@ -15,7 +15,7 @@ use glommio::channels::channel_mesh::{FullMesh, Receivers, Senders};
 
 use super::Core;
 use crate::hash::KeyHash;
-use crate::request::{KeyOp, Outcome};
+use crate::request::{KeyOp, Outcome, Refusal};
 use crate::stats::CoreReport;
 use crate::store::Shard;
 use crate::store::prefix_stats::PrefixCounts;
@@ -433,7 +433,7 @@ pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], 
         let mut shard = core.shard_now();
         for (index, op) in ops.iter().enumerate() {
             if refused(op) {
-                each(index, &Outcome::ReadOnly);
+                each(index, &Outcome::Refused(Refusal::ReadOnly));
                 continue;
             }
             run_local(core, &mut shard, KeyHash::of(op.key()), op, |outcome| each(index, outcome));
@@ -483,7 +483,7 @@ pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], 
     for (index, (op, hash)) in ops.iter().zip(hashes.iter()).enumerate() {
         let owner = hash.shard(core.cores);
         if refused(op) {
-            each(index, &Outcome::ReadOnly);
+            each(index, &Outcome::Refused(Refusal::ReadOnly));
         } else if owner == core.id {
             run_local(core, &mut shard, *hash, op, |outcome| each(index, outcome));
         } else {

@@ -3,9 +3,9 @@
 use super::Core;
 use super::router::{self, ReplySlot};
 use super::session::{After, Parse, Session};
-use crate::protocol::text::{self, Command, Parsed, ReplicationAdmin, TextLimits};
+use crate::protocol::text::{self, ClusterAdmin, Command, Parsed, ReplicationAdmin, TextLimits};
 use crate::protocol::text_reply;
-use crate::request::{DeleteOptions, GetOptions, KeyOp, Outcome};
+use crate::request::{DeleteOptions, GetOptions, KeyOp, Outcome, Refusal};
 use crate::stats;
 
 /// A unit of a text batch, in the client's order.
@@ -133,14 +133,17 @@ impl Session for TextSession {
         match *command {
             Command::FlushAll { delay, noreply } => {
                 let reply = if !config.flush_enabled {
-                    "CLIENT_ERROR flush_all not allowed"
+                    Some("CLIENT_ERROR flush_all not allowed")
                 } else if router::flush_all(core, reply_slot, delay).await {
-                    "OK"
+                    Some("OK")
                 } else {
-                    text_reply::READ_ONLY_LINE
+                    None
                 };
                 if !noreply {
-                    text_reply::line(out, reply);
+                    match reply {
+                        Some(reply) => text_reply::line(out, reply),
+                        None => text_reply::refused(out, Refusal::ReadOnly),
+                    }
                 }
             }
             Command::Version => {
@@ -181,6 +184,7 @@ impl Session for TextSession {
                 text_reply::end(out);
             }
             Command::Replication(admin) => text_reply::line(out, replication_admin(core, admin)),
+            Command::Cluster(admin) => cluster_admin(core, admin, out),
             Command::SlabsAutomoveOff => text_reply::line(out, "OK"),
             Command::Quit => return After::Close,
             Command::Shutdown { valid_mode } => {
@@ -199,6 +203,33 @@ impl Session for TextSession {
 }
 
 /// `replication promote` and `replication follow`: the reply line.
+/// `cluster nodes`: `NODE <host:port> <weight> <state>` per node, this one
+/// marked `self`; `cluster owner <key>`: `OWNER <host:port>` then
+/// `REPLICA <host:port>` per further copy. Both end with END.
+fn cluster_admin(core: &Core, admin: ClusterAdmin<'_>, out: &mut Vec<u8>) {
+    use std::io::Write;
+    let Some(cluster) = &core.global.cluster else {
+        return text_reply::line(out, "SERVER_ERROR cluster mode is off (start with --cluster-nodes)");
+    };
+    let nodes = &cluster.config.nodes;
+    match admin {
+        ClusterAdmin::Nodes => {
+            for (index, node) in nodes.iter().enumerate() {
+                // Failure detection is not there yet: other nodes' state is unknown.
+                let state = if index == cluster.config.me { "self" } else { "unknown" };
+                let _ = write!(out, "NODE {node} {} {state}\r\n", node.weight);
+            }
+        }
+        ClusterAdmin::Owner(key) => {
+            for (rank, index) in cluster.preference_list(key).enumerate() {
+                let role = if rank == 0 { "OWNER" } else { "REPLICA" };
+                let _ = write!(out, "{role} {}\r\n", nodes[index]);
+            }
+        }
+    }
+    text_reply::end(out);
+}
+
 fn replication_admin(core: &Core, admin: ReplicationAdmin<'_>) -> &'static str {
     let control = &core.global.replication;
     if !core.global.config.replication_enabled() {

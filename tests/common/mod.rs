@@ -65,6 +65,28 @@ impl Server {
         Server::start_full(host, None, args)
     }
 
+    /// Starts a cluster node: corecache on each of `hosts` (loopback
+    /// addresses, one "host" each) with `threads` cores, all given the
+    /// node list of every host's chosen port, plus `args`.
+    pub fn start_cluster(hosts: &[(&str, usize)], args: &[&str]) -> Vec<Server> {
+        let ports: Vec<u16> = hosts.iter().map(|(host, _)| free_port(host)).collect();
+        let list: Vec<String> = hosts
+            .iter()
+            .zip(&ports)
+            .map(|((host, _), port)| format!("{host}:{port}"))
+            .collect();
+        let list = list.join(",");
+        hosts
+            .iter()
+            .zip(&ports)
+            .map(|(&(host, threads), &port)| {
+                let mut node_args = vec!["-t".to_string(), threads.to_string(), "--cluster-nodes".into(), list.clone()];
+                node_args.extend(args.iter().map(|arg| arg.to_string()));
+                Server::try_start(host, port, None, &node_args).expect("cluster node did not start")
+            })
+            .collect()
+    }
+
     fn start_full(host: &str, uid: Option<u32>, args: &[&str]) -> Server {
         // Another test may take the same free port first: then try another.
         for _ in 0..5 {
