@@ -1,9 +1,11 @@
 //! Several hosts as one cache (DESIGN.md "Cluster"): the ketama ring that
-//! places keys on nodes and each key's preference list. Still to come here:
-//! membership (SWIM, who is alive), forwarding to the node acting for a
-//! key, and per-key copies.
+//! places keys on nodes and each key's preference list; the frames key
+//! operations will be forwarded in (wire.rs). Still to come here:
+//! membership (SWIM, who is alive), the links that forward to the node
+//! acting for a key, and per-key copies.
 
 pub mod ring;
+pub mod wire;
 
 use crate::config::ClusterConfig;
 use ring::{Ring, point_of};
