@@ -19,15 +19,18 @@
 //!   connection.rs    read buffer -> parse -> route -> replies, one send;
 //!                    the first byte picks the protocol's Session
 //!   session.rs       what a protocol provides to the connection
-//!   text_session.rs, binary_session.rs   the two Sessions
+//!   text_session.rs, binary_session.rs   the two client Sessions
+//!   peer_session.rs  another cluster node's link: forwarded ops in,
+//!                    outcomes out (cluster::wire frames)
 //!   router.rs        hash once, run local ops, batch remote ops per core
 //! store/           one Shard per core: index + slab + segmented LRU + expiry
 //!                  (+ flush generations, `stats detail` prefix counts)
 //! replication/     per-shard logs, the replication core (backlogs, primary
 //!                  and replica links), applying records on a replica
-//! cluster/         several hosts as one cache: the ketama ring (ring.rs)
-//!                  and each key's preference list (forwarding, per-key
-//!                  copies and failure detection are still to come)
+//! cluster/         several hosts as one cache: the ketama ring (ring.rs),
+//!                  each key's preference list, the forwarding frames
+//!                  (wire.rs); the sending links, per-key copies and
+//!                  failure detection are still to come
 //! stats.rs         `stats` output: shard reports + server counters
 //! ```
 //!

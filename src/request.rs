@@ -251,9 +251,11 @@ pub enum Outcome<B> {
 /// Why a node did not run an operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// A write sent to a replica that has not been promoted. (The cluster's
-    /// refusals, such as a write without a majority, join it here.)
+    /// A write sent to a replica that has not been promoted.
     ReadOnly,
+    /// A forwarded request for a key this node does not act for (a
+    /// forwarded request is never forwarded again).
+    NotActing,
 }
 
 impl Refusal {
@@ -261,6 +263,7 @@ impl Refusal {
     pub fn message(self) -> &'static str {
         match self {
             Refusal::ReadOnly => "read-only replica",
+            Refusal::NotActing => "forwarded to a node that does not act for the key",
         }
     }
 }

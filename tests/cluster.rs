@@ -4,7 +4,11 @@
 
 mod common;
 
+use std::io::Write;
+
 use common::{Server, start_failure};
+use corecache::cluster::wire;
+use corecache::request::{KeyOp, Outcome, Refusal, StoreMode};
 
 const HOSTS: [(&str, usize); 3] = [("127.0.0.2", 1), ("127.0.0.3", 2), ("127.0.0.4", 1)];
 
@@ -77,4 +81,94 @@ fn a_node_missing_from_its_list_does_not_start() {
     let (code, stderr) = start_failure(&["-l", "127.0.0.2", "--cluster-nodes", "127.0.0.2:11211:x"]);
     assert_ne!(code, 0);
     assert!(stderr.contains("expected host:port[:weight]"), "{stderr}");
+}
+
+/// Sends `ops` on a cluster link (PEER_MAGIC, one frame per op) and reads
+/// one outcome per op.
+fn forward(stream: &mut std::net::TcpStream, ops: &[KeyOp<&[u8]>]) -> Vec<Outcome<Vec<u8>>> {
+    use std::io::{Read, Write};
+    let mut bytes = Vec::new();
+    for op in ops {
+        wire::encode_op(&mut bytes, op);
+    }
+    stream.write_all(&bytes).unwrap();
+    let mut input = Vec::new();
+    let mut outcomes = Vec::new();
+    while outcomes.len() < ops.len() {
+        while let Some((body, used)) = wire::frame(&input).unwrap() {
+            outcomes.push(wire::decode_outcome(body).unwrap().to_owned_outcome());
+            input.drain(..used);
+        }
+        if outcomes.len() == ops.len() {
+            break;
+        }
+        let mut chunk = [0u8; 4096];
+        let read = stream.read(&mut chunk).unwrap();
+        assert!(read > 0, "link closed after {} outcomes", outcomes.len());
+        input.extend_from_slice(&chunk[..read]);
+    }
+    outcomes
+}
+
+fn set(key: &[u8]) -> KeyOp<&[u8]> {
+    KeyOp::Store {
+        mode: StoreMode::Set,
+        key,
+        client_flags: 7,
+        exptime: 0,
+        value: b"forwarded",
+        options: Default::default(),
+    }
+}
+
+#[test]
+fn a_node_runs_forwarded_ops_for_its_keys_and_refuses_the_others() {
+    let nodes = Server::start_cluster(&HOSTS, &[]);
+    let node = &nodes[1];
+    let me = format!("OWNER {}:{}", node.host, node.port);
+    let mut owned = Vec::new();
+    let mut foreign = Vec::new();
+    let mut client = node.client();
+    for i in 0..100 {
+        let key = format!("k{i}");
+        let owner = lines_until_end(&mut client, &format!("cluster owner {key}"));
+        if owner[0] == me { owned.push(key) } else { foreign.push(key) }
+    }
+    assert!(!owned.is_empty() && !foreign.is_empty());
+
+    let mut link = std::net::TcpStream::connect((node.host.as_str(), node.port)).unwrap();
+    link.write_all(&[wire::PEER_MAGIC]).unwrap();
+    let mut ops: Vec<KeyOp<&[u8]>> = owned.iter().map(|k| set(k.as_bytes())).collect();
+    ops.push(set(foreign[0].as_bytes()));
+    ops.push(KeyOp::Get {
+        key: owned[0].as_bytes(),
+        options: Default::default(),
+    });
+    let outcomes = forward(&mut link, &ops);
+    for outcome in &outcomes[..owned.len()] {
+        assert!(matches!(outcome, Outcome::Stored { .. }), "{outcome:?}");
+    }
+    assert_eq!(outcomes[owned.len()], Outcome::Refused(Refusal::NotActing));
+    match &outcomes[owned.len() + 1] {
+        Outcome::Hit { info, value } => assert_eq!((info.client_flags, value.as_slice()), (7, &b"forwarded"[..])),
+        other => panic!("{other:?}"),
+    }
+    // What a link stored is the node's own: clients read it.
+    client.roundtrip(
+        format!("get {}\r\n", owned[0]).as_bytes(),
+        format!("VALUE {} 7 9\r\nforwarded\r\nEND\r\n", owned[0]).as_bytes(),
+    );
+    // A frame that does not decode closes the link, and only the link.
+    link.write_all(&[1, 0, 0, 0, 0xee]).unwrap();
+    let mut rest = Vec::new();
+    use std::io::Read;
+    assert_eq!(link.read_to_end(&mut rest).unwrap(), 0);
+    client.roundtrip(b"version\r\n", &common::version_line());
+}
+
+#[test]
+fn without_cluster_mode_the_peer_byte_is_text_as_in_memcached() {
+    let server = Server::start(&["-t", "1"]);
+    let mut client = server.client();
+    client.roundtrip(&[wire::PEER_MAGIC, b'\r', b'\n'], b"CLIENT_ERROR bad command line format\r\n");
 }

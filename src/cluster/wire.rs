@@ -3,9 +3,10 @@
 //! client's own protocol, its `noreply` and quiet semantics stay on the node
 //! that received it. Sans-IO: bytes in, borrowed values out.
 //!
-//! A frame is a little-endian u32 body length, then the body: a u32 count
-//! and that many encoded ops (a request) or outcomes (a reply). Replies
-//! come back in request order on a link, one reply frame per request frame.
+//! A link opens with the byte `PEER_MAGIC` (no memcached request starts
+//! with it), then carries frames: a little-endian u32 body length and the
+//! body, one encoded op per request frame and one encoded outcome per reply
+//! frame. Replies come back in request order, one per request.
 
 use thiserror::Error;
 
@@ -13,8 +14,10 @@ use crate::request::{
     ArithOptions, DeleteOptions, GetOptions, ItemInfo, KeyOp, Outcome, Recache, Refusal, StoreMode, StoreOptions,
 };
 
-/// The largest frame body accepted (a batch of values of up to `-I` each
-/// is split by the sender well below this).
+/// The first byte a node sends on a link to another node's client port.
+pub const PEER_MAGIC: u8 = 0xC0;
+
+/// The largest frame body accepted (an op carries at most one value of `-I`).
 pub const MAX_FRAME: usize = 1 << 30;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -25,21 +28,17 @@ pub enum WireError {
     Malformed(&'static str),
 }
 
-/// Appends a request frame holding `ops`.
-pub fn encode_ops<'a>(out: &mut Vec<u8>, ops: impl ExactSizeIterator<Item = &'a KeyOp<&'a [u8]>>) {
-    let start = begin_frame(out, ops.len());
-    for op in ops {
-        encode_op(out, op);
-    }
+/// Appends a request frame holding `op`.
+pub fn encode_op(out: &mut Vec<u8>, op: &KeyOp<&[u8]>) {
+    let start = begin_frame(out);
+    put_op(out, op);
     end_frame(out, start);
 }
 
-/// Appends a reply frame holding `outcomes`.
-pub fn encode_outcomes<'a>(out: &mut Vec<u8>, outcomes: impl ExactSizeIterator<Item = &'a Outcome<&'a [u8]>>) {
-    let start = begin_frame(out, outcomes.len());
-    for outcome in outcomes {
-        encode_outcome(out, outcome);
-    }
+/// Appends a reply frame holding `outcome`.
+pub fn encode_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
+    let start = begin_frame(out);
+    put_outcome(out, outcome);
     end_frame(out, start);
 }
 
@@ -56,30 +55,25 @@ pub fn frame(bytes: &[u8]) -> Result<Option<(&[u8], usize)>, WireError> {
     Ok(bytes.get(4..4 + length).map(|body| (body, 4 + length)))
 }
 
-/// The ops of a request frame's body.
-pub fn decode_ops<'a>(body: &'a [u8], into: &mut Vec<KeyOp<&'a [u8]>>) -> Result<(), WireError> {
+/// The op of a request frame's body.
+pub fn decode_op(body: &[u8]) -> Result<KeyOp<&[u8]>, WireError> {
     let mut reader = Reader(body);
-    let count = reader.u32()?;
-    for _ in 0..count {
-        into.push(reader.op()?);
-    }
-    reader.finish()
+    let op = reader.op()?;
+    reader.finish()?;
+    Ok(op)
 }
 
-/// The outcomes of a reply frame's body.
-pub fn decode_outcomes<'a>(body: &'a [u8], into: &mut Vec<Outcome<&'a [u8]>>) -> Result<(), WireError> {
+/// The outcome of a reply frame's body.
+pub fn decode_outcome(body: &[u8]) -> Result<Outcome<&[u8]>, WireError> {
     let mut reader = Reader(body);
-    let count = reader.u32()?;
-    for _ in 0..count {
-        into.push(reader.outcome()?);
-    }
-    reader.finish()
+    let outcome = reader.outcome()?;
+    reader.finish()?;
+    Ok(outcome)
 }
 
-fn begin_frame(out: &mut Vec<u8>, count: usize) -> usize {
+fn begin_frame(out: &mut Vec<u8>) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0; 4]);
-    out.extend_from_slice(&(count as u32).to_le_bytes());
     start
 }
 
@@ -134,7 +128,7 @@ const DELETE: u8 = 2;
 const ARITH: u8 = 3;
 const TOUCH: u8 = 4;
 
-fn encode_op(out: &mut Vec<u8>, op: &KeyOp<&[u8]>) {
+fn put_op(out: &mut Vec<u8>, op: &KeyOp<&[u8]>) {
     match op {
         KeyOp::Get { key, options } => {
             out.push(GET);
@@ -225,8 +219,9 @@ const NON_NUMERIC: u8 = 9;
 const TOO_LARGE: u8 = 10;
 const OUT_OF_MEMORY: u8 = 11;
 const REFUSED_READ_ONLY: u8 = 12;
+const REFUSED_NOT_ACTING: u8 = 13;
 
-fn encode_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
+fn put_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
     match outcome {
         Outcome::Hit { info, value } => {
             out.push(HIT);
@@ -277,6 +272,7 @@ fn encode_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
         Outcome::TooLarge => out.push(TOO_LARGE),
         Outcome::OutOfMemory => out.push(OUT_OF_MEMORY),
         Outcome::Refused(Refusal::ReadOnly) => out.push(REFUSED_READ_ONLY),
+        Outcome::Refused(Refusal::NotActing) => out.push(REFUSED_NOT_ACTING),
     }
 }
 
@@ -495,6 +491,7 @@ impl<'a> Reader<'a> {
             TOO_LARGE => Outcome::TooLarge,
             OUT_OF_MEMORY => Outcome::OutOfMemory,
             REFUSED_READ_ONLY => Outcome::Refused(Refusal::ReadOnly),
+            REFUSED_NOT_ACTING => Outcome::Refused(Refusal::NotActing),
             _ => return Err(WireError::Malformed("outcome tag")),
         })
     }
@@ -601,69 +598,67 @@ mod tests {
             Outcome::TooLarge,
             Outcome::OutOfMemory,
             Outcome::Refused(Refusal::ReadOnly),
+            Outcome::Refused(Refusal::NotActing),
         ]
     }
 
     #[test]
     fn ops_and_outcomes_come_back_as_sent() {
-        let ops = sample_ops();
         let mut bytes = Vec::new();
-        encode_ops(&mut bytes, ops.iter());
-        let (body, used) = frame(&bytes).unwrap().unwrap();
-        assert_eq!(used, bytes.len());
-        let mut decoded = Vec::new();
-        decode_ops(body, &mut decoded).unwrap();
-        assert_eq!(decoded, ops);
-
-        let outcomes = sample_outcomes();
-        let mut bytes = Vec::new();
-        encode_outcomes(&mut bytes, outcomes.iter());
-        let (body, _) = frame(&bytes).unwrap().unwrap();
-        let mut decoded = Vec::new();
-        decode_outcomes(body, &mut decoded).unwrap();
-        assert_eq!(decoded, outcomes);
+        for op in &sample_ops() {
+            encode_op(&mut bytes, op);
+        }
+        let mut rest = &bytes[..];
+        for op in &sample_ops() {
+            let (body, used) = frame(rest).unwrap().unwrap();
+            assert_eq!(&decode_op(body).unwrap(), op);
+            rest = &rest[used..];
+        }
+        assert!(rest.is_empty());
+        for outcome in &sample_outcomes() {
+            let mut bytes = Vec::new();
+            encode_outcome(&mut bytes, outcome);
+            let (body, used) = frame(&bytes).unwrap().unwrap();
+            assert_eq!(used, bytes.len());
+            assert_eq!(&decode_outcome(body).unwrap(), outcome);
+        }
     }
 
     #[test]
     fn a_frame_split_at_any_byte_waits_for_the_rest() {
-        let ops = sample_ops();
-        let mut bytes = Vec::new();
-        encode_ops(&mut bytes, ops.iter());
-        encode_ops(&mut bytes, ops[..2].iter());
-        let first = frame(&bytes).unwrap().unwrap().1;
-        for cut in 0..first {
-            assert_eq!(frame(&bytes[..cut]).unwrap(), None, "cut at {cut}");
+        for op in &sample_ops() {
+            let mut bytes = Vec::new();
+            encode_op(&mut bytes, op);
+            for cut in 0..bytes.len() {
+                assert_eq!(frame(&bytes[..cut]).unwrap(), None, "cut at {cut}");
+            }
         }
-        let (second, used) = frame(&bytes[first..]).unwrap().unwrap();
-        assert_eq!(first + used, bytes.len());
-        let mut decoded = Vec::new();
-        decode_ops(second, &mut decoded).unwrap();
-        assert_eq!(decoded, ops[..2]);
     }
 
     #[test]
     fn truncated_or_padded_bodies_are_errors_not_panics() {
-        let mut bytes = Vec::new();
-        encode_outcomes(&mut bytes, sample_outcomes().iter());
-        let body = &bytes[4..];
-        for cut in 0..body.len() {
-            let mut into = Vec::new();
-            assert!(decode_outcomes(&body[..cut], &mut into).is_err(), "cut at {cut}");
+        for outcome in &sample_outcomes() {
+            let mut bytes = Vec::new();
+            encode_outcome(&mut bytes, outcome);
+            let body = &bytes[4..];
+            for cut in 0..body.len() {
+                assert!(decode_outcome(&body[..cut]).is_err(), "{outcome:?} cut at {cut}");
+            }
+            let mut padded = body.to_vec();
+            padded.push(0);
+            assert_eq!(
+                decode_outcome(&padded),
+                Err(WireError::Malformed("bytes after the last entry"))
+            );
         }
-        let mut padded = body.to_vec();
-        padded.push(0);
-        assert_eq!(
-            decode_outcomes(&padded, &mut Vec::new()),
-            Err(WireError::Malformed("bytes after the last entry"))
-        );
         assert_eq!(frame(&[0xff, 0xff, 0xff, 0xff]), Err(WireError::TooLarge(u32::MAX as usize)));
     }
 
     proptest::proptest! {
         #[test]
         fn any_bytes_decode_or_fail_cleanly(body in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
-            let _ = decode_ops(&body, &mut Vec::new());
-            let _ = decode_outcomes(&body, &mut Vec::new());
+            let _ = decode_op(&body);
+            let _ = decode_outcome(&body);
         }
     }
 }

@@ -64,6 +64,8 @@ pub enum Status {
     OutOfMemory = 0x0082,
     /// memcached's "not supported"; here only a write sent to a replica.
     NotSupported = 0x0083,
+    /// memcached's "temporary failure": a cluster refusal.
+    TemporaryFailure = 0x0086,
 }
 
 impl Status {
@@ -81,6 +83,7 @@ impl Status {
             Status::UnknownCommand => "Unknown command",
             Status::OutOfMemory => "Out of memory",
             Status::NotSupported => Refusal::ReadOnly.message(),
+            Status::TemporaryFailure => "Temporary failure",
         }
     }
 }

@@ -13,9 +13,11 @@ use glommio::net::TcpStream;
 
 use super::Core;
 use super::binary_session::BinarySession;
+use super::peer_session::PeerSession;
 use super::router::{self, ReplySlot};
 use super::session::{After, Parse, Session};
 use super::text_session::TextSession;
+use crate::cluster::wire::PEER_MAGIC;
 use crate::config::Protocol;
 use crate::protocol::binary::REQUEST_MAGIC;
 use crate::protocol::text::TextLimits;
@@ -141,6 +143,12 @@ async fn serve_until_closed(core: &Rc<Core>, stream: &mut TcpStream) {
         return;
     }
     let max_payload = core.global.config.max_payload();
+    if let Some(cluster) = &core.global.cluster
+        && input.unparsed()[0] == PEER_MAGIC
+    {
+        serve_session(core, &reply_slot, &PeerSession::new(cluster), &mut input, stream).await;
+        return;
+    }
     let binary = match core.global.config.protocol {
         Protocol::Auto => input.unparsed()[0] == REQUEST_MAGIC,
         Protocol::Binary if input.unparsed()[0] != REQUEST_MAGIC => return, // memcached: invalid magic, close

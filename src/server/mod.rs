@@ -8,6 +8,7 @@
 pub mod binary_session;
 pub mod connection;
 pub mod listener;
+pub mod peer_session;
 pub mod router;
 pub mod session;
 pub mod text_session;
