@@ -202,7 +202,6 @@ impl Session for TextSession {
     }
 }
 
-/// `replication promote` and `replication follow`: the reply line.
 /// `cluster nodes`: `NODE <host:port> <weight> <state>` per node, this one
 /// marked `self`; `cluster owner <key>`: `OWNER <host:port>` then
 /// `REPLICA <host:port>` per further copy. Both end with END.
@@ -230,6 +229,7 @@ fn cluster_admin(core: &Core, admin: ClusterAdmin<'_>, out: &mut Vec<u8>) {
     text_reply::end(out);
 }
 
+/// `replication promote` and `replication follow`: the reply line.
 fn replication_admin(core: &Core, admin: ReplicationAdmin<'_>) -> &'static str {
     let control = &core.global.replication;
     if !core.global.config.replication_enabled() {
