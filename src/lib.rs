@@ -22,21 +22,24 @@
 //!   text_session.rs, binary_session.rs   the two client Sessions
 //!   peer_session.rs  another cluster node's link: forwarded ops in,
 //!                    outcomes out (cluster::wire frames)
+//!   node_links.rs    this core's pipelined links to the other nodes
 //!   router.rs        hash once, run local ops, batch remote ops per core
+//!                    and per node acting for them
 //! store/           one Shard per core: index + slab + segmented LRU + expiry
 //!                  (+ flush generations, `stats detail` prefix counts)
 //! replication/     per-shard logs, the replication core (backlogs, primary
 //!                  and replica links), applying records on a replica
 //! cluster/         several hosts as one cache: the ketama ring (ring.rs),
-//!                  each key's preference list, the forwarding frames
-//!                  (wire.rs); the sending links, per-key copies and
+//!                  each key's preference list and acting node, the
+//!                  forwarding frames (wire.rs); per-key copies and
 //!                  failure detection are still to come
 //! stats.rs         `stats` output: shard reports + server counters
 //! ```
 //!
 //! A request travels: bytes read by `server::connection` -> parsed by
 //! `protocol::text` or `protocol::binary` into steps -> `server::router`
-//! hashes each key once,
+//! hashes each key once (in cluster mode first places it on the ring: a
+//! key another node acts for goes to it over `server::node_links`),
 //! runs it on the local `store::Shard` or batches it to the owning core over
 //! the channel mesh -> `Outcome`s come back in request order ->
 //! the protocol's reply writer writes them -> one send per batch.

@@ -256,6 +256,8 @@ pub enum Refusal {
     /// A forwarded request for a key this node does not act for (a
     /// forwarded request is never forwarded again).
     NotActing,
+    /// The node acting for the key could not be reached (its link failed).
+    Unreachable,
 }
 
 impl Refusal {
@@ -264,6 +266,7 @@ impl Refusal {
         match self {
             Refusal::ReadOnly => "read-only replica",
             Refusal::NotActing => "forwarded to a node that does not act for the key",
+            Refusal::Unreachable => "the node acting for the key cannot be reached",
         }
     }
 }

@@ -172,3 +172,95 @@ fn without_cluster_mode_the_peer_byte_is_text_as_in_memcached() {
     let mut client = server.client();
     client.roundtrip(&[wire::PEER_MAGIC, b'\r', b'\n'], b"CLIENT_ERROR bad command line format\r\n");
 }
+
+/// The node `cluster owner` names for `key`, as an index into `nodes`.
+fn owner_of(nodes: &[Server], client: &mut common::Client, key: &str) -> usize {
+    let owner = lines_until_end(client, &format!("cluster owner {key}"));
+    let address = owner[0].strip_prefix("OWNER ").expect("an OWNER line");
+    nodes
+        .iter()
+        .position(|node| format!("{}:{}", node.host, node.port) == address)
+        .expect("the owner is a node")
+}
+
+/// One key owned by each node, found by asking node 0.
+fn key_per_node(nodes: &[Server]) -> Vec<String> {
+    let mut client = nodes[0].client();
+    let mut keys = vec![None; nodes.len()];
+    for i in 0.. {
+        let key = format!("pernode{i}");
+        let owner = owner_of(nodes, &mut client, &key);
+        keys[owner].get_or_insert(key);
+        if keys.iter().all(Option::is_some) {
+            return keys.into_iter().map(Option::unwrap).collect();
+        }
+    }
+    unreachable!()
+}
+
+#[test]
+fn any_node_answers_any_key_with_large_values_and_multigets() {
+    let nodes = Server::start_cluster(&HOSTS, &[]);
+    let keys = key_per_node(&nodes);
+    // A value near -I crosses the links whole (the link's read buffer grows).
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut writer = nodes[0].client();
+    for key in &keys {
+        let mut request = format!("set {key} 3 0 {}\r\n", big.len()).into_bytes();
+        request.extend_from_slice(&big);
+        request.extend_from_slice(b"\r\n");
+        writer.roundtrip(&request, b"STORED\r\n");
+    }
+    for node in &nodes {
+        let mut reader = node.client();
+        let mut expected = Vec::new();
+        for key in &keys {
+            expected.extend_from_slice(&common::value_block(key, 3, &big));
+        }
+        expected.extend_from_slice(b"END\r\n");
+        reader.roundtrip(format!("get {} nothing-here\r\n", keys.join(" ")).as_bytes(), &expected);
+    }
+    // Each key is held by its owner only.
+    for (owner, key) in keys.iter().enumerate() {
+        for (index, node) in nodes.iter().enumerate() {
+            let held = node
+                .client()
+                .metadump()
+                .iter()
+                .any(|line| line.starts_with(&format!("key={key} ")));
+            assert_eq!(held, index == owner, "{key} on node {index}");
+        }
+    }
+}
+
+#[test]
+fn a_down_node_s_keys_are_refused_and_the_rest_served() {
+    let mut nodes = Server::start_cluster(&HOSTS, &[]);
+    let keys = key_per_node(&nodes);
+    let mut client = nodes[0].client();
+    for key in &keys {
+        client.roundtrip(format!("set {key} 0 0 1\r\nx\r\n").as_bytes(), b"STORED\r\n");
+    }
+    nodes[2].kill();
+    let (down, up) = (&keys[2], &keys[1]);
+    // Twice: the link's failure, then the refusal while it waits to retry.
+    for _ in 0..2 {
+        client.roundtrip(
+            format!("set {down} 0 0 1\r\ny\r\n").as_bytes(),
+            b"SERVER_ERROR the node acting for the key cannot be reached\r\n",
+        );
+        client.roundtrip(
+            format!("mg {down} v\r\n").as_bytes(),
+            b"SERVER_ERROR the node acting for the key cannot be reached\r\n",
+        );
+        // In a multi-get an unreachable key is a miss; the others are served.
+        client.roundtrip(
+            format!("get {down} {up}\r\n").as_bytes(),
+            format!("VALUE {up} 0 1\r\nx\r\nEND\r\n").as_bytes(),
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    client.roundtrip(format!("set {up} 0 0 1\r\nz\r\n").as_bytes(), b"STORED\r\n");
+    client.roundtrip(b"flush_all\r\n", b"OK\r\n");
+    client.roundtrip(format!("get {up}\r\n").as_bytes(), b"END\r\n");
+}

@@ -1,8 +1,8 @@
 //! Several hosts as one cache (DESIGN.md "Cluster"): the ketama ring that
-//! places keys on nodes and each key's preference list; the frames key
-//! operations will be forwarded in (wire.rs). Still to come here:
-//! membership (SWIM, who is alive), the links that forward to the node
-//! acting for a key, and per-key copies.
+//! places keys on nodes, each key's preference list and the node acting
+//! for it; the frames key operations are forwarded in (wire.rs; the links
+//! that carry them are the server's, server/node_links.rs). Still to come
+//! here: membership (SWIM, who is alive) and per-key copies.
 
 pub mod ring;
 pub mod wire;
@@ -26,6 +26,16 @@ impl Cluster {
     /// clockwise, `--copies` in all.
     pub fn preference_list(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
         self.ring.clockwise(point_of(key)).take(self.config.copies)
+    }
+
+    /// The node acting for a key: takes its writes and answers its reads.
+    /// Until failure detection, that is its owner on the ring.
+    pub fn acting_for(&self, key: &[u8]) -> usize {
+        self.ring.owner(point_of(key))
+    }
+
+    pub fn is_me(&self, node: usize) -> bool {
+        node == self.config.me
     }
 }
 

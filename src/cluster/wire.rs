@@ -28,10 +28,29 @@ pub enum WireError {
     Malformed(&'static str),
 }
 
+/// What a request frame asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    Key(KeyOp<&'a [u8]>),
+    /// flush_all on the receiving node only (the sender flushes the
+    /// others). Acknowledged with the outcome `Deleted`, or `Refused`.
+    FlushAll {
+        delay: i64,
+    },
+}
+
 /// Appends a request frame holding `op`.
 pub fn encode_op(out: &mut Vec<u8>, op: &KeyOp<&[u8]>) {
     let start = begin_frame(out);
     put_op(out, op);
+    end_frame(out, start);
+}
+
+/// Appends a request frame asking for a flush_all.
+pub fn encode_flush_all(out: &mut Vec<u8>, delay: i64) {
+    let start = begin_frame(out);
+    out.push(FLUSH_ALL);
+    put_i64(out, delay);
     end_frame(out, start);
 }
 
@@ -55,12 +74,17 @@ pub fn frame(bytes: &[u8]) -> Result<Option<(&[u8], usize)>, WireError> {
     Ok(bytes.get(4..4 + length).map(|body| (body, 4 + length)))
 }
 
-/// The op of a request frame's body.
-pub fn decode_op(body: &[u8]) -> Result<KeyOp<&[u8]>, WireError> {
+/// The request of a request frame's body.
+pub fn decode_request(body: &[u8]) -> Result<Request<'_>, WireError> {
     let mut reader = Reader(body);
-    let op = reader.op()?;
+    let request = if body.first() == Some(&FLUSH_ALL) {
+        reader.u8()?;
+        Request::FlushAll { delay: reader.i64()? }
+    } else {
+        Request::Key(reader.op()?)
+    };
     reader.finish()?;
-    Ok(op)
+    Ok(request)
 }
 
 /// The outcome of a reply frame's body.
@@ -127,6 +151,7 @@ const STORE: u8 = 1;
 const DELETE: u8 = 2;
 const ARITH: u8 = 3;
 const TOUCH: u8 = 4;
+const FLUSH_ALL: u8 = 5;
 
 fn put_op(out: &mut Vec<u8>, op: &KeyOp<&[u8]>) {
     match op {
@@ -220,6 +245,7 @@ const TOO_LARGE: u8 = 10;
 const OUT_OF_MEMORY: u8 = 11;
 const REFUSED_READ_ONLY: u8 = 12;
 const REFUSED_NOT_ACTING: u8 = 13;
+const REFUSED_UNREACHABLE: u8 = 14;
 
 fn put_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
     match outcome {
@@ -273,6 +299,7 @@ fn put_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
         Outcome::OutOfMemory => out.push(OUT_OF_MEMORY),
         Outcome::Refused(Refusal::ReadOnly) => out.push(REFUSED_READ_ONLY),
         Outcome::Refused(Refusal::NotActing) => out.push(REFUSED_NOT_ACTING),
+        Outcome::Refused(Refusal::Unreachable) => out.push(REFUSED_UNREACHABLE),
     }
 }
 
@@ -492,6 +519,7 @@ impl<'a> Reader<'a> {
             OUT_OF_MEMORY => Outcome::OutOfMemory,
             REFUSED_READ_ONLY => Outcome::Refused(Refusal::ReadOnly),
             REFUSED_NOT_ACTING => Outcome::Refused(Refusal::NotActing),
+            REFUSED_UNREACHABLE => Outcome::Refused(Refusal::Unreachable),
             _ => return Err(WireError::Malformed("outcome tag")),
         })
     }
@@ -599,6 +627,7 @@ mod tests {
             Outcome::OutOfMemory,
             Outcome::Refused(Refusal::ReadOnly),
             Outcome::Refused(Refusal::NotActing),
+            Outcome::Refused(Refusal::Unreachable),
         ]
     }
 
@@ -611,10 +640,15 @@ mod tests {
         let mut rest = &bytes[..];
         for op in &sample_ops() {
             let (body, used) = frame(rest).unwrap().unwrap();
-            assert_eq!(&decode_op(body).unwrap(), op);
+            assert_eq!(decode_request(body).unwrap(), Request::Key(op.clone()));
             rest = &rest[used..];
         }
         assert!(rest.is_empty());
+        let mut bytes = Vec::new();
+        encode_flush_all(&mut bytes, -5);
+        let (body, _) = frame(&bytes).unwrap().unwrap();
+        assert_eq!(decode_request(body).unwrap(), Request::FlushAll { delay: -5 });
+        assert!(decode_request(&body[..body.len() - 1]).is_err());
         for outcome in &sample_outcomes() {
             let mut bytes = Vec::new();
             encode_outcome(&mut bytes, outcome);
@@ -657,7 +691,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn any_bytes_decode_or_fail_cleanly(body in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
-            let _ = decode_op(&body);
+            let _ = decode_request(&body);
             let _ = decode_outcome(&body);
         }
     }

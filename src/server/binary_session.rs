@@ -138,7 +138,7 @@ impl Session for BinarySession {
             Command::Flush { delay } => {
                 if !core.global.config.flush_enabled {
                     binary_reply::error(out, frame, Status::AuthError);
-                } else if !router::flush_all(core, reply_slot, delay).await {
+                } else if !router::flush_all(core, reply_slot, delay, Self::FORWARDS).await {
                     binary_reply::error(out, frame, Status::NotSupported);
                 } else if !quiet {
                     binary_reply::success(out, frame, 0);

@@ -38,14 +38,14 @@ const OPS_PER_ROUTE: usize = 256;
 const FLUSH_AT: usize = 4 << 20;
 
 /// The connection's input: bytes `start..end` of `data` are unparsed.
-struct ReadBuffer {
+pub(super) struct ReadBuffer {
     data: Vec<u8>,
     start: usize,
     end: usize,
 }
 
 impl ReadBuffer {
-    fn new() -> ReadBuffer {
+    pub(super) fn new() -> ReadBuffer {
         ReadBuffer {
             data: vec![0; READ_BUFFER],
             start: 0,
@@ -53,11 +53,11 @@ impl ReadBuffer {
         }
     }
 
-    fn unparsed(&self) -> &[u8] {
+    pub(super) fn unparsed(&self) -> &[u8] {
         &self.data[self.start..self.end]
     }
 
-    fn consume(&mut self, count: usize) {
+    pub(super) fn consume(&mut self, count: usize) {
         self.start += count;
         if self.start == self.end {
             self.start = 0;
@@ -70,7 +70,7 @@ impl ReadBuffer {
     }
 
     /// Reads more bytes; returns 0 at end of stream.
-    async fn fill(&mut self, stream: &mut TcpStream) -> std::io::Result<usize> {
+    pub(super) async fn fill(&mut self, stream: &mut TcpStream) -> std::io::Result<usize> {
         if self.end == self.data.len() {
             if self.start > 0 {
                 self.data.copy_within(self.start..self.end, 0);
@@ -353,7 +353,7 @@ async fn execute_run<S: Session>(
     let mut sent = Ok(());
     for (slice, slice_ops) in ops.chunks(OPS_PER_ROUTE).enumerate() {
         let base = slice * OPS_PER_ROUTE;
-        router::execute(core, reply_slot, slice_ops, |index, outcome| {
+        router::execute(core, reply_slot, slice_ops, S::FORWARDS, |index, outcome| {
             S::write_outcome(&steps[current], ops[base + index].key(), outcome, out);
             left -= 1;
             advance(out, &mut current, &mut left);

@@ -8,6 +8,7 @@
 pub mod binary_session;
 pub mod connection;
 pub mod listener;
+pub mod node_links;
 pub mod peer_session;
 pub mod router;
 pub mod session;
@@ -105,7 +106,10 @@ pub struct Core {
     pub shard: RefCell<Shard>,
     pub global: Arc<Global>,
     pub mesh: Option<Mesh>,
-    pub pending: RefCell<Pending>,
+    /// Replies awaited by this core's connections (from other cores and nodes).
+    pub pending: Rc<RefCell<Pending>>,
+    /// Links to the other cluster nodes (cluster mode only).
+    pub links: Option<node_links::NodeLinks>,
     pub counters: CoreCounters,
     pub verbosity: Cell<u32>,
     pub latency: RefCell<CommandLatency>,
@@ -206,12 +210,17 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                     evictions: global.config.evictions,
                     started_unix: global.started_unix,
                 });
+                let pending = Rc::new(RefCell::new(Pending::default()));
                 let core = Rc::new(Core {
                     id,
                     cores,
                     shard: RefCell::new(shard),
                     mesh,
-                    pending: RefCell::new(Pending::default()),
+                    links: global
+                        .cluster
+                        .as_ref()
+                        .map(|cluster| node_links::NodeLinks::new(cluster, cores, &pending)),
+                    pending,
                     counters: CoreCounters::default(),
                     verbosity: Cell::new(0),
                     latency: RefCell::new(CommandLatency::default()),

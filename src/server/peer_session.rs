@@ -2,21 +2,26 @@
 //! operation it forwards (cluster::wire), each reply frame its outcome, in
 //! order. A link opens with `PEER_MAGIC`; only a node in cluster mode
 //! accepts one. An op for a key this node does not act for is refused
-//! (`Refusal::NotActing`), never forwarded again, so a request cannot loop.
+//! (`Refusal::NotActing`), never forwarded again, so a request cannot loop;
+//! a flush_all from another node flushes this node only.
 
 use std::cell::Cell;
 
 use super::Core;
-use super::router::ReplySlot;
+use super::router::{self, ReplySlot};
 use super::session::{After, Parse, Session};
 use crate::cluster::Cluster;
-use crate::cluster::wire::{self, PEER_MAGIC};
+use crate::cluster::wire::{self, PEER_MAGIC, Request};
 use crate::request::{KeyOp, Outcome, Refusal};
 
 pub enum Step<'a> {
     /// The link's opening byte.
     Magic,
     Op(KeyOp<&'a [u8]>),
+    /// flush_all, on this node only.
+    FlushAll {
+        delay: i64,
+    },
     /// An op for a key another node acts for.
     NotActing,
     /// An undecodable frame: the link is closed.
@@ -36,15 +41,15 @@ impl PeerSession<'_> {
         }
     }
 
-    /// Whether this node acts for the key. Until failure detection, the
-    /// node acting for a key is its owner on the ring.
     fn acts_for(&self, key: &[u8]) -> bool {
-        self.cluster.preference_list(key).next() == Some(self.cluster.config.me)
+        self.cluster.is_me(self.cluster.acting_for(key))
     }
 }
 
 impl Session for PeerSession<'_> {
     type Step<'a> = Step<'a>;
+
+    const FORWARDS: bool = false;
 
     fn parse<'a>(&self, buf: &'a [u8]) -> Parse<Step<'a>> {
         if !self.opened.get() {
@@ -69,9 +74,10 @@ impl Session for PeerSession<'_> {
                 return Parse::Close { step: Step::Malformed };
             }
         };
-        let step = match wire::decode_op(body) {
-            Ok(op) if self.acts_for(op.key()) => Step::Op(op),
-            Ok(_) => Step::NotActing,
+        let step = match wire::decode_request(body) {
+            Ok(Request::Key(op)) if self.acts_for(op.key()) => Step::Op(op),
+            Ok(Request::Key(_)) => Step::NotActing,
+            Ok(Request::FlushAll { delay }) => Step::FlushAll { delay },
             Err(error) => {
                 tracing::warn!("closing a cluster link: {error}");
                 return Parse::Close { step: Step::Malformed };
@@ -85,7 +91,7 @@ impl Session for PeerSession<'_> {
     }
 
     fn is_barrier(step: &Step<'_>) -> bool {
-        matches!(step, Step::Malformed)
+        matches!(step, Step::Malformed | Step::FlushAll { .. })
     }
 
     fn key_ops<'s>(step: &'s Step<'_>, ops: &mut Vec<KeyOp<&'s [u8]>>) -> usize {
@@ -94,7 +100,7 @@ impl Session for PeerSession<'_> {
                 ops.push(op.clone());
                 1
             }
-            Step::Magic | Step::NotActing | Step::Malformed => 0,
+            Step::Magic | Step::NotActing | Step::FlushAll { .. } | Step::Malformed => 0,
         }
     }
 
@@ -108,10 +114,19 @@ impl Session for PeerSession<'_> {
         }
     }
 
-    async fn barrier<'s>(&self, _: &Core, _: &ReplySlot, step: &Self::Step<'s>, _: &mut Vec<u8>) -> After {
-        match step {
+    async fn barrier<'s>(&self, core: &Core, reply_slot: &ReplySlot, step: &Self::Step<'s>, out: &mut Vec<u8>) -> After {
+        match *step {
+            Step::FlushAll { delay } => {
+                let outcome = if router::flush_all(core, reply_slot, delay, Self::FORWARDS).await {
+                    Outcome::Deleted
+                } else {
+                    Outcome::Refused(Refusal::ReadOnly)
+                };
+                wire::encode_outcome(out, &outcome);
+                After::Continue
+            }
             Step::Malformed => After::Close,
-            _ => After::Continue,
+            Step::Magic | Step::Op(_) | Step::NotActing => After::Continue,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Routing: hash each key once, run it on the local shard or send it to the
-//! owning core, and hand back outcomes in request order. Everything parsed
+//! owning core (in cluster mode first: to the node acting for it), and hand
+//! back outcomes in request order. Everything parsed
 //! from one read that goes to the same core travels as one message, an
 //! `OpBatch`: its keys and values packed in one buffer, its outcomes and hit
 //! values packed on the way back. A batch returns to the connection that
@@ -60,6 +61,16 @@ impl OpBatch {
     fn push(&mut self, hash: KeyHash, op: &KeyOp<&[u8]>) {
         let bytes = &mut self.bytes;
         self.ops.push((hash, op.map_bytes(|data| pack(bytes, data))));
+    }
+
+    /// Adds an outcome that came from another node, copying its value in.
+    pub(super) fn push_outcome(&mut self, outcome: &Outcome<&[u8]>) {
+        let values = &mut self.values;
+        self.outcomes.push(outcome.map_value(|value| pack(values, value)));
+    }
+
+    pub(super) fn outcome_count(&self) -> usize {
+        self.outcomes.len()
     }
 
     fn outcome(&self, index: usize) -> Option<Outcome<&[u8]>> {
@@ -210,7 +221,7 @@ impl Pending {
         self.free.push(slot);
     }
 
-    fn deliver(&mut self, peer: usize, reply: FromShard) {
+    pub(super) fn deliver(&mut self, peer: usize, reply: FromShard) {
         let slot = &mut self.slots[reply.slot() as usize];
         slot.replies.push((peer, reply));
         if slot.replies.len() >= slot.expected
@@ -229,16 +240,18 @@ pub struct ReplySlot {
     forwarding: RefCell<Forwarding>,
 }
 
-/// A connection's lists for routing a batch over several cores, reused
-/// from batch to batch.
+/// A connection's lists for routing a batch over several cores and nodes,
+/// reused from batch to batch.
 #[derive(Default)]
 struct Forwarding {
-    hashes: Vec<KeyHash>,
-    /// Per core: the batch going there, then its answers.
+    routes: Vec<Route>,
+    /// Per core, then per node: the batch going there, then its answers.
     batches: Vec<OpBatch>,
-    /// Per core: how many of its answers have been handed out.
+    /// Per core, then per node: how many of its answers have been handed out.
     answered: Vec<usize>,
     replies: Vec<(usize, FromShard)>,
+    /// Per node: whether the batch has ops it acts for.
+    nodes_used: Vec<bool>,
 }
 
 impl ReplySlot {
@@ -421,15 +434,38 @@ fn reset_local_stats(core: &Core) {
     core.counters.cmd_flush.set(0);
 }
 
-/// Executes key operations wherever their shards live and calls `each`
-/// with every outcome in the order of `ops`. Remote operations go out as
-/// one message per owning core; local ones run on this core's shard.
-pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], mut each: impl FnMut(usize, &Outcome<&[u8]>)) {
+/// Where one operation of a batch runs.
+#[derive(Clone, Copy)]
+enum Route {
+    /// A write on a read-only replica.
+    Refused,
+    /// On a shard of this node: this core's or another core's.
+    Shard(KeyHash),
+    /// On the cluster node acting for the key.
+    Node(usize),
+}
+
+/// Executes key operations wherever their keys live and calls `each` with
+/// every outcome in the order of `ops`. Remote operations go out as one
+/// message per owning core and one batch of frames per node acting for
+/// them (cluster mode, when `forward`: ops that came from another node are
+/// never forwarded again); local ones run on this core's shard.
+pub async fn execute(
+    core: &Core,
+    reply_slot: &ReplySlot,
+    ops: &[KeyOp<&[u8]>],
+    forward: bool,
+    mut each: impl FnMut(usize, &Outcome<&[u8]>),
+) {
     // A replica refuses writes from clients (one atomic load per batch).
     let read_only = core.global.replication.is_read_only();
     let refused = |op: &KeyOp<&[u8]>| read_only && op.mutates();
-    let Some(mesh) = &core.mesh else {
-        // One core: everything is local, nothing to gather.
+    let cluster = match (&core.global.cluster, &core.links) {
+        (Some(cluster), Some(links)) if forward => Some((cluster, links)),
+        _ => None,
+    };
+    if core.mesh.is_none() && cluster.is_none() {
+        // One core and no other node: everything is local, nothing to gather.
         let mut shard = core.shard_now();
         for (index, op) in ops.iter().enumerate() {
             if refused(op) {
@@ -439,35 +475,69 @@ pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], 
             run_local(core, &mut shard, KeyHash::of(op.key()), op, |outcome| each(index, outcome));
         }
         return;
-    };
+    }
     // The lists are taken out for the batch (it awaits) and put back after.
     let mut forwarding = reply_slot.forwarding.take();
     let Forwarding {
-        hashes,
+        routes,
         batches,
         answered,
         replies,
+        nodes_used,
     } = &mut forwarding;
-    hashes.clear();
-    hashes.extend(ops.iter().map(|op| KeyHash::of(op.key())));
-    batches.resize_with(core.cores, OpBatch::default);
+    let node_count = cluster.map_or(0, |(cluster, _)| cluster.config.nodes.len());
+    let peers = core.cores + node_count;
+    nodes_used.clear();
+    nodes_used.resize(node_count, false);
+    routes.clear();
+    routes.extend(ops.iter().map(|op| {
+        if refused(op) {
+            return Route::Refused;
+        }
+        if let Some((cluster, _)) = cluster {
+            let node = cluster.acting_for(op.key());
+            if !cluster.is_me(node) {
+                nodes_used[node] = true;
+                return Route::Node(node);
+            }
+        }
+        Route::Shard(KeyHash::of(op.key()))
+    }));
+    batches.resize_with(peers, OpBatch::default);
     answered.clear();
-    answered.resize(core.cores, 0);
-    for (op, hash) in ops.iter().zip(hashes.iter()) {
-        let owner = hash.shard(core.cores);
-        if owner != core.id && !refused(op) {
-            batches[owner].push(*hash, op);
+    answered.resize(peers, 0);
+    for (op, route) in ops.iter().zip(routes.iter()) {
+        if let Route::Shard(hash) = *route
+            && hash.shard(core.cores) != core.id
+        {
+            batches[hash.shard(core.cores)].push(hash, op);
         }
     }
     let mut sent = 0;
-    for (peer, batch) in batches.iter_mut().enumerate() {
-        if !batch.ops.is_empty() {
-            let message = ToShard::Ops {
-                slot: reply_slot.slot,
-                batch: std::mem::take(batch),
-            };
-            if mesh.requests.send_to(peer, message).await.is_ok() {
-                sent += 1;
+    if let Some(mesh) = &core.mesh {
+        for (peer, batch) in batches[..core.cores].iter_mut().enumerate() {
+            if !batch.ops.is_empty() {
+                let message = ToShard::Ops {
+                    slot: reply_slot.slot,
+                    batch: std::mem::take(batch),
+                };
+                if mesh.requests.send_to(peer, message).await.is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+    }
+    if let Some((_, links)) = cluster {
+        for node in (0..node_count).filter(|&node| nodes_used[node]) {
+            let for_node = ops
+                .iter()
+                .zip(routes.iter())
+                .filter(move |(_, route)| matches!(route, Route::Node(n) if *n == node))
+                .map(|(op, _)| op);
+            let batch = std::mem::take(&mut batches[core.cores + node]);
+            match links.send(node, reply_slot.slot, for_node, batch) {
+                Ok(()) => sent += 1,
+                Err(batch) => batches[core.cores + node] = batch,
             }
         }
     }
@@ -480,18 +550,23 @@ pub async fn execute(core: &Core, reply_slot: &ReplySlot, ops: &[KeyOp<&[u8]>], 
         }
     }
     let mut shard = core.shard_now();
-    for (index, (op, hash)) in ops.iter().zip(hashes.iter()).enumerate() {
-        let owner = hash.shard(core.cores);
-        if refused(op) {
-            each(index, &Outcome::Refused(Refusal::ReadOnly));
-        } else if owner == core.id {
-            run_local(core, &mut shard, *hash, op, |outcome| each(index, outcome));
-        } else {
+    for (index, (op, route)) in ops.iter().zip(routes.iter()).enumerate() {
+        let (peer, unanswered) = match *route {
+            Route::Refused => {
+                each(index, &Outcome::Refused(Refusal::ReadOnly));
+                continue;
+            }
+            Route::Shard(hash) if hash.shard(core.cores) == core.id => {
+                run_local(core, &mut shard, hash, op, |outcome| each(index, outcome));
+                continue;
+            }
             // A core that could not be reached answers like a failed store.
-            let outcome = batches[owner].outcome(answered[owner]).unwrap_or(Outcome::OutOfMemory);
-            answered[owner] += 1;
-            each(index, &outcome);
-        }
+            Route::Shard(hash) => (hash.shard(core.cores), Outcome::OutOfMemory),
+            Route::Node(node) => (core.cores + node, Outcome::Refused(Refusal::Unreachable)),
+        };
+        let outcome = batches[peer].outcome(answered[peer]).unwrap_or(unanswered);
+        answered[peer] += 1;
+        each(index, &outcome);
     }
     batches.iter_mut().for_each(OpBatch::clear);
     reply_slot.forwarding.replace(forwarding);
@@ -540,14 +615,25 @@ fn flush_local(core: &Core, delay: i64) {
     }
 }
 
-/// flush_all on every shard; false (and nothing flushed) on a read-only replica.
-pub async fn flush_all(core: &Core, reply_slot: &ReplySlot, delay: i64) -> bool {
+/// flush_all on every shard, and in cluster mode (when `forward`) on every
+/// other node, which flushes its own shards only; false (and nothing
+/// flushed) on a read-only replica. A node that cannot be reached is not
+/// waited for.
+pub async fn flush_all(core: &Core, reply_slot: &ReplySlot, delay: i64, forward: bool) -> bool {
     if core.global.replication.is_read_only() {
         return false;
     }
     core.counters.cmd_flush.set(core.counters.cmd_flush.get() + 1);
     flush_local(core, delay);
     broadcast(core, reply_slot, |slot| ToShard::FlushAll { slot, delay }).await;
+    if let Some(links) = core.links.as_ref().filter(|_| forward) {
+        let sent = links
+            .nodes()
+            .filter(|&node| links.flush_all(node, reply_slot.slot, delay, OpBatch::default()).is_ok())
+            .count();
+        let mut replies = Vec::new();
+        reply_slot.wait(sent, &mut replies).await;
+    }
     true
 }
 

@@ -42,6 +42,10 @@ pub enum After {
 pub trait Session {
     type Step<'a>;
 
+    /// Whether key operations for keys another cluster node acts for are
+    /// forwarded to it (a link from another node's forwarding is not).
+    const FORWARDS: bool = true;
+
     fn parse<'a>(&self, buf: &'a [u8]) -> Parse<Self::Step<'a>>;
 
     /// Steps that are not routed key by key; they run alone, in order,

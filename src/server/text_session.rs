@@ -134,7 +134,7 @@ impl Session for TextSession {
             Command::FlushAll { delay, noreply } => {
                 let reply = if !config.flush_enabled {
                     Some("CLIENT_ERROR flush_all not allowed")
-                } else if router::flush_all(core, reply_slot, delay).await {
+                } else if router::flush_all(core, reply_slot, delay, Self::FORWARDS).await {
                     Some("OK")
                 } else {
                     None

@@ -1,0 +1,116 @@
+"""The Python cluster tests' harness: start corecache nodes on loopback
+"hosts", talk to them over plain sockets, read what each node holds.
+
+    with Cluster(corecache, NODES) as cluster:
+        sock = connect(*cluster.address(0))
+"""
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.parse
+
+# Three nodes as the cluster tests run them: a node on port 11211 (ketama
+# names it by its host alone), unequal weights, mixed -t 1 / -t 2.
+NODES = [("127.0.0.2", 11211, 1, 1), ("127.0.0.3", 21212, 2, 2), ("127.0.0.4", 21213, 3, 1)]
+
+
+def connect(host, port, deadline=15.0):
+    end = time.time() + deadline
+    while True:
+        try:
+            return socket.create_connection((host, port), timeout=10)
+        except OSError:
+            if time.time() > end:
+                raise
+            time.sleep(0.05)
+
+
+def read_until(sock, buf, marker):
+    while marker not in buf:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            raise RuntimeError("connection closed")
+        buf += chunk
+    return buf
+
+
+def ask_all(sock, lines, end=b"END\r\n"):
+    """Pipelines commands, returns each one's reply (each ends with `end`)."""
+    sock.sendall(b"".join(lines))
+    replies, buf = [], b""
+    while len(replies) < len(lines):
+        buf = read_until(sock, buf, end)
+        reply, buf = buf.split(end, 1)
+        replies.append(reply)
+    return replies
+
+
+def metadump(host, port):
+    """The keys a node holds itself (not what it answers by forwarding),
+    each with its metadump fields: {key: {"exp": .., "cas": .., ...}}."""
+    sock = connect(host, port)
+    try:
+        (reply,) = ask_all(sock, [b"lru_crawler metadump all\r\n"], b"END\r\n")
+    finally:
+        sock.close()
+    held = {}
+    for line in reply.decode().splitlines():
+        if not line:
+            continue
+        fields = dict(field.split("=", 1) for field in line.split(" "))
+        held[urllib.parse.unquote(fields.pop("key"))] = fields
+    return held
+
+
+class Cluster:
+    """Nodes (host, port, weight, threads) started with one node list."""
+
+    def __init__(self, corecache, nodes=NODES, extra=()):
+        self.nodes = nodes
+        self.node_list = ",".join(f"{h}:{p}:{w}" for h, p, w, _ in nodes)
+        self.corecache = corecache
+        self.extra = list(extra)
+        self.procs = [None] * len(nodes)
+        self.workdir = tempfile.mkdtemp(prefix="cluster-")
+
+    def address(self, index):
+        host, port, _, _ = self.nodes[index]
+        return host, port
+
+    def names(self):
+        return [f"{h}:{p}" for h, p, _, _ in self.nodes]
+
+    def start(self, index):
+        host, port, _, threads = self.nodes[index]
+        log = open(os.path.join(self.workdir, f"node{index}.log"), "ab")
+        self.procs[index] = subprocess.Popen(
+            [self.corecache, "-l", host, "-p", str(port), "-t", str(threads), "-m", "64",
+             "--cluster-nodes", self.node_list] + self.extra,
+            stdout=log, stderr=subprocess.STDOUT)
+        connect(host, port).close()
+
+    def kill(self, index):
+        proc = self.procs[index]
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            self.procs[index] = None
+
+    def __enter__(self):
+        for index in range(len(self.nodes)):
+            self.start(index)
+        return self
+
+    def __exit__(self, *exc):
+        for index in range(len(self.nodes)):
+            self.kill(index)
+        if exc[0] is not None:
+            for index in range(len(self.nodes)):
+                path = os.path.join(self.workdir, f"node{index}.log")
+                with open(path, "rb") as f:
+                    tail = f.read()[-2000:].decode("utf-8", "replace")
+                if tail:
+                    print(f"--- node {index} log ({path}):\n{tail}")
+        return False
