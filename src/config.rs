@@ -176,6 +176,8 @@ pub enum ConfigError {
     ClusterPort(u16),
     #[error("--cluster-port needs --cluster-nodes")]
     ClusterPortAlone,
+    #[error("--replica-of and --cluster-nodes exclude each other: a cluster node follows the other nodes itself")]
+    ClusterReplicaOf,
 }
 
 /// Cluster mode: the node list and where this node is in it.
@@ -248,7 +250,7 @@ impl Config {
 
     /// Whether this server runs a replication core (as primary, replica or both).
     pub fn replication_enabled(&self) -> bool {
-        self.repl_port.is_some() || self.replica_of.is_some()
+        self.repl_port.is_some() || self.replica_of.is_some() || self.cluster.is_some()
     }
 
     /// Largest key + value a request may carry (`-I` less the item header).
@@ -449,6 +451,9 @@ impl Args {
                 None => Ok(None),
             };
         };
+        if self.replica_of.is_some() {
+            return Err(ConfigError::ClusterReplicaOf);
+        }
         let nodes = parse_node_list(list)?;
         if nodes.len() > ring::MAX_NODES {
             return Err(ConfigError::ClusterSize { count: nodes.len() });
@@ -671,5 +676,9 @@ mod tests {
             ConfigError::Copies { copies: 3, nodes: 2 }
         );
         assert_eq!(at("--cluster-port 5000"), ConfigError::ClusterPortAlone);
+        assert_eq!(
+            at("-l 127.0.0.2 --replica-of 127.0.0.3:7000 --cluster-nodes 127.0.0.2:11211"),
+            ConfigError::ClusterReplicaOf
+        );
     }
 }

@@ -174,13 +174,22 @@ fn without_cluster_mode_the_peer_byte_is_text_as_in_memcached() {
 }
 
 /// The node `cluster owner` names for `key`, as an index into `nodes`.
-fn owner_of(nodes: &[Server], client: &mut common::Client, key: &str) -> usize {
-    let owner = lines_until_end(client, &format!("cluster owner {key}"));
-    let address = owner[0].strip_prefix("OWNER ").expect("an OWNER line");
-    nodes
+/// A key's preference list (node indexes, the owner first), as `cluster owner` gives it.
+fn preference_of(nodes: &[Server], client: &mut common::Client, key: &str) -> Vec<usize> {
+    lines_until_end(client, &format!("cluster owner {key}"))
         .iter()
-        .position(|node| format!("{}:{}", node.host, node.port) == address)
-        .expect("the owner is a node")
+        .map(|line| {
+            let address = line.split(' ').nth(1).expect("OWNER or REPLICA <address>");
+            nodes
+                .iter()
+                .position(|node| format!("{}:{}", node.host, node.port) == address)
+                .expect("a listed node")
+        })
+        .collect()
+}
+
+fn owner_of(nodes: &[Server], client: &mut common::Client, key: &str) -> usize {
+    preference_of(nodes, client, key)[0]
 }
 
 /// One key owned by each node, found by asking node 0.
@@ -220,15 +229,29 @@ fn any_node_answers_any_key_with_large_values_and_multigets() {
         expected.extend_from_slice(b"END\r\n");
         reader.roundtrip(format!("get {} nothing-here\r\n", keys.join(" ")).as_bytes(), &expected);
     }
-    // Each key is held by its owner only.
-    for (owner, key) in keys.iter().enumerate() {
+    // Each key is held by the nodes of its preference list (the copies
+    // trail their owner by the replication lag), and by no other.
+    let mut client = nodes[0].client();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for key in &keys {
+        let listed = preference_of(&nodes, &mut client, key);
+        assert_eq!(listed.len(), 2, "--copies is 2 by default");
         for (index, node) in nodes.iter().enumerate() {
-            let held = node
-                .client()
-                .metadump()
-                .iter()
-                .any(|line| line.starts_with(&format!("key={key} ")));
-            assert_eq!(held, index == owner, "{key} on node {index}");
+            loop {
+                let held = node
+                    .client()
+                    .metadump()
+                    .iter()
+                    .any(|line| line.starts_with(&format!("key={key} ")));
+                if held == listed.contains(&index) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{key} on node {index}: held {held}, list {listed:?}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
         }
     }
 }

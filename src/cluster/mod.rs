@@ -2,7 +2,9 @@
 //! places keys on nodes, each key's preference list and the node acting
 //! for it; the frames key operations are forwarded in (wire.rs; the links
 //! that carry them are the server's, server/node_links.rs). Still to come
-//! here: membership (SWIM, who is alive) and per-key copies.
+//! here: membership (SWIM, who is alive). Per-key copies travel on the
+//! replication machinery (replication/primary.rs filters each record by
+//! `replicates_to`).
 
 pub mod ring;
 pub mod wire;
@@ -32,6 +34,13 @@ impl Cluster {
     /// Until failure detection, that is its owner on the ring.
     pub fn acting_for(&self, key: &[u8]) -> usize {
         self.ring.owner(point_of(key))
+    }
+
+    /// Whether this node sends its record of `key` to `node`: it acts for
+    /// the key and `node` holds a copy (only the acting node sends on).
+    pub fn replicates_to(&self, key: &[u8], node: usize) -> bool {
+        let mut list = self.preference_list(key);
+        list.next() == Some(self.config.me) && list.any(|other| other == node)
     }
 
     pub fn is_me(&self, node: usize) -> bool {

@@ -16,7 +16,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::backlog::Backlog;
 use super::primary::{self, PrimaryState};
-use super::replica::{self, LinkState};
+use super::replica::{self, LinkState, Upstream};
 use super::{Notify, ToReplication, ToWorker};
 use crate::server::{Global, ServerError, listener};
 
@@ -42,7 +42,9 @@ pub struct ReplicationCore {
     /// New log bytes or snapshot slices arrived.
     pub changed: Notify,
     pub primary: PrimaryState,
-    pub link: RefCell<LinkState>,
+    /// Links this host follows, by source: the primary's (0), or each
+    /// other cluster node's (its index).
+    pub links: RefCell<Vec<LinkState>>,
     /// A worker's records were applied (acks may move).
     pub applied: Notify,
     ready: Cell<usize>,
@@ -94,14 +96,16 @@ pub struct Started {
 pub fn start(global: &Arc<Global>) -> Result<Started, ServerError> {
     let config = &global.config;
     let shards = config.threads();
-    let listener = match config.repl_port {
-        Some(port) => {
-            let address = SocketAddr::new(config.listen[0], port);
-            listener::ensure_free(address).map_err(|source| ServerError::Bind { address, source })?;
-            Some(listener::bind(address, config.backlog).map_err(|source| ServerError::Bind { address, source })?)
-        }
-        None => None,
+    let bind = |port: u16| {
+        let address = SocketAddr::new(config.listen[0], port);
+        listener::ensure_free(address).map_err(|source| ServerError::Bind { address, source })?;
+        listener::bind(address, config.backlog).map_err(|source| ServerError::Bind { address, source })
     };
+    // Whole-host replicas on --repl-port; the other nodes on the cluster port.
+    let listener = config.repl_port.map(bind).transpose()?;
+    let cluster_port = config.cluster.as_ref().map(|cluster| cluster.cluster_port_of(cluster.me));
+    let cluster_listener = cluster_port.map(bind).transpose()?;
+    let sources = config.cluster.as_ref().map_or(1, |cluster| cluster.nodes.len());
     let mut worker_channels = Vec::new();
     let mut core_channels = Vec::new();
     for _ in 0..shards {
@@ -113,6 +117,7 @@ pub fn start(global: &Arc<Global>) -> Result<Started, ServerError> {
     let placement = || config.repl_core.map_or(Placement::Unbound, Placement::Fixed);
     let global = global.clone();
     let listener_fd = listener.map(IntoRawFd::into_raw_fd);
+    let cluster_listener_fd = cluster_listener.map(IntoRawFd::into_raw_fd);
     let thread = LocalExecutorBuilder::new(placement())
         .name("replication")
         .io_memory(config.io_memory)
@@ -128,7 +133,7 @@ pub fn start(global: &Arc<Global>) -> Result<Started, ServerError> {
                 backlogs: RefCell::new((0..shards).map(|_| Backlog::new(global.config.repl_backlog)).collect()),
                 changed: Notify::default(),
                 primary: PrimaryState::default(),
-                link: RefCell::new(LinkState::default()),
+                links: RefCell::new((0..sources).map(|_| LinkState::default()).collect()),
                 applied: Notify::default(),
                 ready: Cell::new(0),
                 all_ready: Notify::default(),
@@ -139,19 +144,33 @@ pub fn start(global: &Arc<Global>) -> Result<Started, ServerError> {
                 glommio::spawn_local(serve_worker(core.clone(), from_worker, to_worker)).detach();
             }
             core.wait_ready().await;
-            if let Some(fd) = listener_fd {
+            for fd in listener_fd.into_iter().chain(cluster_listener_fd) {
                 // SAFETY: the descriptor was bound above and is owned by nothing else.
                 let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
                 glommio::spawn_local(primary::serve(core.clone(), listener)).detach();
             }
-            glommio::spawn_local(replica::follow(core.clone())).detach();
+            match &core.global.config.cluster {
+                None => {
+                    glommio::spawn_local(replica::follow(core.clone(), 0, Upstream::Primary)).detach();
+                }
+                Some(cluster) => {
+                    for node in (0..cluster.nodes.len()).filter(|&node| node != cluster.me) {
+                        let upstream = Upstream::Node {
+                            address: format!("{}:{}", cluster.nodes[node].host, cluster.cluster_port_of(node)),
+                            me: cluster.me,
+                        };
+                        glommio::spawn_local(replica::follow(core.clone(), node, upstream)).detach();
+                    }
+                }
+            }
             while !core.global.stopping.load(Ordering::Relaxed) {
                 publish(&core);
                 glommio::timer::sleep(PUBLISH_INTERVAL).await;
             }
             // SAFETY: shutdown on descriptors this core owns; a closed one just fails.
             unsafe {
-                for fd in listener_fd.into_iter().chain(core.sockets.borrow().iter().copied()) {
+                let listeners = listener_fd.into_iter().chain(cluster_listener_fd);
+                for fd in listeners.chain(core.sockets.borrow().iter().copied()) {
                     libc::shutdown(fd, libc::SHUT_RDWR);
                 }
             }
@@ -202,8 +221,14 @@ async fn serve_worker(core: Rc<ReplicationCore>, from_worker: SharedReceiver<ToR
                 primary::deliver_slice(&core, shard, follower, attempt, slice);
                 core.changed.notify();
             }
-            ToReplication::Applied { primary_shard, offset } => {
-                core.link.borrow_mut().applied(shard, primary_shard, offset);
+            ToReplication::Applied {
+                source,
+                primary_shard,
+                offset,
+            } => {
+                if let Some(link) = core.links.borrow_mut().get_mut(source) {
+                    link.applied(shard, primary_shard, offset);
+                }
                 core.applied.notify();
             }
         }

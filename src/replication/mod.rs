@@ -17,6 +17,10 @@
 //! shard's backlog and writes them to each replica -> the replica's
 //! `replica` task splits records by its own shards -> each worker applies
 //! them (and logs them in turn) -> the replica acks the applied offset.
+//!
+//! In a cluster every node is both: it follows every other node (records
+//! of the keys it holds copies of) and serves them (records of the keys it
+//! acts for), on the cluster port.
 
 pub mod backlog;
 pub mod core;
@@ -130,8 +134,13 @@ pub enum ToReplication {
         /// How long taking it kept the shard's core from other work.
         took: std::time::Duration,
     },
-    /// Records of a primary shard applied up to `offset` (on a replica).
-    Applied { primary_shard: usize, offset: u64 },
+    /// Records of a primary shard applied up to `offset` (on a replica;
+    /// `source`: which primary, see `ToWorker::Apply`).
+    Applied {
+        source: usize,
+        primary_shard: usize,
+        offset: u64,
+    },
 }
 
 /// Replication core -> worker core.
@@ -142,15 +151,20 @@ pub enum ToWorker {
     /// Apply a primary shard's records (which belong to this shard), unless
     /// the role changed since the link that received them started
     /// (`generation`): a promoted host must not take its old primary's writes.
+    /// `source`: 0 for the primary of `--replica-of`, the node's index for
+    /// another cluster node.
     Apply {
+        source: usize,
         generation: u64,
         primary_shard: usize,
         primary_shards: usize,
         offset: u64,
         records: Vec<u8>,
     },
-    /// A full resync of a primary shard starts at `offset`: drop its keys.
+    /// A full resync of a primary shard starts at `offset`: drop its keys
+    /// (in a cluster, those of its keys the source node acts for).
     DropShard {
+        source: usize,
         generation: u64,
         primary_shard: usize,
         primary_shards: usize,

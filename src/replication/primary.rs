@@ -5,6 +5,11 @@
 //! taken by the shard's core, interleaved with the log at the offsets they
 //! were taken at. Nothing here can slow a shard: a slow follower only falls
 //! behind, and out of the backlog.
+//!
+//! A follower that is another cluster node is sent only the records of the
+//! keys this node acts for and that node holds copies of (KEPT frames, and
+//! snapshots filtered the same way): the ring lookup for each record runs
+//! here, on the replication core, never on a worker.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -19,6 +24,7 @@ use hdrhistogram::Histogram;
 use super::ToWorker;
 use super::backlog::Backlog;
 use super::core::ReplicationCore;
+use super::record::Record;
 use super::wire::{self, FrameReader, Kind, WireError};
 
 /// Log bytes per frame, and per shard per writer turn.
@@ -60,8 +66,13 @@ struct FollowerShard {
 struct Follower {
     id: u64,
     address: SocketAddr,
+    /// The cluster node following (None: a whole-host replica, sent everything).
+    node: Option<usize>,
     shards: RefCell<Vec<FollowerShard>>,
 }
+
+/// Which records a follower is sent (None: all of them, as they are).
+type Keep<'a> = Option<&'a dyn Fn(&Record<'_>) -> bool>;
 
 /// Everything about the replicas this host serves.
 pub struct PrimaryState {
@@ -121,7 +132,14 @@ async fn follower(core: &Rc<ReplicationCore>, stream: glommio::net::TcpStream) -
     stream.set_read_timeout(Some(LINK_TIMEOUT))?;
     let (mut input, mut output) = futures_lite::io::split(stream);
     let mut reader = FrameReader::new(0);
-    let (replid, offsets) = wire::parse_replicate(&reader.line(&mut input).await?)?;
+    let wire::Replicate { node, replid, offsets } = wire::parse_replicate(&reader.line(&mut input).await?)?;
+    if let Some(node) = node {
+        // Only another node of the same list may ask for its keys.
+        let other_node = |cluster: &crate::cluster::Cluster| node < cluster.config.nodes.len() && !cluster.is_me(node);
+        if !core.global.cluster.as_ref().is_some_and(other_node) {
+            return Err(WireError::BadHandshake);
+        }
+    }
     let own = core.global.replication.replid();
     let same_history = replid.as_deref() == Some(own.as_str()) && offsets.len() == core.shards;
     let mut hello = wire::primary_line(&own, core.shards).into_bytes();
@@ -147,6 +165,7 @@ async fn follower(core: &Rc<ReplicationCore>, stream: glommio::net::TcpStream) -
     let follower = Rc::new(Follower {
         id,
         address,
+        node,
         shards: RefCell::new(shards),
     });
     core.primary.followers.borrow_mut().insert(id, follower.clone());
@@ -215,14 +234,26 @@ async fn write_loop(
 /// Writes whatever each shard has for the follower into `out`; returns
 /// the snapshot slices to ask the shards for (shard, attempt, cursor).
 fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(usize, u32, usize)> {
-    let (requests, snapshots) = fill_shards(&core.backlogs.borrow(), &mut follower.shards.borrow_mut(), out);
+    let cluster = core.global.cluster.as_ref();
+    let keep = |record: &Record<'_>| match (record.key(), cluster, follower.node) {
+        (Some(key), Some(cluster), Some(node)) => cluster.replicates_to(key, node),
+        // Every node hears a flush_all itself; a key-less record is not sent on.
+        _ => false,
+    };
+    let keep: Keep<'_> = follower.node.is_some().then_some(&keep);
+    let (requests, snapshots) = fill_shards(&core.backlogs.borrow(), &mut follower.shards.borrow_mut(), keep, out);
     core.primary.full_resyncs.set(core.primary.full_resyncs.get() + snapshots);
     requests
 }
 
-/// `fill` for given backlogs and follower states; also returns how many
-/// snapshots it started.
-fn fill_shards(backlogs: &[Backlog], shards: &mut [FollowerShard], out: &mut Vec<u8>) -> (Vec<(usize, u32, usize)>, u64) {
+/// `fill` for given backlogs, follower states and filter; also returns how
+/// many snapshots it started.
+fn fill_shards(
+    backlogs: &[Backlog],
+    shards: &mut [FollowerShard],
+    keep: Keep<'_>,
+    out: &mut Vec<u8>,
+) -> (Vec<(usize, u32, usize)>, u64) {
     let mut requests = Vec::new();
     let mut snapshots = 0;
     for (index, shard) in shards.iter_mut().enumerate() {
@@ -243,7 +274,7 @@ fn fill_shards(backlogs: &[Backlog], shards: &mut [FollowerShard], out: &mut Vec
             Sync::Snapshot { begun } => {
                 let Some(slice) = shard.slices.front() else {
                     if begun {
-                        send_log(backlog, index, &mut shard.sent, u64::MAX, out);
+                        send_log(backlog, index, &mut shard.sent, u64::MAX, keep, out);
                     }
                     continue;
                 };
@@ -255,10 +286,13 @@ fn fill_shards(backlogs: &[Backlog], shards: &mut [FollowerShard], out: &mut Vec
                     shard.sync = Sync::Snapshot { begun: true };
                 }
                 // The log up to where the slice was taken goes first.
-                send_log(backlog, index, &mut shard.sent, slice.at_offset, out);
+                send_log(backlog, index, &mut shard.sent, slice.at_offset, keep, out);
                 if shard.sent == slice.at_offset {
                     let slice = shard.slices.pop_front().expect("front slice");
-                    wire::write_frame(out, Kind::Snapshot, index, slice.at_offset, &slice.records);
+                    let at = out.len();
+                    wire::write_header(out, Kind::Snapshot, index, slice.at_offset, 0);
+                    let (_, length) = copy_records(&slice.records, keep, out);
+                    wire::set_length(&mut out[at..], length);
                     match slice.next_cursor {
                         Some(cursor) => requests.push((index, shard.attempt, cursor)),
                         None => {
@@ -268,23 +302,65 @@ fn fill_shards(backlogs: &[Backlog], shards: &mut [FollowerShard], out: &mut Vec
                     }
                 }
             }
-            Sync::Streaming => send_log(backlog, index, &mut shard.sent, u64::MAX, out),
+            Sync::Streaming => send_log(backlog, index, &mut shard.sent, u64::MAX, keep, out),
         }
     }
     (requests, snapshots)
 }
 
-/// Appends a LOG frame with the backlog's bytes from `sent` up to `limit`.
-fn send_log(backlog: &Backlog, shard: usize, sent: &mut u64, limit: u64, out: &mut Vec<u8>) {
+/// Appends the backlog's bytes from `sent` up to `limit`: as they are in a
+/// LOG frame, or, with a filter, the records it keeps in a KEPT frame.
+fn send_log(backlog: &Backlog, shard: usize, sent: &mut u64, limit: u64, keep: Keep<'_>, out: &mut Vec<u8>) {
     let until = backlog.end().min(limit);
     if *sent >= until || !backlog.holds(*sent) {
         return;
     }
     let length = ((until - *sent) as usize).min(FRAME_BYTES);
-    wire::write_header(out, Kind::Log, shard, *sent, length);
-    let copied = backlog.read(*sent, length, out);
-    debug_assert_eq!(copied, length);
-    *sent += copied as u64;
+    if keep.is_none() {
+        wire::write_header(out, Kind::Log, shard, *sent, length);
+        let copied = backlog.read(*sent, length, out);
+        debug_assert_eq!(copied, length);
+        *sent += copied as u64;
+        return;
+    }
+    // Records are filtered whole; `sent` stays on a record boundary (chunks
+    // reach the backlog as whole records, and resyncs start on one).
+    let mut window = Vec::with_capacity(length);
+    backlog.read(*sent, length, &mut window);
+    let at = out.len();
+    wire::write_header(out, Kind::Kept, shard, 0, 0);
+    let (mut used, mut kept) = copy_records(&window, keep, out);
+    if used == 0 {
+        // One record longer than a frame: read it whole.
+        window.clear();
+        backlog.read(*sent, (until - *sent) as usize, &mut window);
+        (used, kept) = copy_records(&window, keep, out);
+    }
+    if used == 0 {
+        tracing::warn!("replication log of shard {shard} is corrupt at offset {sent}: skipped to {until}");
+        used = (until - *sent) as usize;
+    }
+    *sent += used as u64;
+    wire::set_length(&mut out[at..], kept);
+    wire::set_offset(&mut out[at..], *sent);
+}
+
+/// Copies the whole records at the front of `records` that `keep` keeps
+/// (all of them without a filter) to `out`; returns the bytes read and the
+/// bytes copied.
+fn copy_records(records: &[u8], keep: Keep<'_>, out: &mut Vec<u8>) -> (usize, usize) {
+    let Some(keep) = keep else {
+        out.extend_from_slice(records);
+        return (records.len(), records.len());
+    };
+    let (mut at, before) = (0, out.len());
+    while let Ok(Some((record, length))) = Record::decode(&records[at..]) {
+        if keep(&record) {
+            out.extend_from_slice(&records[at..at + length]);
+        }
+        at += length;
+    }
+    (at, out.len() - before)
 }
 
 /// A shard's snapshot slice reaches the follower that asked for it.
@@ -409,14 +485,14 @@ mod tests {
         let mut shards = vec![FollowerShard::new(0, Sync::NeedSnapshot)];
         let mut out = Vec::new();
 
-        let (requests, started) = fill_shards(&backlogs, &mut shards, &mut out);
+        let (requests, started) = fill_shards(&backlogs, &mut shards, None, &mut out);
         assert_eq!((requests, started), (vec![(0, 1, 0)], 1), "the first slice is asked for");
         assert!(out.is_empty(), "nothing is sent before the first slice");
 
         // The first slice was taken when the log stood at 150.
         backlogs[0].append(100, &[b'b'; 50], now);
         shards[0].slices.push_back(slice(150, b"S1", Some(7)));
-        let (requests, _) = fill_shards(&backlogs, &mut shards, &mut out);
+        let (requests, _) = fill_shards(&backlogs, &mut shards, None, &mut out);
         assert_eq!(requests, vec![(0, 1, 7)]);
         assert_eq!(
             frames(&mut out),
@@ -425,13 +501,13 @@ mod tests {
 
         // While the next slice is taken, the log goes on from 150.
         backlogs[0].append(150, &[b'c'; 30], now);
-        fill_shards(&backlogs, &mut shards, &mut out);
+        fill_shards(&backlogs, &mut shards, None, &mut out);
         assert_eq!(frames(&mut out), vec![(Kind::Log, 150, vec![b'c'; 30])]);
 
         // The last slice, taken at 200: the log up to 200 goes first.
         backlogs[0].append(180, &[b'd'; 40], now);
         shards[0].slices.push_back(slice(200, b"S2", None));
-        let (requests, _) = fill_shards(&backlogs, &mut shards, &mut out);
+        let (requests, _) = fill_shards(&backlogs, &mut shards, None, &mut out);
         assert!(requests.is_empty());
         assert_eq!(
             frames(&mut out),
@@ -442,7 +518,7 @@ mod tests {
             ]
         );
         // Then it streams.
-        fill_shards(&backlogs, &mut shards, &mut out);
+        fill_shards(&backlogs, &mut shards, None, &mut out);
         assert_eq!(frames(&mut out), vec![(Kind::Log, 200, vec![b'd'; 20])]);
     }
 
@@ -453,15 +529,79 @@ mod tests {
         backlogs[0].append(0, &[b'a'; 10], now);
         let mut shards = vec![FollowerShard::new(0, Sync::Streaming)];
         let mut out = Vec::new();
-        fill_shards(&backlogs, &mut shards, &mut out);
+        fill_shards(&backlogs, &mut shards, None, &mut out);
         assert_eq!(frames(&mut out), vec![(Kind::Log, 0, vec![b'a'; 10])]);
         backlogs[0].append(10, &[b'b'; 100], now);
-        let (requests, started) = fill_shards(&backlogs, &mut shards, &mut out);
+        let (requests, started) = fill_shards(&backlogs, &mut shards, None, &mut out);
         assert_eq!((requests, started), (vec![(0, 1, 0)], 1));
         assert!(out.is_empty());
         // A snapshot that is not yet begun waits for its slice, whatever the backlog does.
         backlogs[0].append(110, &[b'c'; 100], now);
-        let (requests, started) = fill_shards(&backlogs, &mut shards, &mut out);
+        let (requests, started) = fill_shards(&backlogs, &mut shards, None, &mut out);
         assert_eq!((requests, started), (vec![], 0));
+    }
+
+    #[test]
+    fn a_filtered_follower_gets_only_kept_records_whole_and_the_offset_past_the_rest() {
+        let now = std::time::Instant::now();
+        let set = |key: &'static [u8], value: &'static [u8]| {
+            Record::Set(crate::store::ItemState {
+                key,
+                client_flags: 1,
+                expiry_unix: 0,
+                cas: 9,
+                value,
+            })
+        };
+        let big = vec![b'v'; FRAME_BYTES + 10].leak();
+        let records = [
+            set(b"mine", b"1"),
+            set(b"other", b"2"),
+            Record::Flush { effective_unix: 0 },
+            set(b"mine2", big),
+        ];
+        let mut log = Vec::new();
+        for record in &records {
+            record.encode(&mut log);
+        }
+        let mut backlogs = vec![Backlog::new(1 << 22)];
+        backlogs[0].append(0, &log, now);
+        let keep = |record: &Record<'_>| record.key().is_some_and(|key| key.starts_with(b"mine"));
+        let mut shards = vec![FollowerShard::new(0, Sync::Streaming)];
+        let mut out = Vec::new();
+        let mut kept = Vec::new();
+        // The first frame holds what fits; the big record comes whole in the next.
+        while shards[0].sent < log.len() as u64 {
+            fill_shards(&backlogs, &mut shards, Some(&keep), &mut out);
+            for (kind, offset, payload) in frames(&mut out) {
+                assert_eq!(kind, Kind::Kept);
+                assert!(offset <= log.len() as u64);
+                kept.extend(payload);
+            }
+        }
+        let mut expected = Vec::new();
+        for record in [records[0], records[3]] {
+            record.encode(&mut expected);
+        }
+        assert_eq!(kept, expected);
+        assert_eq!(shards[0].sent, log.len() as u64, "the records left out count as sent");
+
+        // A snapshot slice is filtered the same way.
+        let mut slice_records = Vec::new();
+        records[1].encode(&mut slice_records);
+        records[0].encode(&mut slice_records);
+        shards[0] = FollowerShard::new(0, Sync::Snapshot { begun: false });
+        shards[0].slices.push_back(slice(log.len() as u64, &slice_records, None));
+        fill_shards(&backlogs, &mut shards, Some(&keep), &mut out);
+        let mut mine = Vec::new();
+        records[0].encode(&mut mine);
+        assert_eq!(
+            frames(&mut out),
+            vec![
+                (Kind::FullBegin, log.len() as u64, vec![]),
+                (Kind::Snapshot, log.len() as u64, mine),
+                (Kind::FullEnd, log.len() as u64, vec![])
+            ]
+        );
     }
 }

@@ -5,6 +5,10 @@
 //! report the offsets they reached; the smallest per primary shard is
 //! acked. The link reconnects on failure, and follows the admin commands
 //! (`replication follow`, `replication promote`).
+//!
+//! A cluster node follows every other node the same way, one link each
+//! (its `source`, the node's index), and is sent only the keys it holds
+//! copies of.
 
 use std::net::ToSocketAddrs;
 use std::os::fd::AsRawFd;
@@ -75,13 +79,29 @@ impl LinkState {
     }
 }
 
-/// Keeps a link to whichever primary the control names.
-pub async fn follow(core: Rc<ReplicationCore>) {
+/// Whom a link follows.
+pub enum Upstream {
+    /// The primary that `--replica-of` or `replication follow` names.
+    Primary,
+    /// Another cluster node, at its cluster address; `me` is this node's index.
+    Node { address: String, me: usize },
+}
+
+/// Keeps a link to the upstream; its records are `source`'s.
+pub async fn follow(core: Rc<ReplicationCore>, source: usize, upstream: Upstream) {
+    let me = match &upstream {
+        Upstream::Primary => None,
+        Upstream::Node { me, .. } => Some(*me),
+    };
     loop {
         let generation = core.global.replication.generation();
-        let Some(address) = core.global.replication.primary() else {
+        let address = match &upstream {
+            Upstream::Primary => core.global.replication.primary(),
+            Upstream::Node { address, .. } => Some(address.clone()),
+        };
+        let Some(address) = address else {
             {
-                let mut link = core.link.borrow_mut();
+                let link = &mut core.links.borrow_mut()[source];
                 link.address = None;
                 link.state = "none";
             }
@@ -89,14 +109,14 @@ pub async fn follow(core: Rc<ReplicationCore>) {
             continue;
         };
         {
-            let mut link = core.link.borrow_mut();
+            let link = &mut core.links.borrow_mut()[source];
             if link.address.as_deref() != Some(address.as_str()) {
                 link.primary_replid = None;
             }
             link.address = Some(address.clone());
             link.state = "connecting";
         }
-        let result = futures_lite::future::or(link_once(&core, &address, generation), async {
+        let result = futures_lite::future::or(link_once(&core, source, me, &address, generation), async {
             while core.global.replication.generation() == generation {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
             }
@@ -106,24 +126,30 @@ pub async fn follow(core: Rc<ReplicationCore>) {
         if let Err(error) = result {
             tracing::info!("link to primary {address}: {error}");
         }
-        core.link.borrow_mut().state = "down";
+        core.links.borrow_mut()[source].state = "down";
         glommio::timer::sleep(RECONNECT_PAUSE).await;
     }
 }
 
-async fn link_once(core: &Rc<ReplicationCore>, address: &str, generation: u64) -> Result<(), WireError> {
+async fn link_once(
+    core: &Rc<ReplicationCore>,
+    source: usize,
+    me: Option<usize>,
+    address: &str,
+    generation: u64,
+) -> Result<(), WireError> {
     let stream = connect_from(core.global.config.listen[0], address.to_string()).await?;
     stream.set_read_timeout(Some(LINK_TIMEOUT))?;
     stream.set_nodelay(true)?;
     let _tracked = core.track(stream.as_raw_fd());
     let (mut input, mut output) = futures_lite::io::split(stream);
     let hello = {
-        let link = core.link.borrow();
+        let link = &core.links.borrow()[source];
         let applied = link.applied_offsets();
         let offsets: Vec<Option<u64>> = (0..link.primary_shards)
             .map(|shard| link.synced[shard].then_some(applied[shard]))
             .collect();
-        wire::replicate_line(link.primary_replid.as_deref(), &offsets)
+        wire::replicate_line(me, link.primary_replid.as_deref(), &offsets)
     };
     output.write_all(hello.as_bytes()).await?;
     let mut reader = FrameReader::new(MAX_PAYLOAD);
@@ -132,7 +158,7 @@ async fn link_once(core: &Rc<ReplicationCore>, address: &str, generation: u64) -
         return Err(WireError::BadHandshake);
     }
     {
-        let mut link = core.link.borrow_mut();
+        let link = &mut core.links.borrow_mut()[source];
         if link.primary_replid.as_deref() != Some(replid.as_str()) || link.primary_shards != shards {
             link.reset(replid, shards, core.shards);
         }
@@ -142,8 +168,8 @@ async fn link_once(core: &Rc<ReplicationCore>, address: &str, generation: u64) -
         link.state = "sync";
     }
     futures_lite::future::or(
-        apply_frames(core, generation, &mut input, &mut reader),
-        send_acks(core, &mut output),
+        apply_frames(core, source, generation, &mut input, &mut reader),
+        send_acks(core, source, &mut output),
     )
     .await
 }
@@ -174,6 +200,7 @@ async fn connect_from(local: std::net::IpAddr, address: String) -> std::io::Resu
 /// Reads frames and hands their records to the workers.
 async fn apply_frames(
     core: &ReplicationCore,
+    source: usize,
     generation: u64,
     input: &mut (impl AsyncRead + Unpin),
     reader: &mut FrameReader,
@@ -184,7 +211,7 @@ async fn apply_frames(
         let shard = usize::from(header.shard);
         let mut messages = Vec::new();
         {
-            let mut link = core.link.borrow_mut();
+            let link = &mut core.links.borrow_mut()[source];
             let shards = link.primary_shards;
             if shard >= shards && header.kind != Kind::Ping {
                 return Err(WireError::BadKind(header.kind as u8));
@@ -203,6 +230,7 @@ async fn apply_frames(
                         messages.push((
                             worker,
                             ToWorker::DropShard {
+                                source,
                                 generation,
                                 primary_shard: shard,
                                 primary_shards: shards,
@@ -212,7 +240,7 @@ async fn apply_frames(
                     }
                 }
                 Kind::FullEnd => link.synced[shard] = true,
-                Kind::Log | Kind::Snapshot => {
+                Kind::Log | Kind::Snapshot | Kind::Kept => {
                     let mut carry = std::mem::take(&mut link.carry[shard]);
                     let bytes: &[u8] = if header.kind == Kind::Log {
                         if header.offset != link.received[shard] {
@@ -222,6 +250,13 @@ async fn apply_frames(
                         carry.extend_from_slice(payload);
                         &carry
                     } else {
+                        if header.kind == Kind::Kept {
+                            // Whole records, and where the log stands after them.
+                            if header.offset < link.received[shard] || !carry.is_empty() {
+                                return Err(WireError::BadKind(header.kind as u8));
+                            }
+                            link.received[shard] = header.offset;
+                        }
                         payload
                     };
                     let used = split_by_shard(bytes, core.shards, &mut batches)?;
@@ -238,6 +273,7 @@ async fn apply_frames(
                         messages.push((
                             worker,
                             ToWorker::Apply {
+                                source,
                                 generation,
                                 primary_shard: shard,
                                 primary_shards: shards,
@@ -282,13 +318,13 @@ fn split_by_shard(bytes: &[u8], shards: usize, batches: &mut [Vec<u8>]) -> Resul
 }
 
 /// Acks the applied offsets when they move, and at least every heartbeat.
-async fn send_acks(core: &ReplicationCore, output: &mut (impl AsyncWrite + Unpin)) -> Result<(), WireError> {
+async fn send_acks(core: &ReplicationCore, source: usize, output: &mut (impl AsyncWrite + Unpin)) -> Result<(), WireError> {
     let mut last: Vec<u64> = Vec::new();
     let mut last_sent = Instant::now();
     let mut out = Vec::new();
     loop {
         let epoch = core.applied.epoch();
-        let offsets = core.link.borrow().applied_offsets();
+        let offsets = core.links.borrow()[source].applied_offsets();
         if offsets != last || last_sent.elapsed() >= ACK_HEARTBEAT {
             for (shard, &offset) in offsets.iter().enumerate() {
                 wire::write_frame(&mut out, Kind::Ack, shard, offset, &[]);
@@ -303,24 +339,28 @@ async fn send_acks(core: &ReplicationCore, output: &mut (impl AsyncWrite + Unpin
     }
 }
 
-/// `stats replication` lines about the link to the primary.
+/// `stats replication` lines about the links this host follows: the
+/// primary's, or in a cluster each other node's (prefixed `node_<i>_`).
 pub fn report(core: &ReplicationCore, stat: &mut impl FnMut(String, String)) {
-    let link = core.link.borrow();
-    let Some(address) = &link.address else {
-        return;
-    };
-    stat("primary".into(), address.clone());
-    stat("link".into(), link.state.into());
-    stat(
-        "primary_replid".into(),
-        link.primary_replid.clone().unwrap_or_else(|| "-".into()),
-    );
-    stat("primary_shards".into(), link.primary_shards.to_string());
-    for (shard, offset) in link.applied_offsets().into_iter().enumerate() {
-        stat(format!("primary_shard_{shard}_applied"), offset.to_string());
+    let clustered = core.global.cluster.is_some();
+    for (source, link) in core.links.borrow().iter().enumerate() {
+        let Some(address) = &link.address else {
+            continue;
+        };
+        let prefix = if clustered { format!("node_{source}_") } else { String::new() };
+        stat(format!("{prefix}primary"), address.clone());
+        stat(format!("{prefix}link"), link.state.into());
+        stat(
+            format!("{prefix}primary_replid"),
+            link.primary_replid.clone().unwrap_or_else(|| "-".into()),
+        );
+        stat(format!("{prefix}primary_shards"), link.primary_shards.to_string());
+        for (shard, offset) in link.applied_offsets().into_iter().enumerate() {
+            stat(format!("{prefix}primary_shard_{shard}_applied"), offset.to_string());
+        }
+        stat(format!("{prefix}link_full_resyncs"), link.full_resyncs.to_string());
+        stat(format!("{prefix}link_partial_resyncs"), link.partial_resyncs.to_string());
     }
-    stat("link_full_resyncs".into(), link.full_resyncs.to_string());
-    stat("link_partial_resyncs".into(), link.partial_resyncs.to_string());
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 
 use super::record::Record;
 use super::{Notify, ToReplication, ToWorker};
+use crate::cluster::Cluster;
 use crate::hash::KeyHash;
 use crate::request::KeyOp;
 use crate::server::Core;
@@ -214,27 +215,64 @@ fn serve(core: &Core, message: ToWorker) {
             });
         }
         ToWorker::Apply {
+            source,
             generation,
             primary_shard,
             primary_shards,
             offset,
             records,
-        } => apply_and_report(core, generation, primary_shard, offset, |shard, log| {
-            for (hash, record) in HashedRecords(&records) {
-                apply(shard, log, hash, record, primary_shard, primary_shards);
-            }
-        }),
+        } => {
+            let from = Source::new(core, source, primary_shard, primary_shards);
+            apply_and_report(core, generation, &from, offset, |shard, log| {
+                for (hash, record) in HashedRecords(&records) {
+                    apply(shard, log, hash, record, &from);
+                }
+            })
+        }
         ToWorker::DropShard {
+            source,
             generation,
             primary_shard,
             primary_shards,
             offset,
-        } => apply_and_report(core, generation, primary_shard, offset, |shard, log| {
-            // This host's own flush marks (from before it followed) must not
-            // hide what the primary sends.
-            shard.forget_flush();
-            drop_primary_shard(shard, log, primary_shard, primary_shards);
-        }),
+        } => {
+            let from = Source::new(core, source, primary_shard, primary_shards);
+            apply_and_report(core, generation, &from, offset, |shard, log| {
+                if from.cluster.is_none() {
+                    // This host's own flush marks (from before it followed)
+                    // must not hide what the primary sends.
+                    shard.forget_flush();
+                }
+                drop_source_shard(shard, log, &from);
+            })
+        }
+    }
+}
+
+/// Where records come from: one shard of a primary, or of another cluster
+/// node (whose records are only the keys it acts for).
+struct Source<'a> {
+    index: usize,
+    primary_shard: usize,
+    primary_shards: usize,
+    cluster: Option<&'a Cluster>,
+}
+
+impl<'a> Source<'a> {
+    fn new(core: &'a Core, index: usize, primary_shard: usize, primary_shards: usize) -> Source<'a> {
+        Source {
+            index,
+            primary_shard,
+            primary_shards,
+            cluster: core.global.cluster.as_ref(),
+        }
+    }
+
+    /// Whether this source's shard sends the key (so a full resync of it
+    /// replaces the key).
+    fn sends(&self, hash: KeyHash, key: &[u8]) -> bool {
+        hash.shard(self.primary_shards) == self.primary_shard
+            && self.cluster.is_none_or(|cluster| cluster.acting_for(key) == self.index)
     }
 }
 
@@ -244,7 +282,7 @@ fn serve(core: &Core, message: ToWorker) {
 fn apply_and_report(
     core: &Core,
     generation: u64,
-    primary_shard: usize,
+    from: &Source<'_>,
     offset: u64,
     change: impl FnOnce(&mut Shard, &mut ShardLog),
 ) {
@@ -253,20 +291,21 @@ fn apply_and_report(
     }
     let replication = core.replication.as_ref().expect("replication");
     change(&mut core.shard_now(), &mut replication.log.borrow_mut());
-    replication.reply(ToReplication::Applied { primary_shard, offset });
+    replication.reply(ToReplication::Applied {
+        source: from.index,
+        primary_shard: from.primary_shard,
+        offset,
+    });
 }
 
-/// Removes every key that belongs to one of the primary's shards.
-fn drop_primary_shard(shard: &mut Shard, log: &mut ShardLog, primary_shard: usize, primary_shards: usize) {
-    shard.remove_where(
-        |hash| hash.shard(primary_shards) == primary_shard,
-        |key| log.append(Record::Delete { key }),
-    );
+/// Removes every key the source's shard sends.
+fn drop_source_shard(shard: &mut Shard, log: &mut ShardLog, from: &Source<'_>) {
+    shard.remove_where(|hash, key| from.sends(hash, key), |key| log.append(Record::Delete { key }));
 }
 
 /// Applies one record from a primary and logs the result here in turn
 /// (so this host can serve replicas of its own).
-fn apply(shard: &mut Shard, log: &mut ShardLog, hash: KeyHash, record: Record<'_>, primary_shard: usize, primary_shards: usize) {
+fn apply(shard: &mut Shard, log: &mut ShardLog, hash: KeyHash, record: Record<'_>, from: &Source<'_>) {
     match record {
         Record::Set(state) => {
             if shard.put_replicated(hash, state) {
@@ -281,7 +320,7 @@ fn apply(shard: &mut Shard, log: &mut ShardLog, hash: KeyHash, record: Record<'_
         }
         Record::Flush { effective_unix } => {
             if effective_unix == 0 || effective_unix <= shard.unix_now() {
-                drop_primary_shard(shard, log, primary_shard, primary_shards);
+                drop_source_shard(shard, log, from);
             } else {
                 // A delayed flush applies to the whole replica: close enough
                 // to the primary, whose every shard logs the same flush. By

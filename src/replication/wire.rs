@@ -5,11 +5,17 @@
 //!
 //! ```text
 //! replica -> primary  REPLICATE <replid|-> <offset|-> <offset|-> ...\r\n
+//!                     (a cluster node: REPLICATE-NODE <its index> <replid|-> ...)
 //! primary -> replica  PRIMARY <replid> <shards>\r\n
 //! primary -> replica  LOG(shard, offset, records) FULL_BEGIN(shard, offset)
 //!                     SNAPSHOT(shard, records) FULL_END(shard) CONTINUE(shard, offset) PING
+//!                     KEPT(shard, end offset, whole records)
 //! replica -> primary  ACK(shard, applied offset)
 //! ```
+//!
+//! A cluster node receives only the records of keys it holds copies of:
+//! KEPT frames carry the log's records for it, whole, and the offset the
+//! log stands at after them (the records left out count as sent).
 
 use futures_lite::{AsyncRead, AsyncReadExt};
 
@@ -33,6 +39,8 @@ pub enum Kind {
     Ping = 5,
     /// Partial resync: the shard's log continues from `offset`.
     Continue = 6,
+    /// The records of the log kept for this replica; the log stands at `offset` after them.
+    Kept = 7,
     /// The replica has applied the shard's log up to `offset`.
     Ack = 16,
 }
@@ -46,6 +54,7 @@ impl Kind {
             4 => Kind::FullEnd,
             5 => Kind::Ping,
             6 => Kind::Continue,
+            7 => Kind::Kept,
             16 => Kind::Ack,
             _ => return None,
         })
@@ -71,6 +80,16 @@ pub fn write_header(out: &mut Vec<u8>, kind: Kind, shard: usize, offset: u64, le
     out.extend_from_slice(&(shard as u16).to_le_bytes());
     out.extend_from_slice(&offset.to_le_bytes());
     out.extend_from_slice(&(length as u32).to_le_bytes());
+}
+
+/// Sets the payload length of the header at the front of `frame`.
+pub fn set_length(frame: &mut [u8], length: usize) {
+    frame[11..15].copy_from_slice(&(length as u32).to_le_bytes());
+}
+
+/// Sets the offset of the header at the front of `frame`.
+pub fn set_offset(frame: &mut [u8], offset: u64) {
+    frame[3..11].copy_from_slice(&offset.to_le_bytes());
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,8 +192,12 @@ impl FrameReader {
 
 /// The replica's opening line: the primary history it follows and, per
 /// primary shard, the offset it has applied (None: must resync fully).
-pub fn replicate_line(replid: Option<&str>, offsets: &[Option<u64>]) -> String {
-    let mut line = format!("REPLICATE {}", replid.unwrap_or("-"));
+/// A cluster node names itself (`node`): it is sent only its keys.
+pub fn replicate_line(node: Option<usize>, replid: Option<&str>, offsets: &[Option<u64>]) -> String {
+    let mut line = match node {
+        Some(node) => format!("REPLICATE-NODE {node} {}", replid.unwrap_or("-")),
+        None => format!("REPLICATE {}", replid.unwrap_or("-")),
+    };
     for offset in offsets {
         match offset {
             Some(offset) => line.push_str(&format!(" {offset}")),
@@ -185,15 +208,25 @@ pub fn replicate_line(replid: Option<&str>, offsets: &[Option<u64>]) -> String {
     line
 }
 
-pub fn parse_replicate(line: &str) -> Result<(Option<String>, Vec<Option<u64>>), WireError> {
+/// What a replica's opening line says.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Replicate {
+    pub node: Option<usize>,
+    pub replid: Option<String>,
+    pub offsets: Vec<Option<u64>>,
+}
+
+pub fn parse_replicate(line: &str) -> Result<Replicate, WireError> {
     let mut words = line.split_ascii_whitespace();
-    if words.next() != Some("REPLICATE") {
-        return Err(WireError::BadHandshake);
-    }
+    let node = match words.next() {
+        Some("REPLICATE") => None,
+        Some("REPLICATE-NODE") => Some(words.next().and_then(|w| w.parse().ok()).ok_or(WireError::BadHandshake)?),
+        _ => return Err(WireError::BadHandshake),
+    };
     let replid = words.next().ok_or(WireError::BadHandshake)?;
     let replid = (replid != "-").then(|| replid.to_string());
     let offsets = words.map(|word| word.parse().ok()).collect();
-    Ok((replid, offsets))
+    Ok(Replicate { node, replid, offsets })
 }
 
 pub fn primary_line(replid: &str, shards: usize) -> String {
@@ -214,13 +247,23 @@ mod tests {
 
     #[test]
     fn handshake_lines_round_trip() {
-        let line = replicate_line(Some("abc"), &[Some(5), None, Some(0)]);
+        let line = replicate_line(None, Some("abc"), &[Some(5), None, Some(0)]);
         assert_eq!(line, "REPLICATE abc 5 - 0\r\n");
-        assert_eq!(
-            parse_replicate(line.trim_end()).unwrap(),
-            (Some("abc".to_string()), vec![Some(5), None, Some(0)])
-        );
-        assert_eq!(parse_replicate("REPLICATE -").unwrap(), (None, vec![]));
+        let expected = Replicate {
+            node: None,
+            replid: Some("abc".to_string()),
+            offsets: vec![Some(5), None, Some(0)],
+        };
+        assert_eq!(parse_replicate(line.trim_end()).unwrap(), expected);
+        let line = replicate_line(Some(2), None, &[None]);
+        assert_eq!(line, "REPLICATE-NODE 2 - -\r\n");
+        let expected = Replicate {
+            node: Some(2),
+            replid: None,
+            offsets: vec![None],
+        };
+        assert_eq!(parse_replicate(line.trim_end()).unwrap(), expected);
+        assert!(parse_replicate("REPLICATE-NODE x -").is_err());
         assert_eq!(parse_primary("PRIMARY xyz 2").unwrap(), ("xyz".to_string(), 2));
         assert!(parse_primary("PRIMARY xyz").is_err());
     }

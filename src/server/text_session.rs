@@ -180,6 +180,8 @@ impl Session for TextSession {
                 }
             }
             Command::Metadump { ref classes } => {
+                // memcached 1.6.45 says OK before the first line.
+                text_reply::line(out, "OK");
                 router::metadump(core, reply_slot, classes.clone(), out).await;
                 text_reply::end(out);
             }
@@ -234,6 +236,9 @@ fn replication_admin(core: &Core, admin: ReplicationAdmin<'_>) -> &'static str {
     let control = &core.global.replication;
     if !core.global.config.replication_enabled() {
         return "SERVER_ERROR replication is off (start with --repl-port or --replica-of)";
+    }
+    if core.global.cluster.is_some() {
+        return "SERVER_ERROR a cluster node follows the other nodes itself (no promote or follow)";
     }
     match admin {
         ReplicationAdmin::Promote => control.promote(),

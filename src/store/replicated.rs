@@ -120,14 +120,14 @@ impl Shard {
     /// Removes every item whose key hash `doomed` picks (a replica drops
     /// what one primary shard held). Rare, so keys are hashed again here.
     /// Calls `removed` with each key.
-    pub fn remove_where(&mut self, doomed: impl Fn(KeyHash) -> bool, mut removed: impl FnMut(&[u8])) -> usize {
+    pub fn remove_where(&mut self, doomed: impl Fn(KeyHash, &[u8]) -> bool, mut removed: impl FnMut(&[u8])) -> usize {
         let mut cursor = 0;
         let mut victims = Vec::new();
         while let Some(handle) = self.slab.sweep_next(&mut cursor) {
             let item = Item(self.slab.chunk(handle));
             if item.is_linked() {
                 let hash = KeyHash::of(item.key());
-                if doomed(hash) {
+                if doomed(hash, item.key()) {
                     removed(item.key());
                     victims.push((hash, handle));
                 }

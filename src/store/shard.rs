@@ -457,7 +457,7 @@ impl Shard {
     }
 
     /// `lru_crawler metadump`: one line per live item, as memcached prints
-    /// it (`key=<uri-encoded> exp=<unix or -1> la=<unix> cas= fetch= cls= size=`),
+    /// it (`key=<uri-encoded> exp=<unix or -1> la=<unix> cas= fetch= cls= size= flags= `),
     /// for the classes `wanted` accepts (1-based ids).
     pub fn metadump(&self, wanted: impl Fn(usize) -> bool, out: &mut Vec<u8>) {
         use std::io::Write;
@@ -479,12 +479,14 @@ impl Shard {
             }
             let expiry = if item.expiry() == 0 { -1 } else { unix_of(item.expiry()) };
             let fetched = if item.was_fetched() { "yes" } else { "no" };
+            // memcached 1.6.45 ends the line with "flags=N " (a space, then \n).
             let _ = writeln!(
                 out,
-                " exp={expiry} la={} cas={} fetch={fetched} cls={class} size={}",
+                " exp={expiry} la={} cas={} fetch={fetched} cls={class} size={} flags={} ",
                 unix_of(item.last_access()),
                 item.cas(),
-                item.total_size()
+                item.total_size(),
+                item.client_flags()
             );
         }
     }

@@ -931,7 +931,7 @@ mod replicated {
             set(&mut shard, format!("key-{i}").as_bytes(), b"v", 0);
         }
         let mut removed = Vec::new();
-        let count = shard.remove_where(|hash| hash.shard(2) == 1, |key| removed.push(key.to_vec()));
+        let count = shard.remove_where(|hash, _| hash.shard(2) == 1, |key| removed.push(key.to_vec()));
         assert_eq!(count, removed.len());
         assert!(count > 50 && count < 150, "{count}");
         assert_eq!(shard.len(), 200 - count);

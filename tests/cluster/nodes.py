@@ -57,9 +57,9 @@ def metadump(host, port):
         sock.close()
     held = {}
     for line in reply.decode().splitlines():
-        if not line:
-            continue
-        fields = dict(field.split("=", 1) for field in line.split(" "))
+        if not line.startswith("key="):
+            continue  # the OK before the first line
+        fields = dict(field.split("=", 1) for field in line.split())
         held[urllib.parse.unquote(fields.pop("key"))] = fields
     return held
 

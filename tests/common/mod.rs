@@ -325,6 +325,7 @@ impl Client {
     /// `lru_crawler metadump all`: one line per item, END not included.
     pub fn metadump(&mut self) -> Vec<String> {
         self.send(b"lru_crawler metadump all\r\n");
+        assert_eq!(self.line_lf(), "OK");
         std::iter::from_fn(|| Some(self.line_lf()))
             .take_while(|line| line != "END")
             .collect()
