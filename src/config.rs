@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use clap::{ArgAction, Parser};
 use thiserror::Error;
 
+use crate::cluster::membership::PartitionPolicy;
 use crate::cluster::ring::{self, NodeAddress};
 use crate::store::item::HEADER_BYTES;
 use crate::store::slab::PAGE_SIZE;
@@ -111,6 +112,20 @@ pub struct Args {
     /// clockwise on the ring)
     #[arg(long = "copies", default_value_t = 2)]
     pub copies: usize,
+    /// What a node that cannot reach a majority of the cluster does
+    #[arg(long = "partition-policy", value_enum, default_value = "read-only")]
+    pub partition_policy: PartitionPolicy,
+    /// Failure detection (SWIM): milliseconds between probes of a random node
+    #[arg(long = "probe-interval-ms", default_value_t = 200)]
+    pub probe_interval_ms: u64,
+    /// Failure detection: milliseconds a probed node has to answer before
+    /// other nodes are asked to probe it
+    #[arg(long = "probe-timeout-ms", default_value_t = 100)]
+    pub probe_timeout_ms: u64,
+    /// Failure detection: milliseconds a suspected node has to refute it
+    /// before it is declared down
+    #[arg(long = "suspect-timeout-ms", default_value_t = 800)]
+    pub suspect_timeout_ms: u64,
 }
 
 /// memcached's `-B`: which protocols the client port speaks.
@@ -178,6 +193,10 @@ pub enum ConfigError {
     ClusterPortAlone,
     #[error("--replica-of and --cluster-nodes exclude each other: a cluster node follows the other nodes itself")]
     ClusterReplicaOf,
+    #[error(
+        "--probe-interval-ms {interval} must be more than --probe-timeout-ms {timeout}, and both and --suspect-timeout-ms more than 0"
+    )]
+    ProbeTiming { interval: u64, timeout: u64 },
 }
 
 /// Cluster mode: the node list and where this node is in it.
@@ -189,6 +208,8 @@ pub struct ClusterConfig {
     pub copies: usize,
     /// Every node's cluster port is its client port plus this.
     pub cluster_port_offset: i32,
+    pub partition_policy: PartitionPolicy,
+    pub swim: crate::cluster::swim::Timing,
 }
 
 impl ClusterConfig {
@@ -475,11 +496,24 @@ impl Args {
         if cluster_port == self.port || Some(cluster_port) == self.repl_port {
             return Err(ConfigError::ClusterPort(cluster_port));
         }
+        if self.probe_timeout_ms == 0 || self.probe_interval_ms <= self.probe_timeout_ms || self.suspect_timeout_ms == 0 {
+            return Err(ConfigError::ProbeTiming {
+                interval: self.probe_interval_ms,
+                timeout: self.probe_timeout_ms,
+            });
+        }
+        let millis = std::time::Duration::from_millis;
         Ok(Some(ClusterConfig {
             nodes,
             me,
             copies: self.copies,
             cluster_port_offset: i32::from(cluster_port) - i32::from(self.port),
+            partition_policy: self.partition_policy,
+            swim: crate::cluster::swim::Timing {
+                probe_interval: millis(self.probe_interval_ms),
+                probe_timeout: millis(self.probe_timeout_ms),
+                suspect_timeout: millis(self.suspect_timeout_ms),
+            },
         }))
     }
 }

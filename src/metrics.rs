@@ -189,6 +189,32 @@ pub fn render(global: &Global) -> String {
             &samples,
         );
     }
+    if global.cluster.is_some() {
+        let lines = crate::stats::cluster(global);
+        let labels: Vec<(String, f64)> = lines
+            .iter()
+            .filter_map(|(name, value)| Some((format!("{{stat=\"{name}\"}}"), value.parse::<f64>().ok()?)))
+            .collect();
+        let samples: Vec<(&str, f64)> = labels.iter().map(|(label, value)| (label.as_str(), *value)).collect();
+        metric(
+            "corecache_cluster",
+            "gauge",
+            "The numeric lines of `stats cluster` (epochs, forwarded requests, failovers, resyncs, lag), by stat.",
+            &samples,
+        );
+        let states: Vec<(String, f64)> = lines
+            .iter()
+            .filter(|(name, _)| name.ends_with("_state"))
+            .map(|(name, state)| (format!("{{node=\"{}\",state=\"{state}\"}}", &name[5..name.len() - 6]), 1.0))
+            .collect();
+        let samples: Vec<(&str, f64)> = states.iter().map(|(label, value)| (label.as_str(), *value)).collect();
+        metric(
+            "corecache_cluster_node_state",
+            "gauge",
+            "Each node's state as this node sees it.",
+            &samples,
+        );
+    }
     let _ = writeln!(
         out,
         "# HELP corecache_request_duration_seconds Server time per request, from parse to reply, by command."

@@ -258,6 +258,9 @@ pub enum Refusal {
     NotActing,
     /// The node acting for the key could not be reached (its link failed).
     Unreachable,
+    /// This node cannot see a majority of the cluster's nodes, and the
+    /// partition policy refuses the request.
+    NoMajority,
 }
 
 impl Refusal {
@@ -267,6 +270,7 @@ impl Refusal {
             Refusal::ReadOnly => "read-only replica",
             Refusal::NotActing => "forwarded to a node that does not act for the key",
             Refusal::Unreachable => "the node acting for the key cannot be reached",
+            Refusal::NoMajority => "this node cannot reach a majority of the cluster (partition policy)",
         }
     }
 }

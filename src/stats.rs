@@ -33,6 +33,11 @@ pub async fn write_group(
         b"items" => items(&mut emit, &router::report(core, reply_slot).await),
         b"slabs" => slabs(&mut emit, &router::report(core, reply_slot).await),
         b"replication" => replication(&mut emit, &core.global),
+        b"cluster" => {
+            for (name, value) in cluster(&core.global) {
+                emit(&name, &value);
+            }
+        }
         _ => return false,
     }
     true
@@ -265,6 +270,45 @@ pub fn replication(emit: &mut Emit<'_>, global: &Global) {
     for (name, value) in global.replication.report() {
         emit(&name, &value);
     }
+}
+
+/// `stats cluster` (and the cluster metrics): the node list, who is alive,
+/// forwarding counts, failovers, resyncs and each node's lag.
+pub fn cluster(global: &Global) -> Vec<(String, String)> {
+    let Some(cluster) = &global.cluster else {
+        return vec![("cluster".into(), "off".into())];
+    };
+    let membership = &cluster.membership;
+    let mut lines: Vec<(String, String)> = vec![
+        // The node list is fixed for now (changing it comes with epochs).
+        ("node_list_epoch".into(), "1".into()),
+        ("membership_epoch".into(), membership.epoch().to_string()),
+        ("nodes".into(), cluster.config.nodes.len().to_string()),
+        ("self".into(), cluster.config.me.to_string()),
+        ("copies".into(), cluster.config.copies.to_string()),
+        ("majority".into(), u8::from(membership.has_majority()).to_string()),
+        (
+            "forwarded_out".into(),
+            cluster.forwarded_out.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "forwarded_in".into(),
+            cluster.forwarded_in.load(Ordering::Relaxed).to_string(),
+        ),
+        ("failovers".into(), membership.failovers().to_string()),
+    ];
+    let report = global.replication.report();
+    for (stat, name) in [("full_resyncs", "resyncs_full"), ("partial_resyncs", "resyncs_partial")] {
+        let value = report.iter().find(|(line, _)| line == stat).map_or("0", |(_, value)| value);
+        lines.push((name.into(), value.into()));
+    }
+    for node in 0..cluster.config.nodes.len() {
+        lines.push((format!("node_{node}_state"), membership.state(node).name().into()));
+        if let Some(lag) = membership.lag(node) {
+            lines.push((format!("node_{node}_lag_us"), lag.as_micros().to_string()));
+        }
+    }
+    lines
 }
 
 /// `stats settings`.

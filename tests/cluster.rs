@@ -29,14 +29,29 @@ fn lines_until_end(client: &mut common::Client, command: &str) -> Vec<String> {
 fn every_node_reports_the_list_and_the_same_preference_lists() {
     let nodes = Server::start_cluster(&HOSTS, &[]);
     let addresses: Vec<String> = nodes.iter().map(|n| format!("{}:{}", n.host, n.port)).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     for (index, node) in nodes.iter().enumerate() {
-        let listed = lines_until_end(&mut node.client(), "cluster nodes");
-        let expected: Vec<String> = addresses
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("NODE {a} 1 {}", if i == index { "self" } else { "unknown" }))
-            .collect();
-        assert_eq!(listed, expected);
+        // Every node finds the others alive (failure detection) within a bound.
+        let listed = loop {
+            let listed = lines_until_end(&mut node.client(), "cluster nodes");
+            if listed.iter().all(|line| line.split(' ').nth(3) == Some("alive")) {
+                break listed;
+            }
+            assert!(std::time::Instant::now() < deadline, "node {index}: {listed:?}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut share = 0.0;
+        for (i, (line, address)) in listed.iter().zip(&addresses).enumerate() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            assert_eq!(fields[..4], ["NODE", address, "1", "alive"], "{line}");
+            share += fields[4].strip_prefix("share=").unwrap().parse::<f64>().unwrap();
+            assert!(fields[5].starts_with("lag_us="), "{line}");
+            assert_eq!(fields.get(6) == Some(&"self"), i == index, "{line}");
+        }
+        assert!(
+            (share - 1.0).abs() < 1e-3,
+            "the shares (4 decimals each) cover the key space: {share}"
+        );
     }
     let mut clients: Vec<_> = nodes.iter().map(Server::client).collect();
     for i in 0..200 {
@@ -257,8 +272,9 @@ fn any_node_answers_any_key_with_large_values_and_multigets() {
 }
 
 #[test]
-fn a_down_node_s_keys_are_refused_and_the_rest_served() {
-    let mut nodes = Server::start_cluster(&HOSTS, &[]);
+fn an_unreachable_node_s_keys_are_refused_and_the_rest_served() {
+    // Failure detection is held off: this is the time before a node is declared down.
+    let mut nodes = Server::start_cluster(&HOSTS, &["--suspect-timeout-ms", "600000"]);
     let keys = key_per_node(&nodes);
     let mut client = nodes[0].client();
     for key in &keys {
@@ -286,4 +302,48 @@ fn a_down_node_s_keys_are_refused_and_the_rest_served() {
     client.roundtrip(format!("set {up} 0 0 1\r\nz\r\n").as_bytes(), b"STORED\r\n");
     client.roundtrip(b"flush_all\r\n", b"OK\r\n");
     client.roundtrip(format!("get {up}\r\n").as_bytes(), b"END\r\n");
+}
+
+#[test]
+fn a_dead_node_s_keys_are_served_by_the_next_node_with_their_values() {
+    let mut nodes = Server::start_cluster(&HOSTS, &[]);
+    let keys: Vec<String> = (0..200).map(|i| format!("failover{i}")).collect();
+    let mut client = nodes[0].client();
+    for (i, key) in keys.iter().enumerate() {
+        client.roundtrip(format!("set {key} {i} 0 2\r\nv{}\r\n", i % 10).as_bytes(), b"STORED\r\n");
+    }
+    // The copies trail by the replication lag: wait until node 1's keys are on their second node.
+    let lists: Vec<Vec<usize>> = keys.iter().map(|key| preference_of(&nodes, &mut client, key)).collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for (index, node) in nodes.iter().enumerate() {
+        loop {
+            let dump = node.client().metadump();
+            let held = |key: &str| dump.iter().any(|line| line.starts_with(&format!("key={key} ")));
+            if keys.iter().zip(&lists).all(|(key, list)| held(key) == list.contains(&index)) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "copies on node {index}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    nodes[1].kill();
+    let killed = std::time::Instant::now();
+    loop {
+        let listed = lines_until_end(&mut client, "cluster nodes");
+        if listed[1].split(' ').nth(3) == Some("down") {
+            break;
+        }
+        assert!(killed.elapsed() < std::time::Duration::from_secs(5), "{listed:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Every key answers with its value, from whichever node acts for it now.
+    for (i, key) in keys.iter().enumerate() {
+        let value = format!("v{}", i % 10);
+        let expected = common::value_block(key, i as u32, value.as_bytes());
+        client.roundtrip(format!("get {key}\r\n").as_bytes(), &[expected, b"END\r\n".to_vec()].concat());
+        assert!(!preference_of(&nodes, &mut client, key).contains(&1));
+    }
+    for key in &keys {
+        client.roundtrip(format!("set {key} 0 0 1\r\nw\r\n").as_bytes(), b"STORED\r\n");
+    }
 }

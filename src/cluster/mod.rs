@@ -1,39 +1,79 @@
 //! Several hosts as one cache (DESIGN.md "Cluster"): the ketama ring that
 //! places keys on nodes, each key's preference list and the node acting
-//! for it; the frames key operations are forwarded in (wire.rs; the links
-//! that carry them are the server's, server/node_links.rs). Still to come
-//! here: membership (SWIM, who is alive). Per-key copies travel on the
-//! replication machinery (replication/primary.rs filters each record by
-//! `replicates_to`).
+//! for it; who is alive (membership.rs, kept by SWIM in swim.rs); the
+//! frames key operations are forwarded in (wire.rs; the links that carry
+//! them are the server's, server/node_links.rs). Per-key copies travel on
+//! the replication machinery (replication/primary.rs filters each record
+//! by `replicates_to`).
 
+pub mod membership;
 pub mod ring;
+pub mod swim;
 pub mod wire;
 
+use std::sync::atomic::AtomicU64;
+
 use crate::config::ClusterConfig;
+use membership::Membership;
 use ring::{Ring, point_of};
 
-/// The node list as this node holds it, and the ring built from it.
+/// The node list as this node holds it, the ring built from it, and who
+/// of it is alive.
 pub struct Cluster {
     pub config: ClusterConfig,
     pub ring: Ring,
+    pub membership: Membership,
+    /// Key operations sent to other nodes, and received from them (counted
+    /// per batch).
+    pub forwarded_out: AtomicU64,
+    pub forwarded_in: AtomicU64,
 }
 
 impl Cluster {
     pub fn new(config: ClusterConfig) -> Cluster {
         let ring = Ring::new(&config.nodes);
-        Cluster { config, ring }
+        let membership = Membership::new(config.me, config.nodes.len(), config.partition_policy);
+        Cluster {
+            config,
+            ring,
+            membership,
+            forwarded_out: AtomicU64::new(0),
+            forwarded_in: AtomicU64::new(0),
+        }
     }
 
-    /// A key's preference list: its owner, then the next distinct nodes
-    /// clockwise, `--copies` in all.
+    /// The share of the key space each node acts for now (down nodes' share
+    /// has gone to the next live node of each of their ring segments).
+    pub fn shares(&self) -> Vec<f64> {
+        let mut shares = vec![0.0; self.config.nodes.len()];
+        let mut previous = self.ring.points().last().map_or(0, |&(point, _)| point);
+        for &(point, _) in self.ring.points() {
+            // The segment after the previous point up to this one (wrapping).
+            let length = point.wrapping_sub(previous);
+            previous = point;
+            let acting = self.ring.clockwise(point).find(|&node| !self.membership.is_down(node));
+            if let Some(node) = acting {
+                shares[node] += f64::from(length) / 4_294_967_296.0;
+            }
+        }
+        shares
+    }
+
+    /// A key's preference list: the first `--copies` live nodes clockwise
+    /// from its point (the owner first while it is alive). A down node is
+    /// skipped, so the next one takes its place.
     pub fn preference_list(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
-        self.ring.clockwise(point_of(key)).take(self.config.copies)
+        self.ring
+            .clockwise(point_of(key))
+            .filter(|&node| !self.membership.is_down(node))
+            .take(self.config.copies)
     }
 
-    /// The node acting for a key: takes its writes and answers its reads.
-    /// Until failure detection, that is its owner on the ring.
+    /// The node acting for a key: the first live node of its preference
+    /// list. It takes the key's writes, answers its reads, and sends its
+    /// copies on.
     pub fn acting_for(&self, key: &[u8]) -> usize {
-        self.ring.owner(point_of(key))
+        self.preference_list(key).next().unwrap_or(self.config.me)
     }
 
     /// Whether this node sends its record of `key` to `node`: it acts for
@@ -60,6 +100,8 @@ mod tests {
             me: 0,
             copies: 2,
             cluster_port_offset: 10000,
+            partition_policy: membership::PartitionPolicy::ReadOnly,
+            swim: swim::Timing::default(),
         });
         for i in 0..1000 {
             let key = format!("key:{i}");
@@ -67,6 +109,31 @@ mod tests {
             assert_eq!(list.len(), 2);
             assert_ne!(list[0], list[1]);
             assert_eq!(list[0], cluster.ring.owner(point_of(key.as_bytes())));
+        }
+    }
+
+    #[test]
+    fn a_down_node_is_skipped_and_the_next_acts_for_its_keys() {
+        let cluster = Cluster::new(ClusterConfig {
+            nodes: parse_node_list("127.0.0.2:11211,127.0.0.3:11211,127.0.0.4:11211").unwrap(),
+            me: 1,
+            copies: 2,
+            cluster_port_offset: 10000,
+            partition_policy: membership::PartitionPolicy::ReadOnly,
+            swim: swim::Timing::default(),
+        });
+        let keys: Vec<String> = (0..1000).map(|i| format!("key:{i}")).collect();
+        let before: Vec<Vec<usize>> = keys.iter().map(|k| cluster.preference_list(k.as_bytes()).collect()).collect();
+        cluster.membership.set(0, membership::NodeState::Down);
+        for (key, before) in keys.iter().zip(&before) {
+            let after: Vec<usize> = cluster.preference_list(key.as_bytes()).collect();
+            // The survivors keep their order; the down node's place goes to the next.
+            let survivors: Vec<usize> = before.iter().copied().filter(|&n| n != 0).collect();
+            assert_eq!(after[..survivors.len()], survivors[..], "{key}");
+            assert_eq!(after.len(), 2);
+            assert!(!after.contains(&0));
+            assert_eq!(cluster.acting_for(key.as_bytes()), after[0]);
+            assert_eq!(cluster.replicates_to(key.as_bytes(), after[1]), after[0] == 1);
         }
     }
 }

@@ -86,6 +86,11 @@ impl Ring {
         self.nodes
     }
 
+    /// The continuum's points, sorted, each with its node.
+    pub fn points(&self) -> &[(Point, u16)] {
+        &self.points
+    }
+
     /// The node owning `point`: the first ring point at or after it, wrapping.
     pub fn owner(&self, point: Point) -> usize {
         usize::from(self.points[self.first_at_or_after(point)].1)

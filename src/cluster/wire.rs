@@ -246,6 +246,7 @@ const OUT_OF_MEMORY: u8 = 11;
 const REFUSED_READ_ONLY: u8 = 12;
 const REFUSED_NOT_ACTING: u8 = 13;
 const REFUSED_UNREACHABLE: u8 = 14;
+const REFUSED_NO_MAJORITY: u8 = 15;
 
 fn put_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
     match outcome {
@@ -300,6 +301,7 @@ fn put_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
         Outcome::Refused(Refusal::ReadOnly) => out.push(REFUSED_READ_ONLY),
         Outcome::Refused(Refusal::NotActing) => out.push(REFUSED_NOT_ACTING),
         Outcome::Refused(Refusal::Unreachable) => out.push(REFUSED_UNREACHABLE),
+        Outcome::Refused(Refusal::NoMajority) => out.push(REFUSED_NO_MAJORITY),
     }
 }
 
@@ -520,6 +522,7 @@ impl<'a> Reader<'a> {
             REFUSED_READ_ONLY => Outcome::Refused(Refusal::ReadOnly),
             REFUSED_NOT_ACTING => Outcome::Refused(Refusal::NotActing),
             REFUSED_UNREACHABLE => Outcome::Refused(Refusal::Unreachable),
+            REFUSED_NO_MAJORITY => Outcome::Refused(Refusal::NoMajority),
             _ => return Err(WireError::Malformed("outcome tag")),
         })
     }
@@ -628,6 +631,7 @@ mod tests {
             Outcome::Refused(Refusal::ReadOnly),
             Outcome::Refused(Refusal::NotActing),
             Outcome::Refused(Refusal::Unreachable),
+            Outcome::Refused(Refusal::NoMajority),
         ]
     }
 

@@ -15,6 +15,7 @@ use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, S
 use glommio::{LocalExecutorBuilder, Placement};
 
 use super::backlog::Backlog;
+use super::gossip;
 use super::primary::{self, PrimaryState};
 use super::replica::{self, LinkState, Upstream};
 use super::{Notify, ToReplication, ToWorker};
@@ -105,6 +106,14 @@ pub fn start(global: &Arc<Global>) -> Result<Started, ServerError> {
     let listener = config.repl_port.map(bind).transpose()?;
     let cluster_port = config.cluster.as_ref().map(|cluster| cluster.cluster_port_of(cluster.me));
     let cluster_listener = cluster_port.map(bind).transpose()?;
+    // The failure detector's datagrams use the same port number, over UDP.
+    let gossip_socket = cluster_port
+        .map(|port| {
+            let address = SocketAddr::new(config.listen[0], port);
+            std::net::UdpSocket::bind(address).map_err(|source| ServerError::Bind { address, source })
+        })
+        .transpose()?;
+    let gossip_fd = gossip_socket.map(IntoRawFd::into_raw_fd);
     let sources = config.cluster.as_ref().map_or(1, |cluster| cluster.nodes.len());
     let mut worker_channels = Vec::new();
     let mut core_channels = Vec::new();
@@ -148,6 +157,11 @@ pub fn start(global: &Arc<Global>) -> Result<Started, ServerError> {
                 // SAFETY: the descriptor was bound above and is owned by nothing else.
                 let listener = unsafe { glommio::net::TcpListener::from_raw_fd(fd) };
                 glommio::spawn_local(primary::serve(core.clone(), listener)).detach();
+            }
+            if let Some(fd) = gossip_fd {
+                // SAFETY: the socket was bound above and is owned by nothing else.
+                let socket = unsafe { glommio::net::UdpSocket::from_raw_fd(fd) };
+                glommio::spawn_local(gossip::run(core.clone(), socket)).detach();
             }
             match &core.global.config.cluster {
                 None => {
@@ -235,8 +249,17 @@ async fn serve_worker(core: Rc<ReplicationCore>, from_worker: SharedReceiver<ToR
     }
 }
 
-/// Refreshes the lines of `stats replication`.
+/// Refreshes the lines of `stats replication` (and each cluster node's lag).
 fn publish(core: &ReplicationCore) {
+    if let Some(cluster) = &core.global.cluster {
+        let mut lags = vec![None; cluster.config.nodes.len()];
+        for (node, lag) in primary::lag_by_node(core) {
+            lags[node] = Some(lag);
+        }
+        for (node, lag) in lags.into_iter().enumerate() {
+            cluster.membership.set_lag(node, lag);
+        }
+    }
     let control = &core.global.replication;
     let mut lines: Vec<(String, String)> = Vec::new();
     let mut stat = |name: String, value: String| lines.push((name, value));

@@ -10,6 +10,7 @@
 //! - `core`: the replication core: its executor, channels to the workers, stats
 //! - `primary`: serving replicas (partial resync, snapshot, streaming, acks)
 //! - `replica`: following a primary (handshake, applying, acking)
+//! - `gossip`: the failure detector's UDP socket (cluster mode)
 //!
 //! A change travels: router executes a write on its shard ->
 //! `shard_side` logs the key's state -> every millisecond the log's new
@@ -24,6 +25,7 @@
 
 pub mod backlog;
 pub mod core;
+pub mod gossip;
 pub mod primary;
 pub mod record;
 pub mod replica;

@@ -68,6 +68,9 @@ struct Follower {
     address: SocketAddr,
     /// The cluster node following (None: a whole-host replica, sent everything).
     node: Option<usize>,
+    /// The membership epoch its copies were chosen at: when nodes go down or
+    /// come back, preference lists change, and every shard is resent.
+    epoch: Cell<u64>,
     shards: RefCell<Vec<FollowerShard>>,
 }
 
@@ -162,10 +165,12 @@ async fn follower(core: &Rc<ReplicationCore>, stream: glommio::net::TcpStream) -
     output.write_all(&hello).await?;
     let id = core.primary.next_id.get();
     core.primary.next_id.set(id + 1);
+    let epoch = core.global.cluster.as_ref().map_or(0, |cluster| cluster.membership.epoch());
     let follower = Rc::new(Follower {
         id,
         address,
         node,
+        epoch: Cell::new(epoch),
         shards: RefCell::new(shards),
     });
     core.primary.followers.borrow_mut().insert(id, follower.clone());
@@ -241,6 +246,17 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         _ => false,
     };
     let keep: Keep<'_> = follower.node.is_some().then_some(&keep);
+    if let Some(cluster) = cluster.filter(|_| follower.node.is_some()) {
+        let epoch = cluster.membership.epoch();
+        if follower.epoch.replace(epoch) != epoch {
+            // The keys this follower should hold changed: a full resync of
+            // each shard (it drops what this node sent it, then reloads).
+            for shard in follower.shards.borrow_mut().iter_mut() {
+                shard.sync = Sync::NeedSnapshot;
+                shard.slices.clear();
+            }
+        }
+    }
     let (requests, snapshots) = fill_shards(&core.backlogs.borrow(), &mut follower.shards.borrow_mut(), keep, out);
     core.primary.full_resyncs.set(core.primary.full_resyncs.get() + snapshots);
     requests
@@ -405,6 +421,28 @@ async fn read_acks(
             let _ = core.primary.lag.borrow_mut().record(micros.max(1));
         }
     }
+}
+
+/// How far behind each cluster node following this one is (the oldest
+/// record it has not acked, over every shard).
+pub fn lag_by_node(core: &ReplicationCore) -> Vec<(usize, Duration)> {
+    let backlogs = core.backlogs.borrow();
+    let now = Instant::now();
+    let followers = core.primary.followers.borrow();
+    followers
+        .values()
+        .filter_map(|follower| {
+            let lag = follower
+                .shards
+                .borrow()
+                .iter()
+                .zip(backlogs.iter())
+                .map(|(state, backlog)| backlog.age_after(state.acked, now))
+                .max()
+                .unwrap_or_default();
+            Some((follower.node?, lag))
+        })
+        .collect()
 }
 
 /// `stats replication` lines about the followers.

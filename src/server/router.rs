@@ -10,6 +10,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
 
 use glommio::channels::channel_mesh::{FullMesh, Receivers, Senders};
@@ -437,8 +438,8 @@ fn reset_local_stats(core: &Core) {
 /// Where one operation of a batch runs.
 #[derive(Clone, Copy)]
 enum Route {
-    /// A write on a read-only replica.
-    Refused,
+    /// Not run: a write on a read-only replica, or the partition policy.
+    Refused(Refusal),
     /// On a shard of this node: this core's or another core's.
     Shard(KeyHash),
     /// On the cluster node acting for the key.
@@ -457,19 +458,29 @@ pub async fn execute(
     forward: bool,
     mut each: impl FnMut(usize, &Outcome<&[u8]>),
 ) {
-    // A replica refuses writes from clients (one atomic load per batch).
+    // A replica refuses writes from clients (one atomic load per batch), and
+    // a cluster node without a majority what its partition policy says.
     let read_only = core.global.replication.is_read_only();
-    let refused = |op: &KeyOp<&[u8]>| read_only && op.mutates();
+    let membership = core.global.cluster.as_ref().map(|cluster| &cluster.membership);
+    let refused = |op: &KeyOp<&[u8]>| {
+        if read_only && op.mutates() {
+            return Some(Refusal::ReadOnly);
+        }
+        membership.and_then(|membership| membership.refusal(op.mutates()))
+    };
     let cluster = match (&core.global.cluster, &core.links) {
         (Some(cluster), Some(links)) if forward => Some((cluster, links)),
         _ => None,
     };
+    if !forward && let Some(cluster) = &core.global.cluster {
+        cluster.forwarded_in.fetch_add(ops.len() as u64, Ordering::Relaxed);
+    }
     if core.mesh.is_none() && cluster.is_none() {
         // One core and no other node: everything is local, nothing to gather.
         let mut shard = core.shard_now();
         for (index, op) in ops.iter().enumerate() {
-            if refused(op) {
-                each(index, &Outcome::Refused(Refusal::ReadOnly));
+            if let Some(refusal) = refused(op) {
+                each(index, &Outcome::Refused(refusal));
                 continue;
             }
             run_local(core, &mut shard, KeyHash::of(op.key()), op, |outcome| each(index, outcome));
@@ -491,8 +502,8 @@ pub async fn execute(
     nodes_used.resize(node_count, false);
     routes.clear();
     routes.extend(ops.iter().map(|op| {
-        if refused(op) {
-            return Route::Refused;
+        if let Some(refusal) = refused(op) {
+            return Route::Refused(refusal);
         }
         if let Some((cluster, _)) = cluster {
             let node = cluster.acting_for(op.key());
@@ -527,7 +538,9 @@ pub async fn execute(
             }
         }
     }
-    if let Some((_, links)) = cluster {
+    if let Some((cluster, links)) = cluster {
+        let forwarded = routes.iter().filter(|route| matches!(route, Route::Node(_))).count();
+        cluster.forwarded_out.fetch_add(forwarded as u64, Ordering::Relaxed);
         for node in (0..node_count).filter(|&node| nodes_used[node]) {
             let for_node = ops
                 .iter()
@@ -552,8 +565,8 @@ pub async fn execute(
     let mut shard = core.shard_now();
     for (index, (op, route)) in ops.iter().zip(routes.iter()).enumerate() {
         let (peer, unanswered) = match *route {
-            Route::Refused => {
-                each(index, &Outcome::Refused(Refusal::ReadOnly));
+            Route::Refused(refusal) => {
+                each(index, &Outcome::Refused(refusal));
                 continue;
             }
             Route::Shard(hash) if hash.shard(core.cores) == core.id => {

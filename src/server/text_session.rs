@@ -204,9 +204,11 @@ impl Session for TextSession {
     }
 }
 
-/// `cluster nodes`: `NODE <host:port> <weight> <state>` per node, this one
-/// marked `self`; `cluster owner <key>`: `OWNER <host:port>` then
-/// `REPLICA <host:port>` per further copy. Both end with END.
+/// `cluster nodes`: per node `NODE <host:port> <weight> <state>
+/// share=<key space acted for> lag_us=<copies' lag, or -> [self]`;
+/// `cluster owner <key>`: its live preference list, `OWNER <host:port>`
+/// (the node acting for it) then `REPLICA <host:port>` per further copy.
+/// Both end with END.
 fn cluster_admin(core: &Core, admin: ClusterAdmin<'_>, out: &mut Vec<u8>) {
     use std::io::Write;
     let Some(cluster) = &core.global.cluster else {
@@ -215,10 +217,18 @@ fn cluster_admin(core: &Core, admin: ClusterAdmin<'_>, out: &mut Vec<u8>) {
     let nodes = &cluster.config.nodes;
     match admin {
         ClusterAdmin::Nodes => {
-            for (index, node) in nodes.iter().enumerate() {
-                // Failure detection is not there yet: other nodes' state is unknown.
-                let state = if index == cluster.config.me { "self" } else { "unknown" };
-                let _ = write!(out, "NODE {node} {} {state}\r\n", node.weight);
+            let membership = &cluster.membership;
+            for ((index, node), share) in nodes.iter().enumerate().zip(cluster.shares()) {
+                let state = membership.state(index).name();
+                let lag = membership
+                    .lag(index)
+                    .map_or("-".to_string(), |lag| lag.as_micros().to_string());
+                let me = if cluster.is_me(index) { " self" } else { "" };
+                let _ = write!(
+                    out,
+                    "NODE {node} {} {state} share={share:.4} lag_us={lag}{me}\r\n",
+                    node.weight
+                );
             }
         }
         ClusterAdmin::Owner(key) => {

@@ -48,6 +48,22 @@ pub fn free_port(host: &str) -> u16 {
     }
 }
 
+/// A free client port for a cluster node whose cluster port (client port +
+/// 10000, TCP for copies and UDP for failure detection) is free too.
+pub fn free_cluster_port(host: &str) -> u16 {
+    loop {
+        let port = free_port(host);
+        let Some(cluster_port) = port.checked_add(10000) else {
+            continue;
+        };
+        let tcp = TcpListener::bind((host, cluster_port));
+        let udp = std::net::UdpSocket::bind((host, cluster_port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+}
+
 impl Server {
     /// Starts corecache with `args` (plus port and loopback address) and
     /// waits until it accepts connections.
@@ -69,22 +85,30 @@ impl Server {
     /// addresses, one "host" each) with `threads` cores, all given the
     /// node list of every host's chosen port, plus `args`.
     pub fn start_cluster(hosts: &[(&str, usize)], args: &[&str]) -> Vec<Server> {
-        let ports: Vec<u16> = hosts.iter().map(|(host, _)| free_port(host)).collect();
-        let list: Vec<String> = hosts
-            .iter()
-            .zip(&ports)
-            .map(|((host, _), port)| format!("{host}:{port}"))
-            .collect();
-        let list = list.join(",");
-        hosts
-            .iter()
-            .zip(&ports)
-            .map(|(&(host, threads), &port)| {
-                let mut node_args = vec!["-t".to_string(), threads.to_string(), "--cluster-nodes".into(), list.clone()];
-                node_args.extend(args.iter().map(|arg| arg.to_string()));
-                Server::try_start(host, port, None, &node_args).expect("cluster node did not start")
-            })
-            .collect()
+        // A port checked free may be taken before the node binds it: then
+        // the whole cluster starts again on other ports.
+        for _ in 0..5 {
+            let ports: Vec<u16> = hosts.iter().map(|(host, _)| free_cluster_port(host)).collect();
+            let list: Vec<String> = hosts
+                .iter()
+                .zip(&ports)
+                .map(|((host, _), port)| format!("{host}:{port}"))
+                .collect();
+            let list = list.join(",");
+            let nodes: Option<Vec<Server>> = hosts
+                .iter()
+                .zip(&ports)
+                .map(|(&(host, threads), &port)| {
+                    let mut node_args = vec!["-t".to_string(), threads.to_string(), "--cluster-nodes".into(), list.clone()];
+                    node_args.extend(args.iter().map(|arg| arg.to_string()));
+                    Server::try_start(host, port, None, &node_args)
+                })
+                .collect();
+            if let Some(nodes) = nodes {
+                return nodes;
+            }
+        }
+        panic!("cluster nodes did not start");
     }
 
     fn start_full(host: &str, uid: Option<u32>, args: &[&str]) -> Server {
