@@ -4,7 +4,9 @@
 Starts three corecache nodes on 127.0.0.2-4 (one on port 11211, unequal
 weights, mixed -t 1 / -t 2), then for 10,000 keys checks that `cluster owner`
 names the node that uhashring (hash_fn='ketama') picks and the node that
-twemproxy (nutcracker, hash: md5, distribution: ketama) sends the key to.
+twemproxy (nutcracker, hash: md5, distribution: ketama) sends the key to
+(the node it reached is the one that forwarded it, if any did: `stats
+cluster` forwarded_out).
 
     tests/cluster/placement.py --corecache target/debug/corecache [--keys N]
 
@@ -44,6 +46,16 @@ def main():
             proxy.wait()
 
 
+def forwarded_out(socks):
+    """Each node's count of key operations it forwarded to another node."""
+    counts = []
+    for sock in socks:
+        (reply,) = ask_all(sock, [b"stats cluster\r\n"])
+        stats = dict(line.split()[1:3] for line in reply.decode().splitlines() if line.startswith("STAT "))
+        counts.append(int(stats["forwarded_out"]))
+    return counts
+
+
 def check(count, address):
     keys = [f"key:{i}" for i in range(count)]
 
@@ -61,25 +73,39 @@ def check(count, address):
     ring = HashRing({n: {"weight": w} for n, (_, _, w, _) in zip(names, NODES)}, hash_fn="ketama")
     uhash = [address[names.index(ring.get_node(k))] for k in keys]
 
-    # twemproxy: store every key through it, then find which node holds it.
+    # twemproxy: store every key through it. Any node answers any key, so
+    # where twemproxy sent a key shows in whether that node forwarded it: a
+    # key sent to its owner is not forwarded. Batches of keys that nobody
+    # forwarded all went to their owners; a batch with forwards is sent
+    # again a key at a time to name the node each such key reached.
     client = connect(*PROXY)
-    replies = ask_all(client, [f"set {k} 0 0 1\r\nx\r\n".encode() for k in keys], b"\r\n")
-    bad = [r for r in replies if r != b"STORED"]
-    if bad:
-        raise SystemExit(f"twemproxy set failed: {bad[:3]}")
-    # Any node answers any key: where a key is held is what metadump shows.
-    holder = {}
-    for (host, port, _, _), name in zip(NODES, address):
-        for k in metadump(host, port):
-            holder.setdefault(k, []).append(name)
-    twem = [",".join(holder.get(k, ["none"])) for k in keys]
+    socks = [connect(host, port) for host, port, _, _ in NODES]
+
+    def through_proxy(batch):
+        before = forwarded_out(socks)
+        replies = ask_all(client, [f"set {k} 0 0 1\r\nx\r\n".encode() for k in batch], b"\r\n")
+        bad = [r for r in replies if r != b"STORED"]
+        if bad:
+            raise SystemExit(f"twemproxy set failed: {bad[:3]}")
+        after = forwarded_out(socks)
+        return [name for name, b, a in zip(address, before, after) if a != b]
+
+    twem = []
+    for at in range(0, len(keys), 200):
+        batch = list(zip(keys[at:at + 200], owners[at:at + 200]))
+        if not through_proxy([k for k, _ in batch]):
+            twem.extend(owner for _, owner in batch)
+            continue
+        for k, owner in batch:
+            moved = through_proxy([k])
+            twem.append(moved[0] if moved else owner)
 
     differ = {"uhashring": [], "twemproxy": []}
     for k, owner, u, t in zip(keys, owners, uhash, twem):
         if u != owner:
             differ["uhashring"].append((k, owner, u))
         if t != owner:
-            differ["twemproxy"].append((k, owner, t))
+            differ["twemproxy"].append((k, owner, f"{t} (forwarded it)"))
     share = {name: owners.count(name) for name in address}
     print(f"{len(keys)} keys; owners per node: {share}")
     for who, rows in differ.items():
