@@ -287,6 +287,7 @@ pub fn cluster(global: &Global) -> Vec<(String, String)> {
         ("self".into(), cluster.config.me.to_string()),
         ("copies".into(), cluster.config.copies.to_string()),
         ("majority".into(), u8::from(membership.has_majority()).to_string()),
+        ("stale".into(), u8::from(membership.is_stale()).to_string()),
         (
             "forwarded_out".into(),
             cluster.forwarded_out.load(Ordering::Relaxed).to_string(),
@@ -303,7 +304,7 @@ pub fn cluster(global: &Global) -> Vec<(String, String)> {
         lines.push((name.into(), value.into()));
     }
     for node in 0..cluster.config.nodes.len() {
-        lines.push((format!("node_{node}_state"), membership.state(node).name().into()));
+        lines.push((format!("node_{node}_state"), membership.describe(node).into()));
         if let Some(lag) = membership.lag(node) {
             lines.push((format!("node_{node}_lag_us"), lag.as_micros().to_string()));
         }

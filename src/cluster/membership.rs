@@ -3,6 +3,14 @@
 //! reads it on each request to skip down nodes in preference lists, and
 //! asks the partition policy whether a request may run. One relaxed
 //! atomic load per node consulted: no lock on the request path.
+//!
+//! Coming back from down: a node that returns while this node kept the
+//! majority is `returning` here: this node goes on acting for its keys
+//! (and sends it their copies) until it has had a full resync from here.
+//! A node that lost the majority is `stale` to itself: once the majority
+//! is back it acts for nothing until it has had full resyncs from every
+//! live node (which drop what it held of their keys and send it fresh
+//! copies), so the majority's writes win.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
@@ -66,6 +74,12 @@ pub struct Membership {
     /// Per node: microseconds the copies this node sends it trail by
     /// (u64::MAX: no link).
     lag_micros: Vec<AtomicU64>,
+    /// Per node: back from down, not yet resynced from here; and the epoch
+    /// it came back at (a full resync started at or after it counts).
+    returning: Vec<AtomicBool>,
+    returning_epoch: Vec<AtomicU64>,
+    /// This node lost the majority and has not yet taken fresh copies.
+    stale: AtomicBool,
 }
 
 impl Membership {
@@ -78,6 +92,9 @@ impl Membership {
             majority: AtomicBool::new(true),
             policy,
             lag_micros: (0..nodes).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            returning: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            returning_epoch: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            stale: AtomicBool::new(false),
         };
         membership.set(me, NodeState::Alive);
         membership
@@ -99,10 +116,73 @@ impl Membership {
         if (before == NodeState::Down) != (state == NodeState::Down) {
             if state == NodeState::Down {
                 self.failovers.fetch_add(1, Ordering::Relaxed);
+                self.returning[node].store(false, Ordering::Relaxed);
+            } else if !self.is_stale() {
+                // Back while this side kept the majority: its data is old.
+                self.returning[node].store(true, Ordering::Relaxed);
             }
             let live = (0..self.states.len()).filter(|&node| !self.is_down(node)).count();
-            self.majority.store(live * 2 > self.states.len(), Ordering::Relaxed);
+            let majority = live * 2 > self.states.len();
+            if !majority {
+                self.stale.store(true, Ordering::Relaxed);
+            }
+            self.majority.store(majority, Ordering::Relaxed);
+            let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+            if state != NodeState::Down {
+                self.returning_epoch[node].store(epoch, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether a node may act for keys now: not down, not returning, and
+    /// (this node itself) not stale.
+    #[inline]
+    pub fn may_act(&self, node: usize) -> bool {
+        if node == self.me {
+            !self.is_stale()
+        } else {
+            !self.is_down(node) && !self.returning[node].load(Ordering::Relaxed)
+        }
+    }
+
+    pub fn is_returning(&self, node: usize) -> bool {
+        self.returning[node].load(Ordering::Relaxed)
+    }
+
+    /// The epoch a returning node came back at.
+    pub fn returning_epoch(&self, node: usize) -> u64 {
+        self.returning_epoch[node].load(Ordering::Relaxed)
+    }
+
+    /// A returning node has had its full resync from here: it acts for its keys again.
+    pub fn returned(&self, node: usize) {
+        if self.returning[node].swap(false, Ordering::AcqRel) {
             self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    /// This node has taken fresh copies from every live node.
+    pub fn refreshed(&self) {
+        if self.stale.swap(false, Ordering::AcqRel) {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// What `cluster nodes` says of a node.
+    pub fn describe(&self, node: usize) -> &'static str {
+        let syncing = if node == self.me {
+            self.is_stale()
+        } else {
+            self.is_returning(node)
+        };
+        match self.state(node) {
+            NodeState::Down => "down",
+            _ if syncing => "syncing",
+            state => state.name(),
         }
     }
 
@@ -169,6 +249,30 @@ mod tests {
             assert_eq!(membership.refusal(true), None);
             assert_eq!(membership.failovers(), 2);
         }
+    }
+
+    #[test]
+    fn a_node_back_from_down_waits_and_a_minority_node_is_stale_until_refreshed() {
+        let membership = Membership::new(0, 3, PartitionPolicy::ReadOnly);
+        membership.set(1, NodeState::Alive);
+        assert!(membership.may_act(1), "first sight is not a return");
+        membership.set(1, NodeState::Down);
+        membership.set(1, NodeState::Alive);
+        assert!(!membership.may_act(1) && membership.is_returning(1));
+        assert_eq!(membership.returning_epoch(1), membership.epoch());
+        assert_eq!(membership.describe(1), "syncing");
+        membership.returned(1);
+        assert!(membership.may_act(1));
+        // Cut off: both others down, this node is stale.
+        membership.set(1, NodeState::Down);
+        membership.set(2, NodeState::Down);
+        assert!(membership.is_stale() && !membership.may_act(0));
+        // Back: the others are not returning to a stale node, it is.
+        membership.set(1, NodeState::Alive);
+        membership.set(2, NodeState::Alive);
+        assert!(membership.may_act(1) && membership.may_act(2) && !membership.may_act(0));
+        membership.refreshed();
+        assert!(membership.may_act(0));
     }
 
     #[test]

@@ -51,17 +51,15 @@ impl Cluster {
             // The segment after the previous point up to this one (wrapping).
             let length = point.wrapping_sub(previous);
             previous = point;
-            let acting = self.ring.clockwise(point).find(|&node| !self.membership.is_down(node));
-            if let Some(node) = acting {
-                shares[node] += f64::from(length) / 4_294_967_296.0;
-            }
+            shares[self.acting_at(point)] += f64::from(length) / 4_294_967_296.0;
         }
         shares
     }
 
     /// A key's preference list: the first `--copies` live nodes clockwise
-    /// from its point (the owner first while it is alive). A down node is
-    /// skipped, so the next one takes its place.
+    /// from its point (the owner first while it is alive): the nodes that
+    /// hold its copies. A down node is skipped, so the next one takes its
+    /// place.
     pub fn preference_list(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
         self.ring
             .clockwise(point_of(key))
@@ -69,18 +67,25 @@ impl Cluster {
             .take(self.config.copies)
     }
 
-    /// The node acting for a key: the first live node of its preference
-    /// list. It takes the key's writes, answers its reads, and sends its
-    /// copies on.
+    /// The node acting for a key: the first node clockwise that may act
+    /// (live, and not catching up after a return; membership.rs). It takes
+    /// the key's writes, answers its reads, and sends its copies on. A node
+    /// that sees none acts itself (a minority serving reads).
     pub fn acting_for(&self, key: &[u8]) -> usize {
-        self.preference_list(key).next().unwrap_or(self.config.me)
+        self.acting_at(point_of(key))
+    }
+
+    fn acting_at(&self, point: ring::Point) -> usize {
+        self.ring
+            .clockwise(point)
+            .find(|&node| self.membership.may_act(node))
+            .unwrap_or(self.config.me)
     }
 
     /// Whether this node sends its record of `key` to `node`: it acts for
     /// the key and `node` holds a copy (only the acting node sends on).
     pub fn replicates_to(&self, key: &[u8], node: usize) -> bool {
-        let mut list = self.preference_list(key);
-        list.next() == Some(self.config.me) && list.any(|other| other == node)
+        node != self.config.me && self.preference_list(key).any(|other| other == node) && self.acting_for(key) == self.config.me
     }
 
     pub fn is_me(&self, node: usize) -> bool {

@@ -163,6 +163,9 @@ pub fn start(global: &Arc<Global>) -> Result<Started, ServerError> {
                 let socket = unsafe { glommio::net::UdpSocket::from_raw_fd(fd) };
                 glommio::spawn_local(gossip::run(core.clone(), socket)).detach();
             }
+            if core.global.cluster.is_some() {
+                glommio::spawn_local(refresh_when_stale(core.clone())).detach();
+            }
             match &core.global.config.cluster {
                 None => {
                     glommio::spawn_local(replica::follow(core.clone(), 0, Upstream::Primary)).detach();
@@ -244,6 +247,43 @@ async fn serve_worker(core: Rc<ReplicationCore>, from_worker: SharedReceiver<ToR
                     link.applied(shard, primary_shard, offset);
                 }
                 core.applied.notify();
+            }
+        }
+    }
+}
+
+/// A cluster node that lost the majority takes fresh copies once it has it
+/// again: every link to another node starts over with a full resync (which
+/// drops what it held of that node's keys and sends it the current ones);
+/// once each live node's has completed, it acts for its keys again.
+async fn refresh_when_stale(core: Rc<ReplicationCore>) {
+    const POLL: Duration = Duration::from_millis(20);
+    let Some(cluster) = core.global.cluster.as_ref() else {
+        return;
+    };
+    let membership = &cluster.membership;
+    let others: Vec<usize> = (0..cluster.config.nodes.len()).filter(|&node| !cluster.is_me(node)).collect();
+    while !core.global.stopping.load(Ordering::Relaxed) {
+        glommio::timer::sleep(POLL).await;
+        if !(membership.is_stale() && membership.has_majority()) {
+            continue;
+        }
+        let marks: Vec<u64> = {
+            let mut links = core.links.borrow_mut();
+            for &node in &others {
+                links[node].restart = true;
+            }
+            links.iter().map(|link| link.full_syncs).collect()
+        };
+        tracing::info!("back in the majority: taking fresh copies from every node");
+        while membership.has_majority() && !core.global.stopping.load(Ordering::Relaxed) {
+            glommio::timer::sleep(POLL).await;
+            let links = core.links.borrow();
+            let fresh = |node: &usize| membership.is_down(*node) || links[*node].full_syncs > marks[*node];
+            if others.iter().all(fresh) {
+                membership.refreshed();
+                tracing::info!("fresh copies taken: acting for this node's keys again");
+                break;
             }
         }
     }

@@ -74,8 +74,9 @@ struct Follower {
     shards: RefCell<Vec<FollowerShard>>,
 }
 
-/// Which records a follower is sent (None: all of them, as they are).
-type Keep<'a> = Option<&'a dyn Fn(&Record<'_>) -> bool>;
+/// Which records a follower is sent (None: all of them, as they are); the
+/// bool says whether the record is relayed (record.rs).
+type Keep<'a> = Option<&'a dyn Fn(&Record<'_>, bool) -> bool>;
 
 /// Everything about the replicas this host serves.
 pub struct PrimaryState {
@@ -143,8 +144,12 @@ async fn follower(core: &Rc<ReplicationCore>, stream: glommio::net::TcpStream) -
             return Err(WireError::BadHandshake);
         }
     }
+    // A node back from down gets a full resync, whatever it says it holds.
+    let returning = node
+        .zip(core.global.cluster.as_ref())
+        .is_some_and(|(node, cluster)| cluster.membership.is_returning(node));
     let own = core.global.replication.replid();
-    let same_history = replid.as_deref() == Some(own.as_str()) && offsets.len() == core.shards;
+    let same_history = !returning && replid.as_deref() == Some(own.as_str()) && offsets.len() == core.shards;
     let mut hello = wire::primary_line(&own, core.shards).into_bytes();
     let shards = {
         let backlogs = core.backlogs.borrow();
@@ -240,13 +245,18 @@ async fn write_loop(
 /// the snapshot slices to ask the shards for (shard, attempt, cursor).
 fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(usize, u32, usize)> {
     let cluster = core.global.cluster.as_ref();
-    let keep = |record: &Record<'_>| match (record.key(), cluster, follower.node) {
-        (Some(key), Some(cluster), Some(node)) => cluster.replicates_to(key, node),
+    let keep = |record: &Record<'_>, relayed: bool| match (record.key(), cluster, follower.node) {
+        (Some(key), Some(cluster), Some(node)) => !relayed && cluster.replicates_to(key, node),
         // Every node hears a flush_all itself; a key-less record is not sent on.
         _ => false,
     };
     let keep: Keep<'_> = follower.node.is_some().then_some(&keep);
-    if let Some(cluster) = cluster.filter(|_| follower.node.is_some()) {
+    if let (Some(cluster), Some(node)) = (cluster, follower.node) {
+        if cluster.membership.is_down(node) {
+            // Nothing goes to a node this one sees down: what it is sent
+            // once it is back is chosen with it in the preference lists.
+            return Vec::new();
+        }
         let epoch = cluster.membership.epoch();
         if follower.epoch.replace(epoch) != epoch {
             // The keys this follower should hold changed: a full resync of
@@ -259,6 +269,22 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
     }
     let (requests, snapshots) = fill_shards(&core.backlogs.borrow(), &mut follower.shards.borrow_mut(), keep, out);
     core.primary.full_resyncs.set(core.primary.full_resyncs.get() + snapshots);
+    if let (Some(cluster), Some(node)) = (cluster, follower.node) {
+        let membership = &cluster.membership;
+        let caught_up = |shards: &[FollowerShard]| {
+            shards
+                .iter()
+                .all(|shard| matches!(shard.sync, Sync::Streaming) && shard.acked == shard.sent)
+        };
+        if membership.is_returning(node)
+            && follower.epoch.get() >= membership.returning_epoch(node)
+            && caught_up(&follower.shards.borrow())
+        {
+            // It holds fresh copies of everything this node acted for in
+            // its place: it acts for its keys again.
+            membership.returned(node);
+        }
+    }
     requests
 }
 
@@ -371,7 +397,7 @@ fn copy_records(records: &[u8], keep: Keep<'_>, out: &mut Vec<u8>) -> (usize, us
     };
     let (mut at, before) = (0, out.len());
     while let Ok(Some((record, length))) = Record::decode(&records[at..]) {
-        if keep(&record) {
+        if keep(&record, Record::is_relayed(&records[at..])) {
             out.extend_from_slice(&records[at..at + length]);
         }
         at += length;
@@ -604,7 +630,7 @@ mod tests {
         }
         let mut backlogs = vec![Backlog::new(1 << 22)];
         backlogs[0].append(0, &log, now);
-        let keep = |record: &Record<'_>| record.key().is_some_and(|key| key.starts_with(b"mine"));
+        let keep = |record: &Record<'_>, _: bool| record.key().is_some_and(|key| key.starts_with(b"mine"));
         let mut shards = vec![FollowerShard::new(0, Sync::Streaming)];
         let mut out = Vec::new();
         let mut kept = Vec::new();

@@ -9,12 +9,20 @@
 //!
 //! `expiry` is a unix time (0: never), so hosts started at different times
 //! agree on it exactly.
+//!
+//! A cluster node logs the records it applied from another node with the
+//! tag in lower case (`s`, `d`): relayed records, which go to whole-host
+//! replicas but never on to other cluster nodes (only the node acting for
+//! a key sends its copies; two nodes acting for a key for a moment must not
+//! echo each other's records forever).
 
 use crate::store::ItemState;
 
 const SET: u8 = b'S';
 const DELETE: u8 = b'D';
 const FLUSH: u8 = b'F';
+/// The tag of a relayed record is its tag in lower case.
+const RELAYED: u8 = 0x20;
 const SET_HEADER: usize = 1 + 1 + 4 + 8 + 8 + 4;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,11 +84,31 @@ impl<'a> Record<'a> {
         }
     }
 
-    /// Reads one record from the front of `buf`: the record and its length,
-    /// `Ok(None)` if `buf` holds only part of one.
+    /// Encodes the record as relayed (applied here from another node).
+    pub fn encode_relayed(&self, out: &mut Vec<u8>) {
+        let at = out.len();
+        self.encode(out);
+        if !matches!(self, Record::Flush { .. }) {
+            out[at] |= RELAYED;
+        }
+    }
+
+    /// Whether the encoded record at the front of `raw` is relayed.
+    pub fn is_relayed(raw: &[u8]) -> bool {
+        raw.first()
+            .is_some_and(|&tag| tag == SET | RELAYED || tag == DELETE | RELAYED)
+    }
+
+    /// Reads one record from the front of `buf` (relayed or not): the
+    /// record and its length, `Ok(None)` if `buf` holds only part of one.
     pub fn decode(buf: &'a [u8]) -> Result<Option<(Record<'a>, usize)>, CorruptRecord> {
         let Some(&tag) = buf.first() else {
             return Ok(None);
+        };
+        let tag = if tag == SET | RELAYED || tag == DELETE | RELAYED {
+            tag & !RELAYED
+        } else {
+            tag
         };
         let u32_at = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
         let u64_at = |at: usize| u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
@@ -191,6 +219,18 @@ mod tests {
             assert_eq!(rest, bytes.len() - used);
             let joined: Vec<_> = front.into_iter().chain(back).collect();
             assert_eq!(joined, sample(), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn relayed_records_read_the_same_and_say_so() {
+        for record in sample() {
+            let (mut plain, mut relayed) = (Vec::new(), Vec::new());
+            record.encode(&mut plain);
+            record.encode_relayed(&mut relayed);
+            assert!(!Record::is_relayed(&plain));
+            assert_eq!(Record::is_relayed(&relayed), !matches!(record, Record::Flush { .. }));
+            assert_eq!(Record::decode(&relayed).unwrap(), Some((record, plain.len())));
         }
     }
 

@@ -51,6 +51,11 @@ pub struct LinkState {
     applied: Vec<Vec<u64>>,
     full_resyncs: u64,
     partial_resyncs: u64,
+    /// Full resyncs completed (every shard synced after one began).
+    pub full_syncs: u64,
+    /// Drop the link and start again with a full resync (a stale cluster
+    /// node taking fresh copies).
+    pub restart: bool,
 }
 
 impl LinkState {
@@ -117,12 +122,20 @@ pub async fn follow(core: Rc<ReplicationCore>, source: usize, upstream: Upstream
             link.state = "connecting";
         }
         let result = futures_lite::future::or(link_once(&core, source, me, &address, generation), async {
-            while core.global.replication.generation() == generation {
+            while core.global.replication.generation() == generation && !core.links.borrow()[source].restart {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
             }
             Ok(())
         })
         .await;
+        {
+            let link = &mut core.links.borrow_mut()[source];
+            if link.restart {
+                // Unknown history: the next handshake asks for a full resync.
+                link.restart = false;
+                link.primary_replid = None;
+            }
+        }
         if let Err(error) = result {
             tracing::info!("link to primary {address}: {error}");
         }
@@ -239,7 +252,12 @@ async fn apply_frames(
                         ));
                     }
                 }
-                Kind::FullEnd => link.synced[shard] = true,
+                Kind::FullEnd => {
+                    link.synced[shard] = true;
+                    if link.synced.iter().all(|&synced| synced) {
+                        link.full_syncs += 1;
+                    }
+                }
                 Kind::Log | Kind::Snapshot | Kind::Kept => {
                     let mut carry = std::mem::take(&mut link.carry[shard]);
                     let bytes: &[u8] = if header.kind == Kind::Log {

@@ -60,11 +60,21 @@ impl ShardLog {
     }
 
     pub fn append(&mut self, record: Record<'_>) {
+        self.append_marked(record, false);
+    }
+
+    /// Appends a record, marked relayed if it was applied from another
+    /// cluster node (record.rs).
+    pub fn append_marked(&mut self, record: Record<'_>, relayed: bool) {
         let before = self.pending.len();
         if before == 0 && self.since.is_none() {
             self.since = Some(Instant::now());
         }
-        record.encode(&mut self.pending);
+        if relayed {
+            record.encode_relayed(&mut self.pending);
+        } else {
+            record.encode(&mut self.pending);
+        }
         self.end += (self.pending.len() - before) as u64;
         if self.pending.len() > self.limit {
             self.pending.clear();
@@ -300,23 +310,29 @@ fn apply_and_report(
 
 /// Removes every key the source's shard sends.
 fn drop_source_shard(shard: &mut Shard, log: &mut ShardLog, from: &Source<'_>) {
-    shard.remove_where(|hash, key| from.sends(hash, key), |key| log.append(Record::Delete { key }));
+    let relayed = from.cluster.is_some();
+    shard.remove_where(
+        |hash, key| from.sends(hash, key),
+        |key| log.append_marked(Record::Delete { key }, relayed),
+    );
 }
 
 /// Applies one record from a primary and logs the result here in turn
-/// (so this host can serve replicas of its own).
+/// (so this host can serve replicas of its own; from another cluster node,
+/// marked relayed, so that it is not sent on to the other nodes).
 fn apply(shard: &mut Shard, log: &mut ShardLog, hash: KeyHash, record: Record<'_>, from: &Source<'_>) {
+    let relayed = from.cluster.is_some();
     match record {
         Record::Set(state) => {
             if shard.put_replicated(hash, state) {
-                log.append(record);
+                log.append_marked(record, relayed);
             } else {
-                log.append(Record::Delete { key: state.key });
+                log.append_marked(Record::Delete { key: state.key }, relayed);
             }
         }
         Record::Delete { key } => {
             shard.remove_key(hash, key);
-            log.append(record);
+            log.append_marked(record, relayed);
         }
         Record::Flush { effective_unix } => {
             if effective_unix == 0 || effective_unix <= shard.unix_now() {

@@ -219,7 +219,7 @@ fn cluster_admin(core: &Core, admin: ClusterAdmin<'_>, out: &mut Vec<u8>) {
         ClusterAdmin::Nodes => {
             let membership = &cluster.membership;
             for ((index, node), share) in nodes.iter().enumerate().zip(cluster.shares()) {
-                let state = membership.state(index).name();
+                let state = membership.describe(index);
                 let lag = membership
                     .lag(index)
                     .map_or("-".to_string(), |lag| lag.as_micros().to_string());
@@ -232,9 +232,10 @@ fn cluster_admin(core: &Core, admin: ClusterAdmin<'_>, out: &mut Vec<u8>) {
             }
         }
         ClusterAdmin::Owner(key) => {
-            for (rank, index) in cluster.preference_list(key).enumerate() {
-                let role = if rank == 0 { "OWNER" } else { "REPLICA" };
-                let _ = write!(out, "{role} {}\r\n", nodes[index]);
+            let acting = cluster.acting_for(key);
+            let _ = write!(out, "OWNER {}\r\n", nodes[acting]);
+            for index in cluster.preference_list(key).filter(|&index| index != acting) {
+                let _ = write!(out, "REPLICA {}\r\n", nodes[index]);
             }
         }
     }

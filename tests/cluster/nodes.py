@@ -47,7 +47,7 @@ def ask_all(sock, lines, end=b"END\r\n"):
     return replies
 
 
-def metadump(host, port):
+def metadump(host, port, connect=connect):
     """The keys a node holds itself (not what it answers by forwarding),
     each with its metadump fields: {key: {"exp": .., "cas": .., ...}}."""
     sock = connect(host, port)
@@ -65,13 +65,17 @@ def metadump(host, port):
 
 
 class Cluster:
-    """Nodes (host, port, weight, threads) started with one node list."""
+    """Nodes (host, port, weight, threads) started with one node list;
+    `wrap(index)` is a command prefix for a node (a network namespace), and
+    `connect` how to reach one."""
 
-    def __init__(self, corecache, nodes=NODES, extra=()):
+    def __init__(self, corecache, nodes=NODES, extra=(), wrap=lambda index: [], connect=connect):
         self.nodes = nodes
         self.node_list = ",".join(f"{h}:{p}:{w}" for h, p, w, _ in nodes)
         self.corecache = corecache
         self.extra = list(extra)
+        self.wrap = wrap
+        self.connect = connect
         self.procs = [None] * len(nodes)
         self.workdir = tempfile.mkdtemp(prefix="cluster-")
 
@@ -86,10 +90,10 @@ class Cluster:
         host, port, _, threads = self.nodes[index]
         log = open(os.path.join(self.workdir, f"node{index}.log"), "ab")
         self.procs[index] = subprocess.Popen(
-            [self.corecache, "-l", host, "-p", str(port), "-t", str(threads), "-m", "64",
-             "--cluster-nodes", self.node_list] + self.extra,
+            self.wrap(index) + [self.corecache, "-l", host, "-p", str(port), "-t", str(threads), "-m", "64",
+                                "--cluster-nodes", self.node_list] + self.extra,
             stdout=log, stderr=subprocess.STDOUT)
-        connect(host, port).close()
+        self.connect(host, port).close()
 
     def kill(self, index):
         proc = self.procs[index]
