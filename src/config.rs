@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use clap::{ArgAction, Parser};
 use thiserror::Error;
 
+use crate::cluster::ClusterConfig;
 use crate::cluster::membership::PartitionPolicy;
 use crate::cluster::ring::{self, NodeAddress};
 use crate::store::item::HEADER_BYTES;
@@ -197,25 +198,6 @@ pub enum ConfigError {
         "--probe-interval-ms {interval} must be more than --probe-timeout-ms {timeout}, and both and --suspect-timeout-ms more than 0"
     )]
     ProbeTiming { interval: u64, timeout: u64 },
-}
-
-/// Cluster mode: the node list and where this node is in it.
-#[derive(Clone, Debug)]
-pub struct ClusterConfig {
-    pub nodes: Vec<NodeAddress>,
-    /// This node's index in `nodes`.
-    pub me: usize,
-    pub copies: usize,
-    /// Every node's cluster port is its client port plus this.
-    pub cluster_port_offset: i32,
-    pub partition_policy: PartitionPolicy,
-    pub swim: crate::cluster::swim::Timing,
-}
-
-impl ClusterConfig {
-    pub fn cluster_port_of(&self, node: usize) -> u16 {
-        (i32::from(self.nodes[node].port) + self.cluster_port_offset) as u16
-    }
 }
 
 /// The validated configuration the server runs with.

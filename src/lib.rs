@@ -4,9 +4,16 @@
 //!
 //! ```text
 //! config.rs        command line (memcached's flags) -> validated Config
+//! global.rs        the host-wide state every thread shares (settings,
+//!                  counters, reports, the replication role, the cluster):
+//!                  below both server/ and replication/, which never import
+//!                  each other's insides (the worker side of replication
+//!                  sees a core through the shard_side::Worker trait)
 //! hash.rs          the one key hasher: picks the shard, feeds the index
 //! host.rs          the host check (sysctls, IRQs, limits) for a core layout
 //! metrics.rs       Prometheus exposition of stats and latency (--metrics-port)
+//! net.rs           binding listening sockets (client, replication, cluster ports)
+//! report.rs        each core's published counters and latencies (plain data)
 //! request.rs       protocol-neutral requests (KeyOp) and answers (Outcome)
 //! protocol/        bytes <-> requests, one parser and one reply writer per
 //!                  protocol: text (+ meta commands) and binary, each held to
@@ -28,11 +35,14 @@
 //! store/           one Shard per core: index + slab + segmented LRU + expiry
 //!                  (+ flush generations, `stats detail` prefix counts)
 //! replication/     per-shard logs, the replication core (backlogs, primary
-//!                  and replica links), applying records on a replica
+//!                  and replica links, filtered per cluster node), applying
+//!                  records on a replica, the failure detector's UDP socket
+//!                  (gossip.rs)
 //! cluster/         several hosts as one cache: the ketama ring (ring.rs),
-//!                  each key's preference list and acting node, the
-//!                  forwarding frames (wire.rs); per-key copies and
-//!                  failure detection are still to come
+//!                  each key's preference list and acting node (mod.rs),
+//!                  who is alive and the partition policy (membership.rs),
+//!                  SWIM as plain code (swim.rs), the forwarding frames
+//!                  (wire.rs)
 //! stats.rs         `stats` output: shard reports + server counters
 //! ```
 //!
@@ -44,15 +54,20 @@
 //! the channel mesh -> `Outcome`s come back in request order ->
 //! the protocol's reply writer writes them -> one send per batch.
 //! A write also leaves the key's new state in the shard's replication log
-//! (`replication::shard_side`), which the replication core streams to replicas.
+//! (`replication::shard_side`), which the replication core streams to
+//! replicas, and in a cluster to the other nodes of the key's preference
+//! list (`replication::primary`, filtered by `cluster::Cluster::replicates_to`).
 
 pub mod cluster;
 pub mod config;
+pub mod global;
 pub mod hash;
 pub mod host;
 pub mod metrics;
+pub mod net;
 pub mod protocol;
 pub mod replication;
+pub mod report;
 pub mod request;
 pub mod server;
 pub mod stats;

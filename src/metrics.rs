@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use crate::server::Global;
-use crate::stats::{CoreReport, LATENCY_COMMANDS};
+use crate::global::Global;
+use crate::report::{CoreReport, LATENCY_COMMANDS};
 
 /// Serves /metrics until the server stops.
 pub fn serve(global: Arc<Global>, address: SocketAddr) -> std::io::Result<std::thread::JoinHandle<()>> {

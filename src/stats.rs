@@ -1,15 +1,12 @@
-//! `stats` and its groups, with memcached's names and order: per-core
-//! reports are summed, then written with the text reply writer.
+//! `stats` and its groups, with memcached's names and order, written from
+//! the summed per-core reports and the host-wide state (the server's
+//! stats_command.rs gathers the reports and calls these).
 
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hdrhistogram::Histogram;
-
-use crate::request::KeyOp;
-use crate::server::router::{self, ReplySlot};
-use crate::server::{Core, Global};
-use crate::store::stats::ShardReport;
+use crate::global::Global;
+pub use crate::report::{CommandLatency, CoreReport, LATENCY_COMMANDS};
 
 /// The version reported by `version` and `stats`: the memcached protocol
 /// level corecache implements, then its own version.
@@ -17,31 +14,6 @@ pub const VERSION: &str = concat!("1.6.45-corecache-", env!("CARGO_PKG_VERSION")
 
 /// Receives each stat as (name, value); each protocol writes them its way.
 pub type Emit<'a> = dyn FnMut(&str, &str) + 'a;
-
-/// Writes a `stats` group with `write_stat`; false for an unknown group.
-pub async fn write_group(
-    out: &mut Vec<u8>,
-    core: &Core,
-    reply_slot: &ReplySlot,
-    group: &[u8],
-    write_stat: &mut dyn FnMut(&mut Vec<u8>, &str, &str),
-) -> bool {
-    let mut emit = |name: &str, value: &str| write_stat(out, name, value);
-    match group {
-        b"" => general(&mut emit, &core.global, &router::report(core, reply_slot).await),
-        b"settings" => settings(&mut emit, &core.global, core.verbosity.get()),
-        b"items" => items(&mut emit, &router::report(core, reply_slot).await),
-        b"slabs" => slabs(&mut emit, &router::report(core, reply_slot).await),
-        b"replication" => replication(&mut emit, &core.global),
-        b"cluster" => {
-            for (name, value) in cluster(&core.global) {
-                emit(&name, &value);
-            }
-        }
-        _ => return false,
-    }
-    true
-}
 
 /// `stats detail`'s three subcommands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,111 +38,9 @@ impl Detail {
             _ => None,
         })
     }
-
-    /// Runs on|off; returns the dump text for dump (memcached's format, END
-    /// included).
-    pub async fn run(self, core: &Core, reply_slot: &ReplySlot) -> Option<Vec<u8>> {
-        match self {
-            Detail::On | Detail::Off => {
-                router::set_detail(core, reply_slot, self == Detail::On).await;
-                None
-            }
-            Detail::Dump => {
-                let mut text = Vec::new();
-                for (prefix, counts) in router::prefix_stats(core, reply_slot).await {
-                    text.extend_from_slice(b"PREFIX ");
-                    text.extend_from_slice(&prefix);
-                    let line = format!(
-                        " get {} hit {} set {} del {}\r\n",
-                        counts.gets, counts.hits, counts.sets, counts.deletes
-                    );
-                    text.extend_from_slice(line.as_bytes());
-                }
-                text.extend_from_slice(b"END\r\n");
-                Some(text)
-            }
-        }
-    }
 }
 
 pub const DETAIL_USAGE: &str = "CLIENT_ERROR usage: stats detail on|off|dump";
-
-/// The command types whose server-side latency each core tracks.
-pub const LATENCY_COMMANDS: [&str; 6] = ["get", "set", "delete", "incr", "touch", "other"];
-
-/// Nanoseconds from parsing a request to its reply being written, per
-/// command type (HdrHistogram, 3 significant digits).
-#[derive(Clone, Debug)]
-pub struct CommandLatency {
-    pub histograms: Vec<Histogram<u64>>,
-}
-
-impl Default for CommandLatency {
-    fn default() -> CommandLatency {
-        CommandLatency {
-            histograms: LATENCY_COMMANDS
-                .iter()
-                .map(|_| Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds"))
-                .collect(),
-        }
-    }
-}
-
-impl CommandLatency {
-    /// The LATENCY_COMMANDS index of a key operation.
-    pub fn command_of(op: &KeyOp<&[u8]>) -> usize {
-        match op {
-            KeyOp::Get { options, .. } if options.touch.is_none() => 0,
-            KeyOp::Store { .. } => 1,
-            KeyOp::Delete { .. } => 2,
-            KeyOp::Arith { .. } => 3,
-            KeyOp::Get { .. } | KeyOp::Touch { .. } => 4,
-        }
-    }
-
-    pub fn record(&mut self, command: usize, nanos: u64) {
-        self.histograms[command].saturating_record(nanos.max(1));
-    }
-
-    pub fn add(&mut self, other: &CommandLatency) {
-        for (mine, theirs) in self.histograms.iter_mut().zip(&other.histograms) {
-            let _ = mine.add(theirs);
-        }
-    }
-}
-
-/// One core's contribution to `stats`.
-#[derive(Clone, Debug, Default)]
-pub struct CoreReport {
-    pub shard: ShardReport,
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-    pub cmd_flush: u64,
-    pub conn_yields: u64,
-    pub latency: CommandLatency,
-}
-
-impl CoreReport {
-    pub fn of(core: &Core) -> CoreReport {
-        CoreReport {
-            shard: core.shard_now().report(),
-            bytes_read: core.counters.bytes_read.get(),
-            bytes_written: core.counters.bytes_written.get(),
-            cmd_flush: core.counters.cmd_flush.get(),
-            conn_yields: core.counters.conn_yields.get(),
-            latency: core.latency.borrow().clone(),
-        }
-    }
-
-    pub fn add(&mut self, other: &CoreReport) {
-        self.shard.add(&other.shard);
-        self.bytes_read += other.bytes_read;
-        self.bytes_written += other.bytes_written;
-        self.cmd_flush += other.cmd_flush;
-        self.conn_yields += other.conn_yields;
-        self.latency.add(&other.latency);
-    }
-}
 
 fn rusage() -> (String, String) {
     // SAFETY: getrusage fills the zeroed struct.

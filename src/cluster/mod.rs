@@ -13,9 +13,27 @@ pub mod wire;
 
 use std::sync::atomic::AtomicU64;
 
-use crate::config::ClusterConfig;
-use membership::Membership;
-use ring::{Ring, point_of};
+use membership::{Membership, PartitionPolicy};
+use ring::{NodeAddress, Ring, point_of};
+
+/// Cluster mode: the node list and where this node is in it.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub nodes: Vec<NodeAddress>,
+    /// This node's index in `nodes`.
+    pub me: usize,
+    pub copies: usize,
+    /// Every node's cluster port is its client port plus this.
+    pub cluster_port_offset: i32,
+    pub partition_policy: PartitionPolicy,
+    pub swim: swim::Timing,
+}
+
+impl ClusterConfig {
+    pub fn cluster_port_of(&self, node: usize) -> u16 {
+        (i32::from(self.nodes[node].port) + self.cluster_port_offset) as u16
+    }
+}
 
 /// The node list as this node holds it, the ring built from it, and who
 /// of it is alive.
@@ -96,16 +114,26 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_node_list;
+
+    fn three_nodes() -> Vec<NodeAddress> {
+        ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+            .into_iter()
+            .map(|host| NodeAddress {
+                host: host.to_string(),
+                port: 11211,
+                weight: 1,
+            })
+            .collect()
+    }
 
     #[test]
     fn preference_lists_hold_copies_distinct_nodes_owner_first() {
         let cluster = Cluster::new(ClusterConfig {
-            nodes: parse_node_list("127.0.0.2:11211,127.0.0.3:11211,127.0.0.4:11211").unwrap(),
+            nodes: three_nodes(),
             me: 0,
             copies: 2,
             cluster_port_offset: 10000,
-            partition_policy: membership::PartitionPolicy::ReadOnly,
+            partition_policy: PartitionPolicy::ReadOnly,
             swim: swim::Timing::default(),
         });
         for i in 0..1000 {
@@ -120,11 +148,11 @@ mod tests {
     #[test]
     fn a_down_node_is_skipped_and_the_next_acts_for_its_keys() {
         let cluster = Cluster::new(ClusterConfig {
-            nodes: parse_node_list("127.0.0.2:11211,127.0.0.3:11211,127.0.0.4:11211").unwrap(),
+            nodes: three_nodes(),
             me: 1,
             copies: 2,
             cluster_port_offset: 10000,
-            partition_policy: membership::PartitionPolicy::ReadOnly,
+            partition_policy: PartitionPolicy::ReadOnly,
             swim: swim::Timing::default(),
         });
         let keys: Vec<String> = (0..1000).map(|i| format!("key:{i}")).collect();

@@ -19,7 +19,17 @@ use super::gossip;
 use super::primary::{self, PrimaryState};
 use super::replica::{self, LinkState, Upstream};
 use super::{Notify, ToReplication, ToWorker};
-use crate::server::{Global, ServerError, listener};
+use crate::global::Global;
+use crate::net;
+
+/// Why the replication core could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {address}: {source}")]
+    Bind { address: SocketAddr, source: std::io::Error },
+    #[error("cannot start the replication core: {0}")]
+    Executor(String),
+}
 
 /// Messages in flight per channel before a sender waits.
 const CHANNEL_CAPACITY: usize = 1024;
@@ -94,13 +104,13 @@ pub struct Started {
 
 /// Binds the replication port (so errors show before anything starts),
 /// starts the replication core, and returns each worker's channels.
-pub fn start(global: &Arc<Global>) -> Result<Started, ServerError> {
+pub fn start(global: &Arc<Global>) -> Result<Started, StartError> {
     let config = &global.config;
     let shards = config.threads();
     let bind = |port: u16| {
         let address = SocketAddr::new(config.listen[0], port);
-        listener::ensure_free(address).map_err(|source| ServerError::Bind { address, source })?;
-        listener::bind(address, config.backlog).map_err(|source| ServerError::Bind { address, source })
+        net::ensure_free(address).map_err(|source| StartError::Bind { address, source })?;
+        net::bind(address, config.backlog).map_err(|source| StartError::Bind { address, source })
     };
     // Whole-host replicas on --repl-port; the other nodes on the cluster port.
     let listener = config.repl_port.map(bind).transpose()?;
@@ -110,7 +120,7 @@ pub fn start(global: &Arc<Global>) -> Result<Started, ServerError> {
     let gossip_socket = cluster_port
         .map(|port| {
             let address = SocketAddr::new(config.listen[0], port);
-            std::net::UdpSocket::bind(address).map_err(|source| ServerError::Bind { address, source })
+            std::net::UdpSocket::bind(address).map_err(|source| StartError::Bind { address, source })
         })
         .transpose()?;
     let gossip_fd = gossip_socket.map(IntoRawFd::into_raw_fd);
@@ -192,10 +202,9 @@ pub fn start(global: &Arc<Global>) -> Result<Started, ServerError> {
                 }
             }
         })
-        .map_err(|error| ServerError::Executor {
-            core: shards,
-            cpu: config.repl_core.unwrap_or(0),
-            reason: error.to_string(),
+        .map_err(|error| match config.repl_core {
+            Some(cpu) => StartError::Executor(format!("on CPU {cpu}: {error}")),
+            None => StartError::Executor(error.to_string()),
         })?;
     Ok(Started {
         channels: worker_channels,

@@ -75,7 +75,7 @@ async fn receive(socket: Rc<glommio::net::UdpSocket>, inbox: Rc<RefCell<VecDeque
 }
 
 /// Every node's cluster address, resolved off the core (names may block).
-async fn resolve(config: &crate::config::ClusterConfig) -> Vec<Option<SocketAddr>> {
+async fn resolve(config: &crate::cluster::ClusterConfig) -> Vec<Option<SocketAddr>> {
     let targets: Vec<(String, u16)> = (0..config.nodes.len())
         .map(|node| (config.nodes[node].host.clone(), config.cluster_port_of(node)))
         .collect();

@@ -12,10 +12,20 @@ use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use super::record::Record;
 use super::{Notify, ToReplication, ToWorker};
 use crate::cluster::Cluster;
+use crate::global::Global;
 use crate::hash::KeyHash;
 use crate::request::KeyOp;
-use crate::server::Core;
 use crate::store::Shard;
+
+/// What a worker core gives its replication tasks (server::Core is one):
+/// replication knows nothing of the server's sockets and connections.
+pub trait Worker: 'static {
+    fn shard_id(&self) -> usize;
+    /// The shard, with its clock brought up to date.
+    fn shard_now(&self) -> std::cell::RefMut<'_, Shard>;
+    fn replication(&self) -> Option<&ShardReplication>;
+    fn global(&self) -> &Global;
+}
 
 /// How often new log bytes are handed over while writes are flowing, and
 /// while idle.
@@ -156,8 +166,8 @@ impl ShardReplication {
 
 /// Starts the worker's two replication tasks: one hands the log and
 /// replies to the replication core, one serves its requests.
-pub fn spawn_tasks(core: &Rc<Core>) {
-    let Some(replication) = &core.replication else {
+pub fn spawn_tasks<W: Worker>(core: &Rc<W>) {
+    let Some(replication) = core.replication() else {
         return;
     };
     let Some((to_core, from_core)) = replication.channels.take() else {
@@ -166,8 +176,14 @@ pub fn spawn_tasks(core: &Rc<Core>) {
     let sender_core = core.clone();
     glommio::spawn_local(async move {
         let sender = to_core.connect().await;
-        let replication = sender_core.replication.as_ref().expect("replication");
-        if sender.send(ToReplication::Hello { shard: sender_core.id }).await.is_err() {
+        let replication = sender_core.replication().expect("replication");
+        if sender
+            .send(ToReplication::Hello {
+                shard: sender_core.shard_id(),
+            })
+            .await
+            .is_err()
+        {
             return;
         }
         let mut idle_turns = 0u32;
@@ -194,14 +210,14 @@ pub fn spawn_tasks(core: &Rc<Core>) {
     glommio::spawn_local(async move {
         let receiver = from_core.connect().await;
         while let Some(message) = receiver.recv().await {
-            serve(&core, message);
+            serve(&*core, message);
         }
     })
     .detach();
 }
 
-fn serve(core: &Core, message: ToWorker) {
-    let replication = core.replication.as_ref().expect("replication");
+fn serve(core: &impl Worker, message: ToWorker) {
+    let replication = core.replication().expect("replication");
     match message {
         ToWorker::Snapshot {
             follower,
@@ -269,12 +285,12 @@ struct Source<'a> {
 }
 
 impl<'a> Source<'a> {
-    fn new(core: &'a Core, index: usize, primary_shard: usize, primary_shards: usize) -> Source<'a> {
+    fn new(core: &'a impl Worker, index: usize, primary_shard: usize, primary_shards: usize) -> Source<'a> {
         Source {
             index,
             primary_shard,
             primary_shards,
-            cluster: core.global.cluster.as_ref(),
+            cluster: core.global().cluster.as_ref(),
         }
     }
 
@@ -290,16 +306,16 @@ impl<'a> Source<'a> {
 /// has ended that link since), then reports the primary shard's offset
 /// reached.
 fn apply_and_report(
-    core: &Core,
+    core: &impl Worker,
     generation: u64,
     from: &Source<'_>,
     offset: u64,
     change: impl FnOnce(&mut Shard, &mut ShardLog),
 ) {
-    if generation != core.global.replication.generation() {
+    if generation != core.global().replication.generation() {
         return;
     }
-    let replication = core.replication.as_ref().expect("replication");
+    let replication = core.replication().expect("replication");
     change(&mut core.shard_now(), &mut replication.log.borrow_mut());
     replication.reply(ToReplication::Applied {
         source: from.index,

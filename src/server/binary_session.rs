@@ -3,6 +3,7 @@
 use super::Core;
 use super::router::{self, ReplySlot};
 use super::session::{After, Parse, Session};
+use super::stats_command;
 use crate::protocol::binary::{self, Command, Frame, Parsed, Status};
 use crate::protocol::binary_reply;
 use crate::request::{DeleteOptions, KeyOp, Outcome};
@@ -149,7 +150,7 @@ impl Session for BinarySession {
                     match detail {
                         None => false,
                         Some(detail) => {
-                            if let Some(dump) = detail.run(core, reply_slot).await {
+                            if let Some(dump) = stats_command::run_detail(detail, core, reply_slot).await {
                                 binary_reply::response(out, frame, Status::Success, 0, &[], b"detailed", &dump);
                             }
                             true
@@ -159,7 +160,7 @@ impl Session for BinarySession {
                     router::reset_stats(core, reply_slot).await;
                     true
                 } else {
-                    stats::write_group(out, core, reply_slot, group, &mut |out, name, value| {
+                    stats_command::write_group(out, core, reply_slot, group, &mut |out, name, value| {
                         binary_reply::stat(out, frame, name, value)
                     })
                     .await

@@ -21,8 +21,8 @@ use crate::cluster::wire::PEER_MAGIC;
 use crate::config::Protocol;
 use crate::protocol::binary::REQUEST_MAGIC;
 use crate::protocol::text::TextLimits;
+use crate::report::{CommandLatency, LATENCY_COMMANDS};
 use crate::request::KeyOp;
-use crate::stats::{CommandLatency, LATENCY_COMMANDS};
 
 /// The latency slot of commands that are not key operations.
 const OTHER_COMMANDS: usize = LATENCY_COMMANDS.len() - 1;

@@ -12,6 +12,7 @@ pub mod node_links;
 pub mod peer_session;
 pub mod router;
 pub mod session;
+pub mod stats_command;
 pub mod text_session;
 
 use std::cell::{Cell, RefCell};
@@ -30,12 +31,12 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::replication::Control;
+use crate::global::Control;
+pub use crate::global::Global;
 use crate::replication::core::WorkerChannels;
 use crate::replication::shard_side::ShardReplication;
-use crate::stats::{CommandLatency, CoreReport};
-use crate::store::clock::CLOCK_START;
-use crate::store::{RelTime, Shard, ShardConfig};
+use crate::report::{CommandLatency, CoreReport};
+use crate::store::{Shard, ShardConfig};
 use router::{FromShard, Mesh, Pending, ToShard};
 
 /// Messages in flight per pair of cores before a sender waits.
@@ -59,33 +60,8 @@ pub enum ServerError {
     User { user: String, reason: String },
     #[error("{thread} ended before the server was stopped: {reason}")]
     Stopped { thread: String, reason: String },
-}
-
-/// What all cores share: read-mostly settings and connection counters that
-/// change only on accept and close (never per request).
-pub struct Global {
-    pub config: Config,
-    /// Set by SIGTERM/SIGINT (or `shutdown`): stop accepting, finish what
-    /// was read, close.
-    pub stopping: AtomicBool,
-    /// Each core's latest stats snapshot, for the metrics endpoint.
-    pub published: Mutex<Vec<Option<CoreReport>>>,
-    pub started: Instant,
-    pub started_unix: i64,
-    pub curr_connections: AtomicUsize,
-    pub total_connections: AtomicU64,
-    pub rejected_connections: AtomicU64,
-    /// Role (primary or read-only replica) and the replication report.
-    pub replication: Control,
-    /// The node list and ring (cluster mode only).
-    pub cluster: Option<crate::cluster::Cluster>,
-}
-
-impl Global {
-    /// The coarse relative clock every shard runs on.
-    pub fn now(&self) -> RelTime {
-        CLOCK_START + self.started.elapsed().as_secs() as RelTime
-    }
+    #[error(transparent)]
+    Replication(#[from] crate::replication::core::StartError),
 }
 
 /// Counters a core keeps outside its shard.
@@ -126,6 +102,37 @@ impl Core {
         shard.set_now(self.global.now());
         shard
     }
+
+    /// This core's contribution to `stats`.
+    pub fn report(&self) -> CoreReport {
+        CoreReport {
+            shard: self.shard_now().report(),
+            bytes_read: self.counters.bytes_read.get(),
+            bytes_written: self.counters.bytes_written.get(),
+            cmd_flush: self.counters.cmd_flush.get(),
+            conn_yields: self.counters.conn_yields.get(),
+            latency: self.latency.borrow().clone(),
+        }
+    }
+}
+
+/// What the replication tasks on this core work with.
+impl crate::replication::shard_side::Worker for Core {
+    fn shard_id(&self) -> usize {
+        self.id
+    }
+
+    fn shard_now(&self) -> std::cell::RefMut<'_, Shard> {
+        Core::shard_now(self)
+    }
+
+    fn replication(&self) -> Option<&ShardReplication> {
+        self.replication.as_ref()
+    }
+
+    fn global(&self) -> &Global {
+        &self.global
+    }
 }
 
 /// Binds every listening socket up front (so errors are reported before any
@@ -134,7 +141,7 @@ impl Core {
 fn bind_listeners(config: &Config) -> Result<Vec<Vec<OwnedFd>>, ServerError> {
     for &ip in &config.listen {
         let address = SocketAddr::new(ip, config.port);
-        listener::ensure_free(address).map_err(|source| ServerError::Bind { address, source })?;
+        crate::net::ensure_free(address).map_err(|source| ServerError::Bind { address, source })?;
     }
     (0..config.threads())
         .map(|_| {
@@ -143,7 +150,7 @@ fn bind_listeners(config: &Config) -> Result<Vec<Vec<OwnedFd>>, ServerError> {
                 .iter()
                 .map(|&ip| {
                     let address = SocketAddr::new(ip, config.port);
-                    listener::bind(address, config.backlog).map_err(|source| ServerError::Bind { address, source })
+                    crate::net::bind(address, config.backlog).map_err(|source| ServerError::Bind { address, source })
                 })
                 .collect()
         })
@@ -311,7 +318,7 @@ async fn sweep(core: Rc<Core>) {
         core.shard_now().sweep(SWEEP_BUDGET);
         ticks += 1;
         if ticks.is_multiple_of(PUBLISH_EVERY) && core.global.config.metrics_port.is_some() {
-            let report = CoreReport::of(&core);
+            let report = core.report();
             core.global.published.lock().expect("snapshot lock")[core.id] = Some(report);
         }
     }

@@ -17,8 +17,8 @@ use glommio::channels::channel_mesh::{FullMesh, Receivers, Senders};
 
 use super::Core;
 use crate::hash::KeyHash;
+use crate::report::CoreReport;
 use crate::request::{KeyOp, Outcome, Refusal};
-use crate::stats::CoreReport;
 use crate::store::Shard;
 use crate::store::prefix_stats::PrefixCounts;
 
@@ -349,7 +349,7 @@ fn serve_request(core: &Core, request: ToShard) -> FromShard {
         }
         ToShard::Report { slot } => FromShard::Report {
             slot,
-            report: Box::new(CoreReport::of(core)),
+            report: Box::new(core.report()),
         },
         ToShard::ResetStats { slot } => {
             reset_local_stats(core);
@@ -662,7 +662,7 @@ pub async fn reset_stats(core: &Core, reply_slot: &ReplySlot) {
 
 /// Every core's report, summed.
 pub async fn report(core: &Core, reply_slot: &ReplySlot) -> CoreReport {
-    let mut total = CoreReport::of(core);
+    let mut total = core.report();
     for reply in broadcast(core, reply_slot, |slot| ToShard::Report { slot }).await {
         if let FromShard::Report { report, .. } = reply {
             total.add(&report);

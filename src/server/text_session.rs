@@ -3,6 +3,7 @@
 use super::Core;
 use super::router::{self, ReplySlot};
 use super::session::{After, Parse, Session};
+use super::stats_command;
 use crate::protocol::text::{self, ClusterAdmin, Command, Parsed, ReplicationAdmin, TextLimits};
 use crate::protocol::text_reply;
 use crate::request::{DeleteOptions, GetOptions, KeyOp, Outcome, Refusal};
@@ -161,7 +162,7 @@ impl Session for TextSession {
                 if let Some(detail) = stats::Detail::of_group(group) {
                     match detail {
                         None => text_reply::line(out, stats::DETAIL_USAGE),
-                        Some(detail) => match detail.run(core, reply_slot).await {
+                        Some(detail) => match stats_command::run_detail(detail, core, reply_slot).await {
                             Some(dump) => out.extend_from_slice(&dump),
                             None => text_reply::line(out, "OK"),
                         },
@@ -169,7 +170,7 @@ impl Session for TextSession {
                 } else if group.split(|&b| b == b' ').next() == Some(b"reset") {
                     router::reset_stats(core, reply_slot).await;
                     text_reply::line(out, "RESET");
-                } else if stats::write_group(out, core, reply_slot, group, &mut |out, name, value| {
+                } else if stats_command::write_group(out, core, reply_slot, group, &mut |out, name, value| {
                     text_reply::stat(out, name, value)
                 })
                 .await
