@@ -177,42 +177,35 @@ pub fn render(global: &Global) -> String {
             "This host's replication role.",
             &[(&role_label, 1.0)],
         );
-        let labels: Vec<(String, f64)> = report
-            .iter()
-            .filter_map(|(name, value)| Some((format!("{{stat=\"{name}\"}}"), value.parse::<f64>().ok()?)))
-            .collect();
-        let samples: Vec<(&str, f64)> = labels.iter().map(|(label, value)| (label.as_str(), *value)).collect();
+        let labels = numeric_by_stat(&report);
         metric(
             "corecache_replication",
             "gauge",
             "The numeric lines of `stats replication` (offsets, lag, resyncs), by stat.",
-            &samples,
+            &as_samples(&labels),
         );
     }
     if global.cluster.is_some() {
         let lines = crate::stats::cluster(global);
-        let labels: Vec<(String, f64)> = lines
-            .iter()
-            .filter_map(|(name, value)| Some((format!("{{stat=\"{name}\"}}"), value.parse::<f64>().ok()?)))
-            .collect();
-        let samples: Vec<(&str, f64)> = labels.iter().map(|(label, value)| (label.as_str(), *value)).collect();
         metric(
             "corecache_cluster",
             "gauge",
             "The numeric lines of `stats cluster` (epochs, forwarded requests, failovers, resyncs, lag), by stat.",
-            &samples,
+            &as_samples(&numeric_by_stat(&lines)),
         );
+        // node_<i>_state lines: one sample per node, its state as a label.
         let states: Vec<(String, f64)> = lines
             .iter()
-            .filter(|(name, _)| name.ends_with("_state"))
-            .map(|(name, state)| (format!("{{node=\"{}\",state=\"{state}\"}}", &name[5..name.len() - 6]), 1.0))
+            .filter_map(|(name, state)| {
+                let node = name.strip_prefix("node_")?.strip_suffix("_state")?;
+                Some((format!("{{node=\"{node}\",state=\"{state}\"}}"), 1.0))
+            })
             .collect();
-        let samples: Vec<(&str, f64)> = states.iter().map(|(label, value)| (label.as_str(), *value)).collect();
         metric(
             "corecache_cluster_node_state",
             "gauge",
             "Each node's state as this node sees it.",
-            &samples,
+            &as_samples(&states),
         );
     }
     let _ = writeln!(
@@ -238,4 +231,16 @@ pub fn render(global: &Global) -> String {
         );
     }
     out
+}
+
+/// The numeric lines of a `stats` group as samples labelled by stat name.
+fn numeric_by_stat(lines: &[(String, String)]) -> Vec<(String, f64)> {
+    lines
+        .iter()
+        .filter_map(|(name, value)| Some((format!("{{stat=\"{name}\"}}"), value.parse::<f64>().ok()?)))
+        .collect()
+}
+
+fn as_samples(labels: &[(String, f64)]) -> Vec<(&str, f64)> {
+    labels.iter().map(|(label, value)| (label.as_str(), *value)).collect()
 }

@@ -73,6 +73,9 @@ pub struct Swim {
     runtime: AccumulatingRuntime<NodeId>,
     timers: Vec<(Instant, Timer<NodeId>)>,
     next_announce: Instant,
+    /// Each node's last known state: foca forgets a member a day after it
+    /// went down, and a forgotten node must stay down, not turn unknown.
+    known: Vec<NodeState>,
     /// Errors foca reported (bad datagrams, mostly), counted.
     pub errors: u64,
 }
@@ -94,6 +97,7 @@ impl Swim {
             runtime: AccumulatingRuntime::new(),
             timers: Vec::new(),
             next_announce: now,
+            known: vec![NodeState::Unknown; nodes],
             errors: 0,
         };
         swim.tick(now);
@@ -145,7 +149,7 @@ impl Swim {
     }
 
     /// Every node's state (this node's own is Alive).
-    pub fn states(&self) -> Vec<NodeState> {
+    pub fn states(&mut self) -> Vec<NodeState> {
         let mut newest: Vec<Option<(u64, NodeState)>> = vec![None; self.nodes];
         for member in self.foca.iter_membership_state() {
             let Some(slot) = newest.get_mut(usize::from(member.id().index)) else {
@@ -161,17 +165,14 @@ impl Swim {
             }
         }
         let me = usize::from(self.foca.identity().index);
-        newest
-            .into_iter()
-            .enumerate()
-            .map(|(node, state)| {
-                if node == me {
-                    NodeState::Alive
-                } else {
-                    state.map_or(NodeState::Unknown, |(_, state)| state)
-                }
-            })
-            .collect()
+        for (node, state) in newest.into_iter().enumerate() {
+            match state {
+                _ if node == me => self.known[node] = NodeState::Alive,
+                Some((_, state)) => self.known[node] = state,
+                None => {} // never heard of, or forgotten: as last known
+            }
+        }
+        self.known.clone()
     }
 
     fn after(&mut self, result: Result<(), foca::Error>, now: Instant) {
@@ -236,7 +237,7 @@ mod tests {
             }
         }
 
-        fn states(&self, node: usize) -> Vec<NodeState> {
+        fn states(&mut self, node: usize) -> Vec<NodeState> {
             self.nodes[node].states()
         }
     }

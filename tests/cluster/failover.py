@@ -24,9 +24,7 @@ lost keys, time until copies were whole) and exits non-zero on a loss.
     tests/cluster/failover.py --corecache target/debug/corecache
 """
 import argparse
-import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -34,7 +32,7 @@ import time
 from pymemcache.client.hash import HashClient
 from uhashring import HashRing
 
-from nodes import NODES, Cluster, ask_all, connect, metadump
+from nodes import NODES, Cluster, Twemproxy, ask_all, connect, metadump
 
 PROXY = ("127.0.0.5", 21300)
 VICTIM = 1
@@ -203,23 +201,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--corecache", required=True)
     args = parser.parse_args()
-    with Cluster(args.corecache) as cluster:
-        conf = os.path.join(cluster.workdir, "failover-nutcracker.yml")
-        with open(conf, "w") as f:
-            f.write("pool:\n  listen: %s:%d\n  hash: md5\n  distribution: ketama\n"
-                    "  timeout: 1000\n  auto_eject_hosts: true\n  server_failure_limit: 1\n"
-                    "  server_retry_timeout: 600000\n  servers:\n" % PROXY)
-            for host, port, weight, _ in NODES:
-                f.write(f"   - {host}:{port}:{weight}\n")
-        proxy = subprocess.Popen(["nutcracker", "-c", conf, "-o", os.path.join(cluster.workdir, "nc-failover.log")],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            connect(*PROXY).close()
-            time.sleep(1.0)  # the nodes find each other (failure detection)
-            return run(cluster)
-        finally:
-            proxy.kill()
-            proxy.wait()
+    ejecting = "  auto_eject_hosts: true\n  server_failure_limit: 1\n  server_retry_timeout: 600000\n"
+    with Cluster(args.corecache) as cluster, Twemproxy(cluster, PROXY, ejecting):
+        time.sleep(1.0)  # the nodes find each other (failure detection)
+        return run(cluster)
 
 
 def run(cluster):

@@ -118,3 +118,30 @@ class Cluster:
                 if tail:
                     print(f"--- node {index} log ({path}):\n{tail}")
         return False
+
+
+class Twemproxy:
+    """nutcracker in front of a cluster's nodes, placing keys with md5 and
+    ketama (as the cluster does), with `extra` pool settings."""
+
+    def __init__(self, cluster, listen, extra=""):
+        self.conf = os.path.join(cluster.workdir, f"nutcracker-{listen[1]}.yml")
+        with open(self.conf, "w") as f:
+            f.write("pool:\n  listen: %s:%d\n  hash: md5\n  distribution: ketama\n  timeout: 1000\n" % listen)
+            f.write(extra)
+            f.write("  servers:\n")
+            for host, port, weight, _ in cluster.nodes:
+                f.write(f"   - {host}:{port}:{weight}\n")
+        self.log = os.path.join(cluster.workdir, f"nutcracker-{listen[1]}.log")
+        self.listen = listen
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(["nutcracker", "-c", self.conf, "-o", self.log],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        connect(*self.listen).close()
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+        return False

@@ -13,13 +13,11 @@ cluster` forwarded_out).
 Needs uhashring (pip) and nutcracker (Debian); .ci/run installs both.
 """
 import argparse
-import os
-import subprocess
 import sys
 
 from uhashring import HashRing
 
-from nodes import NODES, Cluster, ask_all, connect, metadump
+from nodes import NODES, Cluster, Twemproxy, ask_all, connect
 
 PROXY = ("127.0.0.5", 21299)
 
@@ -30,20 +28,8 @@ def main():
     parser.add_argument("--keys", type=int, default=10000)
     args = parser.parse_args()
     address = [f"{h}:{p}" for h, p, _, _ in NODES]
-    with Cluster(args.corecache) as cluster:
-        conf = os.path.join(cluster.workdir, "nutcracker.yml")
-        with open(conf, "w") as f:
-            f.write("pool:\n  listen: %s:%d\n  hash: md5\n  distribution: ketama\n"
-                    "  timeout: 2000\n  servers:\n" % PROXY)
-            for host, port, weight, _ in NODES:
-                f.write(f"   - {host}:{port}:{weight}\n")
-        proxy = subprocess.Popen(["nutcracker", "-c", conf, "-o", os.path.join(cluster.workdir, "nc.log")],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            return check(args.keys, address)
-        finally:
-            proxy.kill()
-            proxy.wait()
+    with Cluster(args.corecache) as cluster, Twemproxy(cluster, PROXY):
+        return check(args.keys, address)
 
 
 def forwarded_out(socks):
