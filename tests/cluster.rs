@@ -347,3 +347,75 @@ fn a_dead_node_s_keys_are_served_by_the_next_node_with_their_values() {
         client.roundtrip(format!("set {key} 0 0 1\r\nw\r\n").as_bytes(), b"STORED\r\n");
     }
 }
+
+#[test]
+fn wait_counts_the_copies_of_the_connection_s_last_write() {
+    // Failure detection held off: a killed node stays in the preference lists.
+    let mut nodes = Server::start_cluster(&HOSTS, &["--copies", "3", "--suspect-timeout-ms", "600000"]);
+    let keys = key_per_node(&nodes);
+    let mut client = nodes[0].client();
+    client.roundtrip(b"wait 1 10\r\n", b"COPIES 0\r\n");
+    client.roundtrip(b"wait 1\r\n", b"CLIENT_ERROR bad command line format\r\n");
+    // Its own key, and keys it forwards: the node acting for each is asked.
+    for key in &keys {
+        client.roundtrip(format!("set {key} 0 0 1\r\nx\r\n").as_bytes(), b"STORED\r\n");
+        client.roundtrip(b"wait 3 5000\r\n", b"COPIES 3\r\n");
+    }
+    // A read is not a write: the last write is still the one waited for.
+    client.roundtrip(
+        format!("mg {} v\r\nwait 3 5000\r\n", keys[1]).as_bytes(),
+        b"VA 1\r\nx\r\nCOPIES 3\r\n",
+    );
+    // Copies count in preference-list order (the next node is the one a
+    // failover would use): with node 2 down, a key listed [0, 1, 2] has 2,
+    // a key listed [0, 2, 1] has 1.
+    let listed = |client: &mut common::Client, order: &[usize]| {
+        (0..)
+            .map(|i| format!("ordered{i}"))
+            .find(|key| preference_of(&nodes, client, key) == order)
+            .unwrap()
+    };
+    let (last, first) = (listed(&mut client, &[0, 1, 2]), listed(&mut client, &[0, 2, 1]));
+    nodes[2].kill();
+    let started = std::time::Instant::now();
+    client.roundtrip(format!("set {last} 0 0 1\r\ny\r\n").as_bytes(), b"STORED\r\n");
+    client.roundtrip(b"wait 3 300\r\n", b"COPIES 2\r\n");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(300),
+        "it waited for the timeout"
+    );
+    client.roundtrip(b"wait 2 5000\r\n", b"COPIES 2\r\n");
+    client.roundtrip(format!("set {first} 0 0 1\r\ny\r\n").as_bytes(), b"STORED\r\n");
+    client.roundtrip(b"wait 2 100\r\n", b"COPIES 1\r\n");
+    let plain = Server::start(&["-t", "1"]);
+    plain.client().roundtrip(b"wait 1 1\r\n", b"ERROR\r\n");
+}
+
+#[test]
+fn writes_on_two_copies_survive_a_kill_of_the_node_acting_for_them() {
+    let mut nodes = Server::start_cluster(&HOSTS, &["--copies", "3"]);
+    let mut client = nodes[0].client();
+    let keys: Vec<String> = (0..200)
+        .map(|i| format!("waited{i}"))
+        .filter(|key| owner_of(&nodes, &mut client, key) == 1)
+        .collect();
+    assert!(!keys.is_empty());
+    // Straight to the node acting for them, each write waited for on 2 copies.
+    let mut writer = nodes[1].client();
+    for (i, key) in keys.iter().enumerate() {
+        writer.roundtrip(format!("set {key} {i} 0 1\r\nv\r\n").as_bytes(), b"STORED\r\n");
+        writer.send(b"wait 2 5000\r\n");
+        let copies: u32 = writer.line().strip_prefix("COPIES ").unwrap().parse().unwrap();
+        assert!(copies >= 2, "{key}: {copies} copies");
+    }
+    nodes[1].kill();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while lines_until_end(&mut client, "cluster nodes")[1].split(' ').nth(3) != Some("down") {
+        assert!(std::time::Instant::now() < deadline, "node 1 not declared down");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let expected = [common::value_block(key, i as u32, b"v"), b"END\r\n".to_vec()].concat();
+        client.roundtrip(format!("get {key}\r\n").as_bytes(), &expected);
+    }
+}

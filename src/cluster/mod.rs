@@ -11,7 +11,7 @@ pub mod ring;
 pub mod swim;
 pub mod wire;
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use membership::{Membership, PartitionPolicy};
 use ring::{NodeAddress, Ring, point_of};
@@ -45,19 +45,38 @@ pub struct Cluster {
     /// per batch).
     pub forwarded_out: AtomicU64,
     pub forwarded_in: AtomicU64,
+    /// Per node, per shard of this node: the offset of this node's log that
+    /// node has applied (its copies), as its acks say. `wait` reads it.
+    acked: Vec<Box<[AtomicU64]>>,
 }
 
 impl Cluster {
-    pub fn new(config: ClusterConfig) -> Cluster {
+    /// The cluster as this node, with `shards` worker shards, holds it.
+    pub fn new(config: ClusterConfig, shards: usize) -> Cluster {
         let ring = Ring::new(&config.nodes);
         let membership = Membership::new(config.me, config.nodes.len(), config.partition_policy);
+        let acked = (0..config.nodes.len())
+            .map(|_| (0..shards).map(|_| AtomicU64::new(0)).collect())
+            .collect();
         Cluster {
             config,
             ring,
             membership,
             forwarded_out: AtomicU64::new(0),
             forwarded_in: AtomicU64::new(0),
+            acked,
         }
+    }
+
+    /// `node` has applied this node's log of `shard` up to `offset`.
+    pub fn set_acked(&self, node: usize, shard: usize, offset: u64) {
+        if let Some(slot) = self.acked.get(node).and_then(|shards| shards.get(shard)) {
+            slot.store(offset, Ordering::Release);
+        }
+    }
+
+    pub fn acked(&self, node: usize, shard: usize) -> u64 {
+        self.acked[node][shard].load(Ordering::Acquire)
     }
 
     /// The share of the key space each node acts for now (down nodes' share
@@ -128,14 +147,17 @@ mod tests {
 
     #[test]
     fn preference_lists_hold_copies_distinct_nodes_owner_first() {
-        let cluster = Cluster::new(ClusterConfig {
-            nodes: three_nodes(),
-            me: 0,
-            copies: 2,
-            cluster_port_offset: 10000,
-            partition_policy: PartitionPolicy::ReadOnly,
-            swim: swim::Timing::default(),
-        });
+        let cluster = Cluster::new(
+            ClusterConfig {
+                nodes: three_nodes(),
+                me: 0,
+                copies: 2,
+                cluster_port_offset: 10000,
+                partition_policy: PartitionPolicy::ReadOnly,
+                swim: swim::Timing::default(),
+            },
+            1,
+        );
         for i in 0..1000 {
             let key = format!("key:{i}");
             let list: Vec<usize> = cluster.preference_list(key.as_bytes()).collect();
@@ -147,14 +169,17 @@ mod tests {
 
     #[test]
     fn a_down_node_is_skipped_and_the_next_acts_for_its_keys() {
-        let cluster = Cluster::new(ClusterConfig {
-            nodes: three_nodes(),
-            me: 1,
-            copies: 2,
-            cluster_port_offset: 10000,
-            partition_policy: PartitionPolicy::ReadOnly,
-            swim: swim::Timing::default(),
-        });
+        let cluster = Cluster::new(
+            ClusterConfig {
+                nodes: three_nodes(),
+                me: 1,
+                copies: 2,
+                cluster_port_offset: 10000,
+                partition_policy: PartitionPolicy::ReadOnly,
+                swim: swim::Timing::default(),
+            },
+            1,
+        );
         let keys: Vec<String> = (0..1000).map(|i| format!("key:{i}")).collect();
         let before: Vec<Vec<usize>> = keys.iter().map(|k| cluster.preference_list(k.as_bytes()).collect()).collect();
         cluster.membership.set(0, membership::NodeState::Down);

@@ -37,6 +37,13 @@ pub enum Request<'a> {
     FlushAll {
         delay: i64,
     },
+    /// For `wait`, about a key the receiving node acts for: where its
+    /// shard's log stands (`at` None), or how many copies have applied it
+    /// up to `at`. Answered with `Outcome::Number`.
+    Copies {
+        key: &'a [u8],
+        at: Option<u64>,
+    },
 }
 
 /// Appends a request frame holding `op`.
@@ -51,6 +58,15 @@ pub fn encode_flush_all(out: &mut Vec<u8>, delay: i64) {
     let start = begin_frame(out);
     out.push(FLUSH_ALL);
     put_i64(out, delay);
+    end_frame(out, start);
+}
+
+/// Appends a request frame asking about the copies of `key` (Request::Copies).
+pub fn encode_copies(out: &mut Vec<u8>, key: &[u8], at: Option<u64>) {
+    let start = begin_frame(out);
+    out.push(COPIES);
+    put_bytes(out, key);
+    put_option_u64(out, at);
     end_frame(out, start);
 }
 
@@ -77,11 +93,19 @@ pub fn frame(bytes: &[u8]) -> Result<Option<(&[u8], usize)>, WireError> {
 /// The request of a request frame's body.
 pub fn decode_request(body: &[u8]) -> Result<Request<'_>, WireError> {
     let mut reader = Reader(body);
-    let request = if body.first() == Some(&FLUSH_ALL) {
-        reader.u8()?;
-        Request::FlushAll { delay: reader.i64()? }
-    } else {
-        Request::Key(reader.op()?)
+    let request = match body.first() {
+        Some(&FLUSH_ALL) => {
+            reader.u8()?;
+            Request::FlushAll { delay: reader.i64()? }
+        }
+        Some(&COPIES) => {
+            reader.u8()?;
+            Request::Copies {
+                key: reader.bytes()?,
+                at: reader.option_u64()?,
+            }
+        }
+        _ => Request::Key(reader.op()?),
     };
     reader.finish()?;
     Ok(request)
@@ -152,6 +176,7 @@ const DELETE: u8 = 2;
 const ARITH: u8 = 3;
 const TOUCH: u8 = 4;
 const FLUSH_ALL: u8 = 5;
+const COPIES: u8 = 6;
 
 fn put_op(out: &mut Vec<u8>, op: &KeyOp<&[u8]>) {
     match op {
@@ -653,6 +678,13 @@ mod tests {
         let (body, _) = frame(&bytes).unwrap().unwrap();
         assert_eq!(decode_request(body).unwrap(), Request::FlushAll { delay: -5 });
         assert!(decode_request(&body[..body.len() - 1]).is_err());
+        for at in [None, Some(0), Some(u64::MAX)] {
+            let mut bytes = Vec::new();
+            encode_copies(&mut bytes, b"some key", at);
+            let (body, _) = frame(&bytes).unwrap().unwrap();
+            assert_eq!(decode_request(body).unwrap(), Request::Copies { key: b"some key", at });
+            assert!(decode_request(&body[..body.len() - 1]).is_err());
+        }
         for outcome in &sample_outcomes() {
             let mut bytes = Vec::new();
             encode_outcome(&mut bytes, outcome);

@@ -62,6 +62,18 @@ pub enum Command<'a> {
     Replication(ReplicationAdmin<'a>),
     /// `cluster nodes` | `cluster owner <key>`.
     Cluster(ClusterAdmin<'a>),
+    /// `wait <copies> <timeout_ms>` (cluster mode): block until the
+    /// connection's last write is on that many copies, or the timeout.
+    /// None: the arguments are not two numbers. Not a memcached command:
+    /// without cluster mode it is answered as an unknown one.
+    Wait(Option<Wait>),
+}
+
+/// The arguments of `wait`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wait {
+    pub copies: u32,
+    pub timeout_ms: u32,
 }
 
 /// Admin commands about the cluster's node list.
@@ -432,6 +444,12 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
             // Other crawler controls are not served: the sweep runs by itself.
             _ => error(ERROR),
         },
+        b"wait" => command(Command::Wait(
+            match (tokens.count, strict_u32(tokens.get(1)), strict_u32(tokens.get(2))) {
+                (3, Some(copies), Some(timeout_ms)) => Some(Wait { copies, timeout_ms }),
+                _ => None,
+            },
+        )),
         b"cluster" => match (tokens.count, tokens.get(1)) {
             (2, b"nodes") => command(Command::Cluster(ClusterAdmin::Nodes)),
             (3, b"owner") if tokens.get(2).len() <= KEY_MAX_LENGTH => {
@@ -833,6 +851,15 @@ mod tests {
             Command::Replication(ReplicationAdmin::Follow(b"127.0.0.2:7000"))
         );
         assert_eq!(command(b"cluster nodes\r\n"), Command::Cluster(ClusterAdmin::Nodes));
+        assert_eq!(
+            command(b"wait 2 100\r\n"),
+            Command::Wait(Some(Wait {
+                copies: 2,
+                timeout_ms: 100
+            }))
+        );
+        assert_eq!(command(b"wait 2\r\n"), Command::Wait(None));
+        assert_eq!(command(b"wait x 5\r\n"), Command::Wait(None));
         assert_eq!(
             command(b"cluster owner foo\r\n"),
             Command::Cluster(ClusterAdmin::Owner(b"foo"))

@@ -439,6 +439,9 @@ async fn read_acks(
             continue;
         };
         state.acked = header.offset.min(state.sent);
+        if let (Some(node), Some(cluster)) = (follower.node, &core.global.cluster) {
+            cluster.set_acked(node, shard, state.acked);
+        }
         if let Some((end, arrived)) = backlog.arrival_before(state.acked)
             && end > state.sampled
         {

@@ -172,7 +172,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         stopping: AtomicBool::new(false),
         published: Mutex::new(vec![None; config.threads()]),
         replication: Control::new(config.replica_of.clone()),
-        cluster: config.cluster.clone().map(crate::cluster::Cluster::new),
+        cluster: config
+            .cluster
+            .clone()
+            .map(|cluster| crate::cluster::Cluster::new(cluster, config.threads())),
     });
     watch_signals(global.clone())?;
     if let Some(port) = config.metrics_port {

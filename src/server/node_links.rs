@@ -101,6 +101,15 @@ impl NodeLinks {
         })
     }
 
+    /// Asks `node` about the copies of a key it acts for (`wait`); the
+    /// answer comes back in `batch` as an `Outcome::Number`.
+    pub fn copies(&self, node: usize, slot: u32, key: &[u8], at: Option<u64>, batch: OpBatch) -> Result<(), OpBatch> {
+        self.queue(node, slot, batch, |out| {
+            wire::encode_copies(out, key, at);
+            1
+        })
+    }
+
     fn queue(&self, node: usize, slot: u32, batch: OpBatch, encode: impl FnOnce(&mut Vec<u8>) -> usize) -> Result<(), OpBatch> {
         match self.links.get(node) {
             Some(Some(link)) => link.queue(slot, batch, encode),

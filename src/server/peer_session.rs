@@ -3,7 +3,8 @@
 //! order. A link opens with `PEER_MAGIC`; only a node in cluster mode
 //! accepts one. An op for a key this node does not act for is refused
 //! (`Refusal::NotActing`), never forwarded again, so a request cannot loop;
-//! a flush_all from another node flushes this node only.
+//! a flush_all from another node flushes this node only; `wait`'s questions
+//! about a key's copies are answered at once.
 
 use std::cell::Cell;
 
@@ -21,6 +22,11 @@ pub enum Step<'a> {
     /// flush_all, on this node only.
     FlushAll {
         delay: i64,
+    },
+    /// `wait`'s question about a key's copies (answered at once).
+    Copies {
+        key: &'a [u8],
+        at: Option<u64>,
     },
     /// An op for a key another node acts for.
     NotActing,
@@ -78,6 +84,8 @@ impl Session for PeerSession<'_> {
             Ok(Request::Key(op)) if self.acts_for(op.key()) => Step::Op(op),
             Ok(Request::Key(_)) => Step::NotActing,
             Ok(Request::FlushAll { delay }) => Step::FlushAll { delay },
+            Ok(Request::Copies { key, at }) if self.acts_for(key) => Step::Copies { key, at },
+            Ok(Request::Copies { .. }) => Step::NotActing,
             Err(error) => {
                 tracing::warn!("closing a cluster link: {error}");
                 return Parse::Close { step: Step::Malformed };
@@ -91,7 +99,7 @@ impl Session for PeerSession<'_> {
     }
 
     fn is_barrier(step: &Step<'_>) -> bool {
-        matches!(step, Step::Malformed | Step::FlushAll { .. })
+        matches!(step, Step::Malformed | Step::FlushAll { .. } | Step::Copies { .. })
     }
 
     fn key_ops<'s>(step: &'s Step<'_>, ops: &mut Vec<KeyOp<&'s [u8]>>) -> usize {
@@ -100,7 +108,7 @@ impl Session for PeerSession<'_> {
                 ops.push(op.clone());
                 1
             }
-            Step::Magic | Step::NotActing | Step::FlushAll { .. } | Step::Malformed => 0,
+            Step::Magic | Step::NotActing | Step::FlushAll { .. } | Step::Copies { .. } | Step::Malformed => 0,
         }
     }
 
@@ -121,6 +129,17 @@ impl Session for PeerSession<'_> {
                     Outcome::Deleted
                 } else {
                     Outcome::Refused(Refusal::ReadOnly)
+                };
+                wire::encode_outcome(out, &outcome);
+                After::Continue
+            }
+            Step::Copies { key, at } => {
+                let value = router::copies_here(core, reply_slot, key, at).await;
+                let outcome = Outcome::Number {
+                    value,
+                    cas: 0,
+                    ttl: 0,
+                    previous_ttl: 0,
                 };
                 wire::encode_outcome(out, &outcome);
                 After::Continue

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{FullMesh, Receivers, Senders};
 
@@ -126,6 +127,10 @@ pub enum ToShard {
         slot: u32,
         classes: Option<Vec<usize>>,
     },
+    /// `wait`: where the shard's replication log stands.
+    LogEnd {
+        slot: u32,
+    },
 }
 
 /// The owning core's answer.
@@ -149,6 +154,10 @@ pub enum FromShard {
     Done {
         slot: u32,
     },
+    LogEnd {
+        slot: u32,
+        offset: u64,
+    },
 }
 
 impl FromShard {
@@ -158,7 +167,8 @@ impl FromShard {
             | FromShard::Report { slot, .. }
             | FromShard::Dump { slot, .. }
             | FromShard::Prefixes { slot, .. }
-            | FromShard::Done { slot } => slot,
+            | FromShard::Done { slot }
+            | FromShard::LogEnd { slot, .. } => slot,
         }
     }
 }
@@ -239,6 +249,8 @@ pub struct ReplySlot {
     core: Rc<Core>,
     pub slot: u32,
     forwarding: RefCell<Forwarding>,
+    /// The key of the connection's last write (cluster mode), for `wait`.
+    last_write: RefCell<Vec<u8>>,
 }
 
 /// A connection's lists for routing a batch over several cores and nodes,
@@ -262,6 +274,7 @@ impl ReplySlot {
             core: core.clone(),
             slot,
             forwarding: RefCell::default(),
+            last_write: RefCell::default(),
         }
     }
 
@@ -372,7 +385,17 @@ fn serve_request(core: &Core, request: ToShard) -> FromShard {
             dump_local(core, classes.as_deref(), &mut lines);
             FromShard::Dump { slot, lines }
         }
+        ToShard::LogEnd { slot } => FromShard::LogEnd {
+            slot,
+            offset: local_log_end(core),
+        },
     }
+}
+
+fn local_log_end(core: &Core) -> u64 {
+    core.replication
+        .as_ref()
+        .map_or(0, |replication| replication.log.borrow().end())
 }
 
 fn dump_local(core: &Core, classes: Option<&[usize]>, out: &mut Vec<u8>) {
@@ -474,6 +497,14 @@ pub async fn execute(
     };
     if !forward && let Some(cluster) = &core.global.cluster {
         cluster.forwarded_in.fetch_add(ops.len() as u64, Ordering::Relaxed);
+    }
+    if cluster.is_some()
+        && let Some(op) = ops.iter().rev().find(|op| op.mutates())
+    {
+        // One copy per batch, into a buffer the connection keeps.
+        let mut last = reply_slot.last_write.borrow_mut();
+        last.clear();
+        last.extend_from_slice(op.key());
     }
     if core.mesh.is_none() && cluster.is_none() {
         // One core and no other node: everything is local, nothing to gather.
@@ -649,6 +680,102 @@ pub async fn flush_all(core: &Core, reply_slot: &ReplySlot, delay: i64, forward:
     }
     true
 }
+
+/// `wait`: how many copies of the connection's last write there are,
+/// counting the node acting for its key, once there are `copies` or the
+/// timeout has passed. 0 before the connection's first write, or when the
+/// node acting for the key cannot be asked. The acting node is asked where
+/// the key's shard log stands, then how many copies have applied that far,
+/// again every WAIT_POLL: each question is answered at once, so a wait
+/// never holds up the node link it travels on.
+pub async fn wait(core: &Core, reply_slot: &ReplySlot, copies: u32, timeout: Duration) -> u32 {
+    let Some(cluster) = &core.global.cluster else {
+        return 0;
+    };
+    let key = reply_slot.last_write.borrow().clone();
+    if key.is_empty() {
+        return 0;
+    }
+    let deadline = Instant::now() + timeout;
+    let acting = cluster.acting_for(&key);
+    let ask = |at: Option<u64>| {
+        let key = &key;
+        async move {
+            if cluster.is_me(acting) {
+                return Some(copies_here(core, reply_slot, key, at).await);
+            }
+            let links = core.links.as_ref()?;
+            links.copies(acting, reply_slot.slot, key, at, OpBatch::default()).ok()?;
+            let mut replies = Vec::new();
+            reply_slot.wait(1, &mut replies).await;
+            match replies.pop() {
+                Some((_, FromShard::Outcomes { batch, .. })) => match batch.outcome(0) {
+                    Some(Outcome::Number { value, .. }) => Some(value),
+                    _ => None,
+                },
+                _ => None,
+            }
+        }
+    };
+    let Some(offset) = ask(None).await else {
+        return 0;
+    };
+    loop {
+        let Some(count) = ask(Some(offset)).await else {
+            return 0;
+        };
+        let count = count as u32;
+        let now = Instant::now();
+        if count >= copies || now >= deadline {
+            return count;
+        }
+        glommio::timer::sleep(WAIT_POLL.min(deadline - now)).await;
+    }
+}
+
+/// For a key this node acts for: with `at` None, where its shard's log
+/// stands now (at or past its last write); with `at`, how many copies have
+/// applied the log that far: this node, then the other nodes of the key's
+/// preference list in order, as long as each one's acks reached it. In
+/// order, so that the node that takes over if this one dies (the next one)
+/// is among those counted.
+pub async fn copies_here(core: &Core, reply_slot: &ReplySlot, key: &[u8], at: Option<u64>) -> u64 {
+    let Some(cluster) = &core.global.cluster else {
+        return 0;
+    };
+    let shard = KeyHash::of(key).shard(core.cores);
+    let Some(offset) = at else {
+        if shard == core.id {
+            return local_log_end(core);
+        }
+        let Some(mesh) = &core.mesh else {
+            return 0;
+        };
+        if mesh
+            .requests
+            .send_to(shard, ToShard::LogEnd { slot: reply_slot.slot })
+            .await
+            .is_err()
+        {
+            return 0;
+        }
+        let mut replies = Vec::new();
+        reply_slot.wait(1, &mut replies).await;
+        return match replies.pop() {
+            Some((_, FromShard::LogEnd { offset, .. })) => offset,
+            _ => 0,
+        };
+    };
+    let holders = cluster
+        .preference_list(key)
+        .filter(|&node| !cluster.is_me(node))
+        .take_while(|&node| cluster.acked(node, shard) >= offset)
+        .count();
+    1 + holders as u64
+}
+
+/// How often `wait` looks at the copies' acks.
+const WAIT_POLL: Duration = Duration::from_millis(1);
 
 pub async fn verbosity(core: &Core, reply_slot: &ReplySlot, level: u32) {
     core.verbosity.set(level);

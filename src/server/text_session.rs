@@ -188,6 +188,16 @@ impl Session for TextSession {
             }
             Command::Replication(admin) => text_reply::line(out, replication_admin(core, admin)),
             Command::Cluster(admin) => cluster_admin(core, admin, out),
+            Command::Wait(wait) => match (&core.global.cluster, wait) {
+                // Not a memcached command: unknown outside cluster mode.
+                (None, _) => text_reply::line(out, "ERROR"),
+                (Some(_), None) => text_reply::line(out, "CLIENT_ERROR bad command line format"),
+                (Some(_), Some(wait)) => {
+                    let timeout = std::time::Duration::from_millis(u64::from(wait.timeout_ms));
+                    let count = router::wait(core, reply_slot, wait.copies, timeout).await;
+                    text_reply::line(out, &format!("COPIES {count}"));
+                }
+            },
             Command::SlabsAutomoveOff => text_reply::line(out, "OK"),
             Command::Quit => return After::Close,
             Command::Shutdown { valid_mode } => {
