@@ -10,7 +10,8 @@
 //! A node that lost the majority is `stale` to itself: once the majority
 //! is back it acts for nothing until it has had full resyncs from every
 //! live node (which drop what it held of their keys and send it fresh
-//! copies), so the majority's writes win.
+//! copies), so the majority's writes win. A node starts stale too: it may
+//! be back from a crash, empty, while the others hold its keys.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
@@ -94,7 +95,7 @@ impl Membership {
             lag_micros: (0..nodes).map(|_| AtomicU64::new(u64::MAX)).collect(),
             returning: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
             returning_epoch: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
-            stale: AtomicBool::new(false),
+            stale: AtomicBool::new(true),
         };
         membership.set(me, NodeState::Alive);
         membership
@@ -236,6 +237,7 @@ mod tests {
             (PartitionPolicy::Unavailable, true, true),
         ] {
             let membership = Membership::new(0, 3, policy);
+            membership.refreshed();
             assert_eq!(membership.refusal(true), None, "everyone is taken as alive at first");
             membership.set(1, NodeState::Down);
             assert!(membership.has_majority(), "two of three");
@@ -254,6 +256,8 @@ mod tests {
     #[test]
     fn a_node_back_from_down_waits_and_a_minority_node_is_stale_until_refreshed() {
         let membership = Membership::new(0, 3, PartitionPolicy::ReadOnly);
+        assert!(membership.is_stale() && !membership.may_act(0), "a node starts stale");
+        membership.refreshed();
         membership.set(1, NodeState::Alive);
         assert!(membership.may_act(1), "first sight is not a return");
         membership.set(1, NodeState::Down);
@@ -278,6 +282,7 @@ mod tests {
     #[test]
     fn the_epoch_moves_only_when_a_node_goes_down_or_comes_back() {
         let membership = Membership::new(1, 3, PartitionPolicy::ReadOnly);
+        membership.refreshed();
         let start = membership.epoch();
         membership.set(0, NodeState::Alive);
         membership.set(0, NodeState::Suspect);

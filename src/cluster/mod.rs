@@ -180,6 +180,7 @@ mod tests {
             },
             1,
         );
+        cluster.membership.refreshed();
         let keys: Vec<String> = (0..1000).map(|i| format!("key:{i}")).collect();
         let before: Vec<Vec<usize>> = keys.iter().map(|k| cluster.preference_list(k.as_bytes()).collect()).collect();
         cluster.membership.set(0, membership::NodeState::Down);

@@ -76,6 +76,11 @@ pub struct Swim {
     /// Each node's last known state: foca forgets a member a day after it
     /// went down, and a forgotten node must stay down, not turn unknown.
     known: Vec<NodeState>,
+    /// Each node's identity's boot as last seen, and the nodes seen with a
+    /// new one since `restarts` was last asked (a restart, or a rejoin after
+    /// being declared down: either way a node back from down).
+    boots: Vec<Option<u64>>,
+    restarted: Vec<usize>,
     /// Errors foca reported (bad datagrams, mostly), counted.
     pub errors: u64,
 }
@@ -98,6 +103,8 @@ impl Swim {
             timers: Vec::new(),
             next_announce: now,
             known: vec![NodeState::Unknown; nodes],
+            boots: vec![None; nodes],
+            restarted: Vec::new(),
             errors: 0,
         };
         swim.tick(now);
@@ -168,11 +175,22 @@ impl Swim {
         for (node, state) in newest.into_iter().enumerate() {
             match state {
                 _ if node == me => self.known[node] = NodeState::Alive,
-                Some((_, state)) => self.known[node] = state,
+                Some((boot, state)) => {
+                    if self.boots[node].is_some_and(|seen| seen != boot) && !self.restarted.contains(&node) {
+                        self.restarted.push(node);
+                    }
+                    self.boots[node] = Some(boot);
+                    self.known[node] = state;
+                }
                 None => {} // never heard of, or forgotten: as last known
             }
         }
         self.known.clone()
+    }
+
+    /// The nodes seen with a new identity since the last call (see `boots`).
+    pub fn restarts(&mut self) -> Vec<usize> {
+        std::mem::take(&mut self.restarted)
     }
 
     fn after(&mut self, result: Result<(), foca::Error>, now: Instant) {
@@ -261,6 +279,19 @@ mod tests {
         for node in 0..3 {
             assert_eq!(net.states(node), vec![Alive; 3], "node {node} after the cut healed");
         }
+    }
+
+    #[test]
+    fn a_restarted_node_is_reported_once() {
+        let mut net = Net::new(3);
+        net.run(Duration::from_secs(1));
+        net.nodes[0].restarts();
+        net.nodes[2] = Swim::new(2, 3, Timing::default(), 5_000, net.now);
+        net.run(Duration::from_secs(1));
+        assert_eq!(net.nodes[0].restarts(), vec![2]);
+        assert_eq!(net.states(0), vec![NodeState::Alive; 3]);
+        net.run(Duration::from_secs(1));
+        assert!(net.nodes[0].restarts().is_empty());
     }
 
     #[test]

@@ -12,12 +12,16 @@ use std::time::{Duration, Instant};
 
 use super::Notify;
 use super::core::ReplicationCore;
+use crate::cluster::membership::NodeState;
 use crate::cluster::swim::Swim;
 
 /// Largest datagram read (foca's packets are at most 1400 bytes).
 const MAX_DATAGRAM: usize = 64 * 1024;
 /// Datagrams held for the detector before the oldest is dropped.
 const MAX_QUEUED: usize = 1024;
+/// A node not heard from this long after start is down (SWIM only declares
+/// nodes it has met): it is treated as back from down when it shows up.
+const START_GRACE: Duration = Duration::from_secs(3);
 
 pub async fn run(core: Rc<ReplicationCore>, socket: glommio::net::UdpSocket) {
     let Some(cluster) = core.global.cluster.as_ref() else {
@@ -27,7 +31,8 @@ pub async fn run(core: Rc<ReplicationCore>, socket: glommio::net::UdpSocket) {
     let boot = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |since| since.as_nanos() as u64);
-    let mut swim = Swim::new(config.me, config.nodes.len(), config.swim, boot, Instant::now());
+    let started = Instant::now();
+    let mut swim = Swim::new(config.me, config.nodes.len(), config.swim, boot, started);
     let addresses = resolve(config).await;
     let socket = Rc::new(socket);
     let inbox: Rc<RefCell<VecDeque<Vec<u8>>>> = Rc::default();
@@ -46,7 +51,18 @@ pub async fn run(core: Rc<ReplicationCore>, socket: glommio::net::UdpSocket) {
                 let _ = socket.send_to(&data, address).await;
             }
         }
-        for (node, state) in swim.states().into_iter().enumerate() {
+        let states = swim.states();
+        for node in swim.restarts() {
+            // A new identity: it went down (perhaps too fast to be seen) and is back.
+            cluster.membership.set(node, NodeState::Down);
+        }
+        let unseen = if started.elapsed() >= START_GRACE {
+            NodeState::Down
+        } else {
+            NodeState::Unknown
+        };
+        for (node, state) in states.into_iter().enumerate() {
+            let state = if state == NodeState::Unknown { unseen } else { state };
             cluster.membership.set(node, state);
         }
         let wait = swim.next_deadline().saturating_duration_since(Instant::now());

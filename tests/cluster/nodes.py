@@ -102,9 +102,27 @@ class Cluster:
             proc.wait()
             self.procs[index] = None
 
+    def wait_until_fresh(self, index, deadline=20.0):
+        """Waits until a node has taken the others' copies and acts for its
+        keys (a node starts stale: it may be back from a crash, empty)."""
+        sock = self.connect(*self.address(index))
+        end = time.time() + deadline
+        try:
+            while True:
+                (reply,) = ask_all(sock, [b"stats cluster\r\n"])
+                if b"STAT stale 0\r\n" in reply:
+                    return
+                if time.time() > end:
+                    raise RuntimeError(f"node {index} still stale: {reply!r}")
+                time.sleep(0.02)
+        finally:
+            sock.close()
+
     def __enter__(self):
         for index in range(len(self.nodes)):
             self.start(index)
+        for index in range(len(self.nodes)):
+            self.wait_until_fresh(index)
         return self
 
     def __exit__(self, *exc):

@@ -105,10 +105,35 @@ impl Server {
                 })
                 .collect();
             if let Some(nodes) = nodes {
+                // A node starts stale (it may be back from a crash) and acts
+                // once it has had every other node's copies: wait for that.
+                for node in &nodes {
+                    node.wait_until_fresh();
+                }
                 return nodes;
             }
         }
         panic!("cluster nodes did not start");
+    }
+
+    /// Waits until this cluster node has taken the others' copies and acts
+    /// for its keys (`stats cluster` says `stale 0`).
+    pub fn wait_until_fresh(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut client = self.client();
+        loop {
+            let stats = client.stats("cluster");
+            if stats.iter().any(|(name, value)| name == "stale" && value == "0") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {}:{} still stale: {stats:?}",
+                self.host,
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn start_full(host: &str, uid: Option<u32>, args: &[&str]) -> Server {

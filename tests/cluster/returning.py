@@ -1,0 +1,182 @@
+#!/usr/bin/env python3
+"""Crash and return: kill -9 a node of three under load, keep writing,
+restart it empty; it ends holding every key of its preference lists with
+the latest values, and no read sees an older value than one already read.
+
+Starts the three nodes of nodes.NODES. One client thread writes and reads
+(3:1) over KEYS keys through every live node (each forwards what it does
+not act for); values are a sequence number per write. Node 1 is killed
+after LOAD_BEFORE s, restarted empty LOAD_DOWN s later, and the load runs
+LOAD_AFTER s more while it takes its copies back. Then:
+
+  * reads: a read that returns an older value than one the client already
+    read for that key is a violation (must be 0);
+  * writes acknowledged: every key reads back (through the restarted node)
+    with its last acknowledged value, or the value of a write that failed
+    after it (its outcome unknown);
+  * copies: every key whose preference list holds the restarted node is in
+    its metadump with the CAS and size the other holders have.
+
+    tests/cluster/returning.py --corecache target/debug/corecache
+"""
+import argparse
+import random
+import sys
+import threading
+import time
+
+from nodes import Cluster, ask_all, connect, metadump
+
+VICTIM = 1
+KEYS = [f"ret{i}" for i in range(600)]
+LOAD_BEFORE, LOAD_DOWN, LOAD_AFTER = 1.5, 2.5, 3.0
+BOUND = 20.0
+
+
+class Load:
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.socks = {}
+        self.down_until = {}
+        self.acked = {}       # key -> last acknowledged sequence
+        self.doubtful = {}    # key -> sequences of failed writes after it
+        self.read_max = {}    # key -> largest sequence read
+        self.violations = []  # (key, read, already read)
+        self.ops = self.failures = 0
+        self.stop = threading.Event()
+
+    def sock(self, rng):
+        now = time.time()
+        live = [i for i in range(len(self.cluster.nodes)) if self.down_until.get(i, 0) <= now]
+        index = rng.choice(live)
+        if index not in self.socks:
+            try:
+                self.socks[index] = connect(*self.cluster.address(index), deadline=0.2)
+                self.socks[index].settimeout(2)
+            except OSError:
+                self.down_until[index] = now + 0.5
+                return None, None
+        return index, self.socks[index]
+
+    def drop(self, index):
+        sock = self.socks.pop(index, None)
+        if sock:
+            sock.close()
+        self.down_until[index] = time.time() + 0.5
+
+    def run(self):
+        rng = random.Random(16)
+        sequence = 0
+        while not self.stop.is_set():
+            index, sock = self.sock(rng)
+            if sock is None:
+                continue
+            key = rng.choice(KEYS)
+            self.ops += 1
+            pending = None
+            try:
+                if rng.random() < 0.75:
+                    sequence += 1
+                    pending = sequence
+                    value = str(sequence)
+                    (reply,) = ask_all(sock, [f"set {key} 0 0 {len(value)}\r\n{value}\r\n".encode()], b"\r\n")
+                    if reply == b"STORED":
+                        self.acked[key] = sequence
+                        self.doubtful.pop(key, None)
+                    else:
+                        self.failures += 1
+                        self.doubtful.setdefault(key, set()).add(sequence)
+                else:
+                    (reply,) = ask_all(sock, [f"get {key}\r\n".encode()])
+                    if reply.startswith(b"VALUE "):
+                        read = int(reply.split(b"\r\n")[1])
+                        seen = self.read_max.get(key, 0)
+                        if read < seen:
+                            self.violations.append((key, read, seen))
+                        self.read_max[key] = max(seen, read)
+                    elif reply.startswith(b"SERVER_ERROR"):
+                        self.failures += 1
+            except (OSError, RuntimeError):
+                self.failures += 1
+                if pending is not None:
+                    self.doubtful.setdefault(key, set()).add(pending)
+                self.drop(index)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--corecache", required=True)
+    args = parser.parse_args()
+    with Cluster(args.corecache) as cluster:
+        load = Load(cluster)
+        thread = threading.Thread(target=load.run)
+        thread.start()
+        try:
+            time.sleep(LOAD_BEFORE)
+            cluster.kill(VICTIM)
+            killed = time.time()
+            time.sleep(LOAD_DOWN)
+            cluster.start(VICTIM)
+            restarted = time.time()
+            cluster.wait_until_fresh(VICTIM)
+            fresh = time.time() - restarted
+            time.sleep(max(0.0, LOAD_AFTER - fresh))
+        finally:
+            load.stop.set()
+            thread.join()
+        print(f"node {VICTIM} killed, restarted empty {restarted - killed:.1f} s later, acting for its keys "
+              f"again {fresh:.2f} s after the restart; {load.ops} ops, {load.failures} failed")
+        return check(cluster, load)
+
+
+def check(cluster, load):
+    names = cluster.names()
+    sock = connect(*cluster.address(0))
+
+    def settled():
+        (nodes,) = ask_all(sock, [b"cluster nodes\r\n"])
+        return all(line.split()[3] == "alive" for line in nodes.decode().splitlines())
+
+    end = time.time() + BOUND
+    while not settled():
+        if time.time() > end:
+            print("FAIL: the nodes did not all settle alive")
+            return 1
+        time.sleep(0.05)
+    through = connect(*cluster.address(VICTIM))
+    replies = ask_all(through, [f"get {key}\r\n".encode() for key in KEYS])
+    stale = []
+    for key, reply in zip(KEYS, replies):
+        value = int(reply.split(b"\r\n")[1]) if reply.startswith(b"VALUE ") else None
+        allowed = {load.acked.get(key)} | load.doubtful.get(key, set())
+        if value not in allowed:
+            stale.append((key, load.acked.get(key), value))
+    lists = [[names.index(line.split()[1]) for line in reply.decode().splitlines()]
+             for reply in ask_all(sock, [f"cluster owner {key}\r\n".encode() for key in KEYS])]
+    wrong = []
+    end = time.time() + BOUND
+    while True:
+        held = [metadump(*cluster.address(i)) for i in range(len(names))]
+        wrong = []
+        for key, listed in zip(KEYS, lists):
+            if VICTIM not in listed or key not in held[listed[0]]:
+                continue
+            mine, theirs = held[VICTIM].get(key), held[listed[0] if listed[0] != VICTIM else listed[1]].get(key)
+            if mine is None or theirs is None or (mine["cas"], mine["size"]) != (theirs["cas"], theirs["size"]):
+                wrong.append(key)
+        if not wrong or time.time() > end:
+            break
+        time.sleep(0.2)
+    print(f"reads older than one already read: {len(load.violations)}; keys without their last acknowledged "
+          f"value: {len(stale)} of {len(KEYS)}; copies on the returned node unlike the others: {len(wrong)}")
+    for row in (load.violations[:5] + stale[:5]):
+        print(f"  {row}")
+    if load.violations or stale or wrong:
+        print(f"FAIL {wrong[:5]}")
+        return 1
+    print("ok: the returned node holds every key of its preference lists with the latest values")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
