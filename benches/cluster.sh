@@ -11,6 +11,9 @@
 # 2. Replication lag in a 3-node cluster (--copies 2) under a write-heavy
 #    open-loop load at LAG_RATE through node 0: each node's lag p50/p99
 #    (write on the acting node to the copy's ack), from `stats replication`.
+# 3. Write latency for ONE, QUORUM and ALL in a 3-node cluster with
+#    --copies 3: a set alone, a set then `wait 2`, a set then `wait 3`, one
+#    at a time from one client (python, on CPU 1), WRITES of each.
 #
 #   benches/cluster.sh
 #   ROUNDS=5 RATE=30000 DURATION=5 benches/cluster.sh
@@ -20,6 +23,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 RATE=${RATE:-20000}
 LAG_RATE=${LAG_RATE:-20000}
+WRITES=${WRITES:-2000}
 DURATION=${DURATION:-5}
 SERVER_CPU=${SERVER_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -146,4 +150,34 @@ print(f"node {host}:{port}: copies it sent acknowledged after p50 {int(stats['la
       f"({stats['lag_samples']} samples)")
 PY
 done
+stop_nodes
+
+echo "== write latency by consistency level: three nodes, --copies 3, $WRITES writes each, one at a time" >&2
+start_nodes "127.0.0.2:31931:1,127.0.0.3:31932:1,127.0.0.4:31933:1" "--copies 3"
+taskset -c "$LOAD_CPU" python3 - "$WRITES" <<'PY'
+import socket, statistics, sys, time
+writes = int(sys.argv[1])
+s = socket.create_connection(("127.0.0.2", 31931))
+s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+def ask(data, replies):
+    s.sendall(data)
+    buf = b""
+    while buf.count(b"\r\n") < replies:
+        buf += s.recv(65536)
+    return buf
+for name, wait in (("ONE", b""), ("QUORUM (wait 2)", b"wait 2 1000\r\n"), ("ALL (wait 3)", b"wait 3 1000\r\n")):
+    took = []
+    short = 0
+    for i in range(writes):
+        request = f"set lat{i} 0 0 8\r\n{i:08d}\r\n".encode() + wait
+        started = time.perf_counter()
+        reply = ask(request, 2 if wait else 1)
+        took.append((time.perf_counter() - started) * 1e6)
+        if wait and not reply.endswith(b"COPIES " + wait[5:6] + b"\r\n"):
+            short += 1
+    took.sort()
+    p = lambda q: took[min(len(took) - 1, int(q * len(took)))]
+    print(f"{name}: p50 {p(0.5):.0f} us, p99 {p(0.99):.0f} us, max {took[-1]:.0f} us"
+          + (f", {short} below the count asked" if wait else ""))
+PY
 stop_nodes

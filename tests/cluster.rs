@@ -326,16 +326,29 @@ fn a_dead_node_s_keys_are_served_by_the_next_node_with_their_values() {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
+    // CAS is the key's version: kept from before the failover, exceeded after it.
+    let cas_of = |client: &mut common::Client, key: &str| -> u64 {
+        client.send(format!("mg {key} c\r\n").as_bytes());
+        client.line().strip_prefix("HD c").expect("HD c<cas>").parse().unwrap()
+    };
+    let before: Vec<u64> = keys.iter().map(|key| cas_of(&mut client, key)).collect();
     nodes[1].kill();
     let killed = std::time::Instant::now();
-    loop {
-        let listed = lines_until_end(&mut client, "cluster nodes");
-        if listed[1].split(' ').nth(3) == Some("down") {
-            break;
+    // Both survivors have declared it down (until they agree, one may
+    // forward a key to the other, which refuses it).
+    for survivor in [0, 2] {
+        let mut watcher = nodes[survivor].client();
+        loop {
+            let listed = lines_until_end(&mut watcher, "cluster nodes");
+            if listed[1].split(' ').nth(3) == Some("down") {
+                break;
+            }
+            assert!(killed.elapsed() < std::time::Duration::from_secs(5), "{listed:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        assert!(killed.elapsed() < std::time::Duration::from_secs(5), "{listed:?}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let after: Vec<u64> = keys.iter().map(|key| cas_of(&mut client, key)).collect();
+    assert_eq!(after, before, "the copies carry their owner's CAS");
     // Every key answers with its value, from whichever node acts for it now.
     for (i, key) in keys.iter().enumerate() {
         let value = format!("v{}", i % 10);
@@ -343,8 +356,9 @@ fn a_dead_node_s_keys_are_served_by_the_next_node_with_their_values() {
         client.roundtrip(format!("get {key}\r\n").as_bytes(), &[expected, b"END\r\n".to_vec()].concat());
         assert!(!preference_of(&nodes, &mut client, key).contains(&1));
     }
-    for key in &keys {
+    for (key, &cas) in keys.iter().zip(&before) {
         client.roundtrip(format!("set {key} 0 0 1\r\nw\r\n").as_bytes(), b"STORED\r\n");
+        assert!(cas_of(&mut client, key) > cas, "{key}: a newer write has a larger CAS");
     }
 }
 
@@ -410,9 +424,15 @@ fn writes_on_two_copies_survive_a_kill_of_the_node_acting_for_them() {
     }
     nodes[1].kill();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while lines_until_end(&mut client, "cluster nodes")[1].split(' ').nth(3) != Some("down") {
-        assert!(std::time::Instant::now() < deadline, "node 1 not declared down");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    for survivor in [0, 2] {
+        let mut watcher = nodes[survivor].client();
+        while lines_until_end(&mut watcher, "cluster nodes")[1].split(' ').nth(3) != Some("down") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node 1 not declared down on node {survivor}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
     for (i, key) in keys.iter().enumerate() {
         let expected = [common::value_block(key, i as u32, b"v"), b"END\r\n".to_vec()].concat();

@@ -19,6 +19,7 @@ use super::gossip;
 use super::primary::{self, PrimaryState};
 use super::replica::{self, LinkState, Upstream};
 use super::{Notify, ToReplication, ToWorker};
+use crate::cluster::membership::NodeState;
 use crate::global::Global;
 use crate::net;
 
@@ -267,6 +268,10 @@ async fn serve_worker(core: Rc<ReplicationCore>, from_worker: SharedReceiver<ToR
 /// once each live node's has completed, it acts for its keys again.
 async fn refresh_when_stale(core: Rc<ReplicationCore>) {
     const POLL: Duration = Duration::from_millis(20);
+    // A node never heard from this long after start is not waited for (it
+    // may never have been started; it holds nothing of this node's keys).
+    const START_GRACE: Duration = Duration::from_secs(3);
+    let started = std::time::Instant::now();
     let Some(cluster) = core.global.cluster.as_ref() else {
         return;
     };
@@ -288,7 +293,8 @@ async fn refresh_when_stale(core: Rc<ReplicationCore>) {
         while membership.has_majority() && !core.global.stopping.load(Ordering::Relaxed) {
             glommio::timer::sleep(POLL).await;
             let links = core.links.borrow();
-            let fresh = |node: &usize| membership.is_down(*node) || links[*node].full_syncs > marks[*node];
+            let unheard = |node: usize| membership.state(node) == NodeState::Unknown && started.elapsed() >= START_GRACE;
+            let fresh = |node: &usize| membership.is_down(*node) || unheard(*node) || links[*node].full_syncs > marks[*node];
             if others.iter().all(fresh) {
                 membership.refreshed();
                 tracing::info!("fresh copies taken: acting for this node's keys again");

@@ -19,9 +19,6 @@ use crate::cluster::swim::Swim;
 const MAX_DATAGRAM: usize = 64 * 1024;
 /// Datagrams held for the detector before the oldest is dropped.
 const MAX_QUEUED: usize = 1024;
-/// A node not heard from this long after start is down (SWIM only declares
-/// nodes it has met): it is treated as back from down when it shows up.
-const START_GRACE: Duration = Duration::from_secs(3);
 
 pub async fn run(core: Rc<ReplicationCore>, socket: glommio::net::UdpSocket) {
     let Some(cluster) = core.global.cluster.as_ref() else {
@@ -31,8 +28,7 @@ pub async fn run(core: Rc<ReplicationCore>, socket: glommio::net::UdpSocket) {
     let boot = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |since| since.as_nanos() as u64);
-    let started = Instant::now();
-    let mut swim = Swim::new(config.me, config.nodes.len(), config.swim, boot, started);
+    let mut swim = Swim::new(config.me, config.nodes.len(), config.swim, boot, Instant::now());
     let addresses = resolve(config).await;
     let socket = Rc::new(socket);
     let inbox: Rc<RefCell<VecDeque<Vec<u8>>>> = Rc::default();
@@ -56,13 +52,7 @@ pub async fn run(core: Rc<ReplicationCore>, socket: glommio::net::UdpSocket) {
             // A new identity: it went down (perhaps too fast to be seen) and is back.
             cluster.membership.set(node, NodeState::Down);
         }
-        let unseen = if started.elapsed() >= START_GRACE {
-            NodeState::Down
-        } else {
-            NodeState::Unknown
-        };
         for (node, state) in states.into_iter().enumerate() {
-            let state = if state == NodeState::Unknown { unseen } else { state };
             cluster.membership.set(node, state);
         }
         let wait = swim.next_deadline().saturating_duration_since(Instant::now());

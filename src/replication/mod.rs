@@ -81,6 +81,8 @@ pub enum ToWorker {
         primary_shards: usize,
         offset: u64,
         records: Vec<u8>,
+        /// Snapshot records (a key's state when the slice was taken), not log.
+        snapshot: bool,
     },
     /// A full resync of a primary shard starts at `offset`: drop its keys
     /// (in a cluster, those of its keys the source node acts for).

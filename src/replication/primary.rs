@@ -61,6 +61,8 @@ struct FollowerShard {
     attempt: u32,
     /// Backlog chunk end already counted in the lag histogram.
     sampled: u64,
+    /// Where the last full resync ended (None: none since the follower connected).
+    resynced_to: Option<u64>,
 }
 
 struct Follower {
@@ -198,6 +200,7 @@ impl FollowerShard {
             slices: VecDeque::new(),
             attempt: 0,
             sampled: offset,
+            resynced_to: None,
         }
     }
 }
@@ -271,10 +274,12 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
     core.primary.full_resyncs.set(core.primary.full_resyncs.get() + snapshots);
     if let (Some(cluster), Some(node)) = (cluster, follower.node) {
         let membership = &cluster.membership;
+        // Every shard's resync done and applied (acked past its end: under a
+        // steady write load the acks never catch up with what was just sent).
         let caught_up = |shards: &[FollowerShard]| {
             shards
                 .iter()
-                .all(|shard| matches!(shard.sync, Sync::Streaming) && shard.acked == shard.sent)
+                .all(|shard| matches!(shard.sync, Sync::Streaming) && shard.resynced_to.is_some_and(|end| shard.acked >= end))
         };
         if membership.is_returning(node)
             && follower.epoch.get() >= membership.returning_epoch(node)
@@ -340,6 +345,7 @@ fn fill_shards(
                         None => {
                             wire::write_frame(out, Kind::FullEnd, index, shard.sent, &[]);
                             shard.sync = Sync::Streaming;
+                            shard.resynced_to = Some(shard.sent);
                         }
                     }
                 }

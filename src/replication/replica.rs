@@ -297,6 +297,7 @@ async fn apply_frames(
                                 primary_shards: shards,
                                 offset,
                                 records: std::mem::take(batch),
+                                snapshot: header.kind == Kind::Snapshot,
                             },
                         ));
                     }

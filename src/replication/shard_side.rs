@@ -15,7 +15,7 @@ use crate::cluster::Cluster;
 use crate::global::Global;
 use crate::hash::KeyHash;
 use crate::request::KeyOp;
-use crate::store::Shard;
+use crate::store::{Replicated, Shard};
 
 /// What a worker core gives its replication tasks (server::Core is one):
 /// replication knows nothing of the server's sockets and connections.
@@ -247,11 +247,12 @@ fn serve(core: &impl Worker, message: ToWorker) {
             primary_shards,
             offset,
             records,
+            snapshot,
         } => {
             let from = Source::new(core, source, primary_shard, primary_shards);
             apply_and_report(core, generation, &from, offset, |shard, log| {
                 for (hash, record) in HashedRecords(&records) {
-                    apply(shard, log, hash, record, &from);
+                    apply(shard, log, hash, record, &from, snapshot);
                 }
             })
         }
@@ -324,8 +325,14 @@ fn apply_and_report(
     });
 }
 
-/// Removes every key the source's shard sends.
+/// Removes every key the source's shard sends. Not on a stale cluster node
+/// (membership.rs): its view of who acts for what may be the one that is
+/// off, and it would drop copies nobody sends again; the snapshot's newer
+/// items replace its older ones instead.
 fn drop_source_shard(shard: &mut Shard, log: &mut ShardLog, from: &Source<'_>) {
+    if from.cluster.is_some_and(|cluster| cluster.membership.is_stale()) {
+        return;
+    }
     let relayed = from.cluster.is_some();
     shard.remove_where(
         |hash, key| from.sends(hash, key),
@@ -335,17 +342,18 @@ fn drop_source_shard(shard: &mut Shard, log: &mut ShardLog, from: &Source<'_>) {
 
 /// Applies one record from a primary and logs the result here in turn
 /// (so this host can serve replicas of its own; from another cluster node,
-/// marked relayed, so that it is not sent on to the other nodes).
-fn apply(shard: &mut Shard, log: &mut ShardLog, hash: KeyHash, record: Record<'_>, from: &Source<'_>) {
+/// marked relayed, so that it is not sent on to the other nodes). A
+/// snapshot record from another cluster node never replaces a newer item
+/// (a larger CAS): a node whose view of who acts for a key lagged may send
+/// an older copy than the one held here.
+fn apply(shard: &mut Shard, log: &mut ShardLog, hash: KeyHash, record: Record<'_>, from: &Source<'_>, snapshot: bool) {
     let relayed = from.cluster.is_some();
     match record {
-        Record::Set(state) => {
-            if shard.put_replicated(hash, state) {
-                log.append_marked(record, relayed);
-            } else {
-                log.append_marked(Record::Delete { key: state.key }, relayed);
-            }
-        }
+        Record::Set(state) => match shard.put_replicated(hash, state, relayed && snapshot) {
+            Replicated::Stored => log.append_marked(record, relayed),
+            Replicated::KeptNewer => {}
+            Replicated::NoRoom => log.append_marked(Record::Delete { key: state.key }, relayed),
+        },
         Record::Delete { key } => {
             shard.remove_key(hash, key);
             log.append_marked(record, relayed);

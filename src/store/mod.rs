@@ -23,7 +23,7 @@ pub mod slab;
 pub mod stats;
 
 pub use clock::{Clock, RelTime};
-pub use replicated::ItemState;
+pub use replicated::{ItemState, Replicated};
 pub use shard::{KEY_MAX_LENGTH, Shard, ShardConfig};
 
 #[cfg(test)]

@@ -72,14 +72,17 @@ impl Shard {
     }
 
     /// Stores an item exactly as another host holds it, CAS included; this
-    /// shard's own CAS values stay above every CAS it has applied.
-    /// False if it did not fit in memory (the key is then absent).
-    pub fn put_replicated(&mut self, hash: KeyHash, state: ItemState<'_>) -> bool {
+    /// shard's own CAS values stay above every CAS it has applied. With
+    /// `keep_newer`, an item held with a larger CAS stays.
+    pub fn put_replicated(&mut self, hash: KeyHash, state: ItemState<'_>, keep_newer: bool) -> Replicated {
         self.cas_counter = self.cas_counter.max(state.cas >> 8);
         let existing = match self.lookup(hash, state.key) {
             Lookup::Found(handle) => Some(handle),
             _ => None,
         };
+        if keep_newer && existing.is_some_and(|handle| Item(self.slab.chunk(handle)).cas() > state.cas) {
+            return Replicated::KeptNewer;
+        }
         let expiry = if state.expiry_unix == 0 {
             0
         } else {
@@ -95,13 +98,13 @@ impl Shard {
             existing,
         );
         match created {
-            Ok(_) => true,
+            Ok(_) => Replicated::Stored,
             Err(OutOfMemory) => {
                 // Like a failed set: the old value must not linger.
                 if let Some(handle) = existing {
                     self.unlink(hash, handle);
                 }
-                false
+                Replicated::NoRoom
             }
         }
     }
@@ -169,4 +172,14 @@ impl Shard {
             0
         }
     }
+}
+
+/// What `put_replicated` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicated {
+    Stored,
+    /// An item with a larger CAS was held, and stays.
+    KeptNewer,
+    /// It did not fit in memory: the key is now absent.
+    NoRoom,
 }

@@ -8,7 +8,7 @@ use proptest::prelude::*;
 
 use super::clock::CLOCK_START;
 use super::slab::PAGE_SIZE;
-use super::{Shard, ShardConfig};
+use super::{Replicated, Shard, ShardConfig};
 use crate::hash::KeyHash;
 use crate::request::{ArithOptions, DeleteOptions, GetOptions, KeyOp, Outcome, Recache, StoreMode, StoreOptions};
 
@@ -891,14 +891,25 @@ mod replicated {
             expiry_unix: START_UNIX + 1000,
             cas: 0x0050_0003,
         };
-        assert!(replica.put_replicated(KeyHash::of(b"k"), state));
+        assert_eq!(replica.put_replicated(KeyHash::of(b"k"), state, false), Replicated::Stored);
         let held = replica.item_state(KeyHash::of(b"k"), b"k").unwrap();
         assert_eq!(
             held, state,
             "same value, flags, CAS and absolute expiry on a host started later"
         );
-        assert!(replica.put_replicated(KeyHash::of(b"k"), ItemState { value: b"v2", ..state }));
+        assert_eq!(
+            replica.put_replicated(KeyHash::of(b"k"), ItemState { value: b"v2", ..state }, false),
+            Replicated::Stored
+        );
         assert_eq!(replica.len(), 1, "applying again replaces");
+        let older = ItemState {
+            value: b"v0",
+            cas: state.cas - 1,
+            ..state
+        };
+        assert_eq!(replica.put_replicated(KeyHash::of(b"k"), older, true), Replicated::KeptNewer);
+        assert_eq!(replica.item_state(KeyHash::of(b"k"), b"k").unwrap().value, b"v2");
+        assert_eq!(replica.put_replicated(KeyHash::of(b"k"), older, false), Replicated::Stored);
         let Outcome::Stored { cas, .. } = store(&mut replica, StoreMode::Set, b"own", b"x", 0, 0) else {
             panic!("stored");
         };
