@@ -81,6 +81,8 @@ pub struct Membership {
     returning_epoch: Vec<AtomicU64>,
     /// This node lost the majority and has not yet taken fresh copies.
     stale: AtomicBool,
+    /// Per node: it was down while this node was stale.
+    missed: Vec<AtomicBool>,
 }
 
 impl Membership {
@@ -96,6 +98,7 @@ impl Membership {
             returning: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
             returning_epoch: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             stale: AtomicBool::new(true),
+            missed: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
         };
         membership.set(me, NodeState::Alive);
         membership
@@ -118,6 +121,14 @@ impl Membership {
             if state == NodeState::Down {
                 self.failovers.fetch_add(1, Ordering::Relaxed);
                 self.returning[node].store(false, Ordering::Relaxed);
+                if self.is_stale() {
+                    self.missed[node].store(true, Ordering::Relaxed);
+                }
+            } else if self.missed[node].swap(false, Ordering::AcqRel) {
+                // Back, and this node was stale while it was away (it may have
+                // refreshed without it): that node may have acted for this
+                // node's keys, so take fresh copies again, its included.
+                self.stale.store(true, Ordering::Relaxed);
             } else if !self.is_stale() {
                 // Back while this side kept the majority: its data is old.
                 self.returning[node].store(true, Ordering::Relaxed);
@@ -126,6 +137,9 @@ impl Membership {
             let majority = live * 2 > self.states.len();
             if !majority {
                 self.stale.store(true, Ordering::Relaxed);
+                for other in (0..self.states.len()).filter(|&other| self.is_down(other)) {
+                    self.missed[other].store(true, Ordering::Relaxed);
+                }
             }
             self.majority.store(majority, Ordering::Relaxed);
             let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
@@ -273,8 +287,15 @@ mod tests {
         assert!(membership.is_stale() && !membership.may_act(0));
         // Back: the others are not returning to a stale node, it is.
         membership.set(1, NodeState::Alive);
+        assert!(membership.may_act(1) && !membership.may_act(0));
+        // It may refresh before the last one is back; that one's return makes it stale again.
+        membership.refreshed();
+        assert!(membership.may_act(0));
         membership.set(2, NodeState::Alive);
-        assert!(membership.may_act(1) && membership.may_act(2) && !membership.may_act(0));
+        assert!(
+            membership.is_stale() && membership.may_act(2),
+            "node 2 acted meanwhile: refresh again"
+        );
         membership.refreshed();
         assert!(membership.may_act(0));
     }
