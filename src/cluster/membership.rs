@@ -79,7 +79,8 @@ pub struct Membership {
     /// it came back at (a full resync started at or after it counts).
     returning: Vec<AtomicBool>,
     returning_epoch: Vec<AtomicU64>,
-    /// This node lost the majority and has not yet taken fresh copies.
+    /// This node started, lost the majority, or missed a node's time down,
+    /// and has not yet taken fresh copies since.
     stale: AtomicBool,
     /// Per node: it was down while this node was stale.
     missed: Vec<AtomicBool>,
