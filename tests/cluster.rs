@@ -189,6 +189,26 @@ fn without_cluster_mode_the_peer_byte_is_text_as_in_memcached() {
 }
 
 /// The node `cluster owner` names for `key`, as an index into `nodes`.
+/// Waits until every other node has declared `dead` down, within `bound`
+/// (until they agree, one may forward a key to another, which refuses it).
+fn wait_until_down(nodes: &[Server], dead: usize, bound: std::time::Duration) {
+    let started = std::time::Instant::now();
+    for survivor in (0..nodes.len()).filter(|&node| node != dead) {
+        let mut watcher = nodes[survivor].client();
+        loop {
+            let listed = lines_until_end(&mut watcher, "cluster nodes");
+            if listed[dead].split(' ').nth(3) == Some("down") {
+                break;
+            }
+            assert!(
+                started.elapsed() < bound,
+                "node {dead} not down on node {survivor}: {listed:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 /// A key's preference list (node indexes, the owner first), as `cluster owner` gives it.
 fn preference_of(nodes: &[Server], client: &mut common::Client, key: &str) -> Vec<usize> {
     lines_until_end(client, &format!("cluster owner {key}"))
@@ -333,20 +353,7 @@ fn a_dead_node_s_keys_are_served_by_the_next_node_with_their_values() {
     };
     let before: Vec<u64> = keys.iter().map(|key| cas_of(&mut client, key)).collect();
     nodes[1].kill();
-    let killed = std::time::Instant::now();
-    // Both survivors have declared it down (until they agree, one may
-    // forward a key to the other, which refuses it).
-    for survivor in [0, 2] {
-        let mut watcher = nodes[survivor].client();
-        loop {
-            let listed = lines_until_end(&mut watcher, "cluster nodes");
-            if listed[1].split(' ').nth(3) == Some("down") {
-                break;
-            }
-            assert!(killed.elapsed() < std::time::Duration::from_secs(5), "{listed:?}");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
+    wait_until_down(&nodes, 1, std::time::Duration::from_secs(5));
     let after: Vec<u64> = keys.iter().map(|key| cas_of(&mut client, key)).collect();
     assert_eq!(after, before, "the copies carry their owner's CAS");
     // Every key answers with its value, from whichever node acts for it now.
@@ -423,17 +430,7 @@ fn writes_on_two_copies_survive_a_kill_of_the_node_acting_for_them() {
         assert!(copies >= 2, "{key}: {copies} copies");
     }
     nodes[1].kill();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    for survivor in [0, 2] {
-        let mut watcher = nodes[survivor].client();
-        while lines_until_end(&mut watcher, "cluster nodes")[1].split(' ').nth(3) != Some("down") {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "node 1 not declared down on node {survivor}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
+    wait_until_down(&nodes, 1, std::time::Duration::from_secs(10));
     for (i, key) in keys.iter().enumerate() {
         let expected = [common::value_block(key, i as u32, b"v"), b"END\r\n".to_vec()].concat();
         client.roundtrip(format!("get {key}\r\n").as_bytes(), &expected);

@@ -98,8 +98,12 @@ impl Cluster {
     /// hold its copies. A down node is skipped, so the next one takes its
     /// place.
     pub fn preference_list(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
+        self.preference_at(point_of(key))
+    }
+
+    fn preference_at(&self, point: ring::Point) -> impl Iterator<Item = usize> + '_ {
         self.ring
-            .clockwise(point_of(key))
+            .clockwise(point)
             .filter(|&node| !self.membership.is_down(node))
             .take(self.config.copies)
     }
@@ -122,7 +126,9 @@ impl Cluster {
     /// Whether this node sends its record of `key` to `node`: it acts for
     /// the key and `node` holds a copy (only the acting node sends on).
     pub fn replicates_to(&self, key: &[u8], node: usize) -> bool {
-        node != self.config.me && self.preference_list(key).any(|other| other == node) && self.acting_for(key) == self.config.me
+        // One MD5 per record and follower, on the replication core.
+        let point = point_of(key);
+        node != self.config.me && self.acting_at(point) == self.config.me && self.preference_at(point).any(|other| other == node)
     }
 
     pub fn is_me(&self, node: usize) -> bool {

@@ -120,8 +120,11 @@ impl Swim {
         }
         if now >= self.next_announce {
             self.next_announce = now + ANNOUNCE_INTERVAL;
-            let states = self.states();
-            for node in (0..self.nodes).filter(|&node| matches!(states[node], NodeState::Unknown | NodeState::Down)) {
+            self.states();
+            let inactive: Vec<usize> = (0..self.nodes)
+                .filter(|&node| matches!(self.known[node], NodeState::Unknown | NodeState::Down))
+                .collect();
+            for node in inactive {
                 // Its boot is unknown here; the reply carries its identity.
                 let target = NodeId {
                     index: node as u16,
@@ -156,7 +159,7 @@ impl Swim {
     }
 
     /// Every node's state (this node's own is Alive).
-    pub fn states(&mut self) -> Vec<NodeState> {
+    pub fn states(&mut self) -> &[NodeState] {
         let mut newest: Vec<Option<(u64, NodeState)>> = vec![None; self.nodes];
         for member in self.foca.iter_membership_state() {
             let Some(slot) = newest.get_mut(usize::from(member.id().index)) else {
@@ -185,7 +188,7 @@ impl Swim {
                 None => {} // never heard of, or forgotten: as last known
             }
         }
-        self.known.clone()
+        &self.known
     }
 
     /// The nodes seen with a new identity since the last call (see `boots`).
@@ -256,7 +259,7 @@ mod tests {
         }
 
         fn states(&mut self, node: usize) -> Vec<NodeState> {
-            self.nodes[node].states()
+            self.nodes[node].states().to_vec()
         }
     }
 

@@ -47,12 +47,12 @@ pub async fn run(core: Rc<ReplicationCore>, socket: glommio::net::UdpSocket) {
                 let _ = socket.send_to(&data, address).await;
             }
         }
-        let states = swim.states();
+        swim.states();
         for node in swim.restarts() {
             // A new identity: it went down (perhaps too fast to be seen) and is back.
             cluster.membership.set(node, NodeState::Down);
         }
-        for (node, state) in states.into_iter().enumerate() {
+        for (node, &state) in swim.states().iter().enumerate() {
             cluster.membership.set(node, state);
         }
         let wait = swim.next_deadline().saturating_duration_since(Instant::now());

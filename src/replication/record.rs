@@ -95,8 +95,7 @@ impl<'a> Record<'a> {
 
     /// Whether the encoded record at the front of `raw` is relayed.
     pub fn is_relayed(raw: &[u8]) -> bool {
-        raw.first()
-            .is_some_and(|&tag| tag == SET | RELAYED || tag == DELETE | RELAYED)
+        raw.first().is_some_and(|&tag| unrelayed(tag) != tag)
     }
 
     /// Reads one record from the front of `buf` (relayed or not): the
@@ -105,11 +104,7 @@ impl<'a> Record<'a> {
         let Some(&tag) = buf.first() else {
             return Ok(None);
         };
-        let tag = if tag == SET | RELAYED || tag == DELETE | RELAYED {
-            tag & !RELAYED
-        } else {
-            tag
-        };
+        let tag = unrelayed(tag);
         let u32_at = |at: usize| u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"));
         let u64_at = |at: usize| u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
         match tag {
@@ -156,6 +151,15 @@ impl<'a> Record<'a> {
             }
             tag => Err(CorruptRecord { tag }),
         }
+    }
+}
+
+/// A record's tag without its relayed mark.
+fn unrelayed(tag: u8) -> u8 {
+    if tag == SET | RELAYED || tag == DELETE | RELAYED {
+        tag & !RELAYED
+    } else {
+        tag
     }
 }
 

@@ -481,15 +481,20 @@ pub async fn execute(
     forward: bool,
     mut each: impl FnMut(usize, &Outcome<&[u8]>),
 ) {
-    // A replica refuses writes from clients (one atomic load per batch), and
-    // a cluster node without a majority what its partition policy says.
+    // A replica refuses writes from clients, and a cluster node without a
+    // majority what its partition policy says (one atomic load each per batch).
     let read_only = core.global.replication.is_read_only();
-    let membership = core.global.cluster.as_ref().map(|cluster| &cluster.membership);
+    let minority = core
+        .global
+        .cluster
+        .as_ref()
+        .map(|cluster| &cluster.membership)
+        .filter(|membership| !membership.has_majority());
     let refused = |op: &KeyOp<&[u8]>| {
         if read_only && op.mutates() {
             return Some(Refusal::ReadOnly);
         }
-        membership.and_then(|membership| membership.refusal(op.mutates()))
+        minority.and_then(|membership| membership.refusal(op.mutates()))
     };
     let cluster = match (&core.global.cluster, &core.links) {
         (Some(cluster), Some(links)) if forward => Some((cluster, links)),

@@ -18,7 +18,7 @@ import random
 import sys
 import time
 
-from nodes import Cluster, ask_all, connect, metadump
+from nodes import Cluster, connect, metadump, preference_lists
 
 KEYS = 400
 OPS = 4000
@@ -70,12 +70,11 @@ def check(cluster, keys):
     """The problems found: (key, what is wrong)."""
     names = cluster.names()
     sock = connect(*cluster.address(0))
-    owners = ask_all(sock, [f"cluster owner {key}\r\n".encode() for key in keys])
+    lists = preference_lists(sock, names, keys)
     sock.close()
     held = [metadump(*cluster.address(i)) for i in range(len(names))]
     problems = []
-    for key, reply in zip(keys, owners):
-        listed = [names.index(line.split()[1]) for line in reply.decode().splitlines()]
+    for key, listed in zip(keys, lists):
         owner = listed[0]
         holders = {i for i in range(len(names)) if key in held[i]}
         if key not in held[owner]:

@@ -27,7 +27,7 @@ import time
 
 from pymemcache.client.base import Client
 
-from nodes import Cluster, ask_all, connect, metadump
+from nodes import Cluster, connect, metadump, preference_lists
 
 REFERENCE = ("127.0.0.1", 21298)
 KEYS = [f"fw:{i}" for i in range(60)]
@@ -186,9 +186,8 @@ def main():
             # The pipelines went over every node: each holds keys, each key on
             # its preference list alone (the copies trail by the replication lag).
             sock = connect(*node)
-            lists = [sorted(line.split()[1] for line in r.decode().splitlines())
-                     for r in ask_all(sock, [f"cluster owner {k}\r\n".encode() for k in KEYS])]
             names = cluster.names()
+            lists = [sorted(names[i] for i in listed) for listed in preference_lists(sock, names, KEYS)]
             deadline = time.time() + 10
             while True:
                 held = [metadump(*cluster.address(i)) for i in range(len(cluster.nodes))]

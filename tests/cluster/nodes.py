@@ -47,6 +47,13 @@ def ask_all(sock, lines, end=b"END\r\n"):
     return replies
 
 
+def preference_lists(sock, names, keys):
+    """Each key's preference list as `cluster owner` gives it: indexes into
+    `names` (host:port), the node acting for the key first."""
+    replies = ask_all(sock, [f"cluster owner {key}\r\n".encode() for key in keys])
+    return [[names.index(line.split()[1]) for line in reply.decode().splitlines()] for reply in replies]
+
+
 def metadump(host, port, connect=connect):
     """The keys a node holds itself (not what it answers by forwarding),
     each with its metadump fields: {key: {"exp": .., "cas": .., ...}}."""

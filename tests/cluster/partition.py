@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-from nodes import Cluster, ask_all, metadump
+from nodes import Cluster, ask_all, metadump, preference_lists
 
 PREFIX = "ccpart"
 BRIDGE = f"{PREFIX}br"
@@ -170,8 +170,7 @@ def run(cluster):
     assert all(reply == b"STORED" for reply in replies), replies[:3]
 
     def copies_agree():
-        lists = [[names.index(line.split()[1]) for line in reply.decode().splitlines()]
-                 for reply in ask_all(socks[0], [f"cluster owner {key}\r\n".encode() for key in KEYS])]
+        lists = preference_lists(socks[0], names, KEYS)
         held = [metadump(*cluster.address(i), connect=client) for i in range(len(NODES))]
         return all({i for i in range(len(NODES)) if key in held[i]} == set(listed)
                    for key, listed in zip(KEYS, lists))
@@ -211,8 +210,7 @@ def run(cluster):
     stale = [key for key, value in through_cut.items() if value != "v2"]
 
     def cut_node_holds_majority_values():
-        lists = [[names.index(line.split()[1]) for line in reply.decode().splitlines()]
-                 for reply in ask_all(socks[0], [f"cluster owner {key}\r\n".encode() for key in KEYS])]
+        lists = preference_lists(socks[0], names, KEYS)
         held = [metadump(*cluster.address(i), connect=client) for i in range(len(NODES))]
         wrong = []
         for key, listed in zip(KEYS, lists):

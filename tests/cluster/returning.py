@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 
-from nodes import Cluster, ask_all, connect, metadump
+from nodes import Cluster, ask_all, connect, metadump, preference_lists
 
 VICTIM = 1
 KEYS = [f"ret{i}" for i in range(600)]
@@ -151,8 +151,7 @@ def check(cluster, load):
         allowed = {load.acked.get(key)} | load.doubtful.get(key, set())
         if value not in allowed:
             stale.append((key, load.acked.get(key), value))
-    lists = [[names.index(line.split()[1]) for line in reply.decode().splitlines()]
-             for reply in ask_all(sock, [f"cluster owner {key}\r\n".encode() for key in KEYS])]
+    lists = preference_lists(sock, names, KEYS)
     wrong = []
     end = time.time() + BOUND
     while True:
