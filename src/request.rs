@@ -261,6 +261,10 @@ pub enum Refusal {
     /// This node cannot see a majority of the cluster's nodes, and the
     /// partition policy refuses the request.
     NoMajority,
+    /// A write of a key no node acts for at the moment: the nodes are
+    /// handing it over (one has stopped acting for it, the next has not
+    /// yet been told it may start).
+    Handover,
 }
 
 impl Refusal {
@@ -271,6 +275,7 @@ impl Refusal {
             Refusal::NotActing => "forwarded to a node that does not act for the key",
             Refusal::Unreachable => "the node acting for the key cannot be reached",
             Refusal::NoMajority => "this node cannot reach a majority of the cluster (partition policy)",
+            Refusal::Handover => "no node acts for the key while the cluster changes; try again",
         }
     }
 }

@@ -158,6 +158,7 @@ pub fn cluster(global: &Global) -> Vec<(String, String)> {
         ("copies".into(), cluster.config.copies.to_string()),
         ("majority".into(), u8::from(membership.has_majority()).to_string()),
         ("stale".into(), u8::from(membership.is_stale()).to_string()),
+        ("acting".into(), u8::from(membership.is_acting()).to_string()),
         (
             "forwarded_out".into(),
             cluster.forwarded_out.load(Ordering::Relaxed).to_string(),

@@ -12,6 +12,22 @@
 //! live node (which drop what it held of their keys and send it fresh
 //! copies), so the majority's writes win. A node starts stale too: it may
 //! be back from a crash, empty, while the others hold its keys.
+//!
+//! Views differ for a while after every change (a heal can even make the
+//! failure detector declare healthy nodes down), so no node trusts its own
+//! view alone:
+//! - Each node tells the others (over the replication link it follows them
+//!   by) whether it is stale, and whether it takes them as acting for their
+//!   keys. It acts for no key in their eyes until it says it is fresh.
+//! - A node acts for its keys only once every live node that may act in
+//!   its place (not stale, not returning here) says it takes it as acting:
+//!   one that still acts for them (it saw it down, or returning) says no,
+//!   and the node forwards to it. Between the two, writes of those keys
+//!   fail for a moment (`Refusal::Handover`) rather than land on two nodes
+//!   at once.
+//! - A stale node is sent, by every live node, every copy that node holds
+//!   of its keys (a merge: the larger CAS wins), and refreshes only once
+//!   each live node has done so.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
@@ -62,9 +78,56 @@ pub enum PartitionPolicy {
     Unavailable,
 }
 
+/// Who may act and who is down, as one node sees it. A full resync's
+/// FULL_BEGIN carries the sender's, so that the node receiving it drops
+/// exactly the keys the sender is about to send: views differ while they
+/// change, and by its own view the receiver would drop keys nobody sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View(Vec<u8>);
+
+impl View {
+    const MAY_ACT: u8 = 1;
+    const DOWN: u8 = 2;
+
+    pub fn from_bytes(bytes: &[u8]) -> View {
+        View(bytes.to_vec())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn may_act(&self, node: usize) -> bool {
+        self.0.get(node).is_some_and(|bits| bits & View::MAY_ACT != 0)
+    }
+
+    /// A node the view does not name is down in it.
+    pub fn is_down(&self, node: usize) -> bool {
+        self.0.get(node).is_none_or(|bits| bits & View::DOWN != 0)
+    }
+}
+
+/// What another node last said of its own copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reported {
+    /// Not said since it started or came back from down.
+    Unknown = 0,
+    Stale = 1,
+    Fresh = 2,
+}
+
 pub struct Membership {
     me: usize,
     states: Vec<AtomicU8>,
+    /// Per node: `Reported`, as it last said, and whether it said it takes
+    /// this node as acting for its keys (it acts for them itself otherwise).
+    reported: Vec<AtomicU8>,
+    granted: Vec<AtomicBool>,
+    /// This node acts for its keys: it is not stale, and every live node
+    /// that may act in its place (not stale as it said, not returning
+    /// here) says it takes it as acting.
+    acting: AtomicBool,
     /// Bumped whenever a node is declared down or comes back: preference
     /// lists changed, so copies are re-sent.
     epoch: AtomicU64,
@@ -91,6 +154,9 @@ impl Membership {
         let membership = Membership {
             me,
             states: (0..nodes).map(|_| AtomicU8::new(NodeState::Unknown as u8)).collect(),
+            reported: (0..nodes).map(|_| AtomicU8::new(Reported::Unknown as u8)).collect(),
+            granted: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            acting: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
             majority: AtomicBool::new(true),
@@ -122,6 +188,9 @@ impl Membership {
             if state == NodeState::Down {
                 self.failovers.fetch_add(1, Ordering::Relaxed);
                 self.returning[node].store(false, Ordering::Relaxed);
+                // It may come back stale; until it says, it acts for nothing.
+                self.reported[node].store(Reported::Unknown as u8, Ordering::Relaxed);
+                self.granted[node].store(false, Ordering::Relaxed);
                 if self.is_stale() {
                     self.missed[node].store(true, Ordering::Relaxed);
                 }
@@ -143,22 +212,95 @@ impl Membership {
                 }
             }
             self.majority.store(majority, Ordering::Relaxed);
+            self.update_acting();
             let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
             if state != NodeState::Down {
                 self.returning_epoch[node].store(epoch, Ordering::Relaxed);
             }
+            tracing::info!(
+                "membership: node {node} {} -> {} (epoch {epoch}, majority {majority}, stale {}, returning {})",
+                before.name(),
+                state.name(),
+                self.is_stale(),
+                self.is_returning(node)
+            );
         }
     }
 
-    /// Whether a node may act for keys now: not down, not returning, and
-    /// (this node itself) not stale.
+    /// Whether a node may act for keys now: this node when `acting`,
+    /// another when not down, not returning, and fresh as it said.
     #[inline]
     pub fn may_act(&self, node: usize) -> bool {
         if node == self.me {
-            !self.is_stale()
+            self.acting.load(Ordering::Relaxed)
         } else {
-            !self.is_down(node) && !self.returning[node].load(Ordering::Relaxed)
+            !self.is_down(node)
+                && !self.returning[node].load(Ordering::Relaxed)
+                && self.reported[node].load(Ordering::Relaxed) == Reported::Fresh as u8
         }
+    }
+
+    /// What another node last said of its copies.
+    pub fn reported(&self, node: usize) -> Reported {
+        match self.reported[node].load(Ordering::Relaxed) {
+            1 => Reported::Stale,
+            2 => Reported::Fresh,
+            _ => Reported::Unknown,
+        }
+    }
+
+    /// Another node says whether it is stale and whether it takes this
+    /// node as acting. Returns whether that changed who may act (a new
+    /// epoch; a node still returning here acts for nothing either way, and
+    /// the resync it is having goes on).
+    pub fn set_said(&self, node: usize, stale: bool, grants: bool) -> bool {
+        if node == self.me {
+            return false;
+        }
+        let could_act = self.may_act(node);
+        self.granted[node].store(grants, Ordering::Relaxed);
+        let now = if stale { Reported::Stale } else { Reported::Fresh };
+        self.reported[node].store(now as u8, Ordering::Release);
+        if !self.update_acting() && self.may_act(node) == could_act {
+            return false;
+        }
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(
+            "membership: node {node} says it is {}{} (epoch {epoch}, acting {})",
+            if stale { "stale" } else { "fresh" },
+            if grants { " and takes this node as acting" } else { "" },
+            self.is_acting()
+        );
+        true
+    }
+
+    /// This node's view now.
+    pub fn view(&self) -> View {
+        View(
+            (0..self.states.len())
+                .map(|node| u8::from(self.may_act(node)) * View::MAY_ACT | u8::from(self.is_down(node)) * View::DOWN)
+                .collect(),
+        )
+    }
+
+    /// Whether this node acts for its keys (`acting`).
+    pub fn is_acting(&self) -> bool {
+        self.acting.load(Ordering::Relaxed)
+    }
+
+    /// Recomputes `acting`; returns whether it changed. Only the
+    /// replication core changes membership, so this is never raced.
+    fn update_acting(&self) -> bool {
+        let granted = (0..self.states.len()).filter(|&node| node != self.me).all(|node| {
+            // A returning node was down while this one kept the majority:
+            // it acted for nothing meanwhile.
+            self.is_down(node)
+                || self.is_returning(node)
+                || self.reported(node) == Reported::Stale
+                || self.granted[node].load(Ordering::Relaxed)
+        });
+        let acting = !self.is_stale() && granted;
+        self.acting.swap(acting, Ordering::AcqRel) != acting
     }
 
     pub fn is_returning(&self, node: usize) -> bool {
@@ -173,7 +315,9 @@ impl Membership {
     /// A returning node has had its full resync from here: it acts for its keys again.
     pub fn returned(&self, node: usize) {
         if self.returning[node].swap(false, Ordering::AcqRel) {
-            self.epoch.fetch_add(1, Ordering::AcqRel);
+            self.update_acting();
+            let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+            tracing::info!("membership: node {node} returned (epoch {epoch})");
         }
     }
 
@@ -184,19 +328,22 @@ impl Membership {
     /// This node has taken fresh copies from every live node.
     pub fn refreshed(&self) {
         if self.stale.swap(false, Ordering::AcqRel) {
-            self.epoch.fetch_add(1, Ordering::AcqRel);
+            self.update_acting();
+            let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+            tracing::info!("membership: refreshed (epoch {epoch}, acting {})", self.is_acting());
         }
     }
 
     /// What `cluster nodes` says of a node.
     pub fn describe(&self, node: usize) -> &'static str {
         let syncing = if node == self.me {
-            self.is_stale()
+            !self.is_acting()
         } else {
-            self.is_returning(node)
+            self.is_returning(node) || self.reported(node) != Reported::Fresh
         };
         match self.state(node) {
             NodeState::Down => "down",
+            NodeState::Unknown => "unknown",
             _ if syncing => "syncing",
             state => state.name(),
         }
@@ -273,28 +420,51 @@ mod tests {
         let membership = Membership::new(0, 3, PartitionPolicy::ReadOnly);
         assert!(membership.is_stale() && !membership.may_act(0), "a node starts stale");
         membership.refreshed();
+        assert!(!membership.may_act(0), "not before the others take it as acting");
         membership.set(1, NodeState::Alive);
+        membership.set(2, NodeState::Alive);
+        assert!(!membership.may_act(1), "not before it says it is fresh");
+        assert_eq!(membership.describe(1), "syncing");
+        let epoch = membership.epoch();
+        assert!(membership.set_said(1, false, true) && !membership.set_said(1, false, true));
+        assert_eq!(membership.epoch(), epoch + 1, "a new say is a new epoch");
         assert!(membership.may_act(1), "first sight is not a return");
+        assert!(!membership.may_act(0), "node 2 has not said yet");
+        membership.set_said(2, true, false);
+        assert!(membership.may_act(0), "what a stale node says is not waited for");
+        membership.set_said(2, false, true);
+        assert!(membership.may_act(0) && membership.may_act(2));
+
         membership.set(1, NodeState::Down);
+        assert_eq!(membership.reported(1), Reported::Unknown, "back from down, it says again");
+        assert!(membership.may_act(0), "a down node's say is not waited for");
         membership.set(1, NodeState::Alive);
-        assert!(!membership.may_act(1) && membership.is_returning(1));
         assert_eq!(membership.returning_epoch(1), membership.epoch());
+        assert!(membership.may_act(0), "a returning node acted for nothing meanwhile");
+        membership.set_said(1, false, true);
+        assert!(!membership.may_act(1) && membership.is_returning(1) && membership.may_act(0));
         assert_eq!(membership.describe(1), "syncing");
         membership.returned(1);
         assert!(membership.may_act(1));
+
         // Cut off: both others down, this node is stale.
         membership.set(1, NodeState::Down);
         membership.set(2, NodeState::Down);
         assert!(membership.is_stale() && !membership.may_act(0));
         // Back: the others are not returning to a stale node, it is.
         membership.set(1, NodeState::Alive);
+        membership.set_said(1, false, false);
         assert!(membership.may_act(1) && !membership.may_act(0));
-        // It may refresh before the last one is back; that one's return makes it stale again.
+        // Refreshed, it acts once node 1 has stopped acting in its place.
         membership.refreshed();
+        assert!(!membership.may_act(0), "node 1 still acts for its keys");
+        membership.set_said(1, false, true);
         assert!(membership.may_act(0));
+        // That one's return makes it stale again: it may have refreshed without it.
         membership.set(2, NodeState::Alive);
+        membership.set_said(2, false, true);
         assert!(
-            membership.is_stale() && membership.may_act(2),
+            membership.is_stale() && membership.may_act(2) && !membership.may_act(0),
             "node 2 acted meanwhile: refresh again"
         );
         membership.refreshed();
@@ -302,7 +472,7 @@ mod tests {
     }
 
     #[test]
-    fn the_epoch_moves_only_when_a_node_goes_down_or_comes_back() {
+    fn the_epoch_moves_when_a_node_goes_down_or_comes_back_not_when_suspected() {
         let membership = Membership::new(1, 3, PartitionPolicy::ReadOnly);
         membership.refreshed();
         let start = membership.epoch();

@@ -13,7 +13,7 @@ pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use membership::{Membership, PartitionPolicy};
+use membership::{Membership, PartitionPolicy, View};
 use ring::{NodeAddress, Ring, point_of};
 
 /// Cluster mode: the node list and where this node is in it.
@@ -33,6 +33,15 @@ impl ClusterConfig {
     pub fn cluster_port_of(&self, node: usize) -> u16 {
         (i32::from(self.nodes[node].port) + self.cluster_port_offset) as u16
     }
+}
+
+/// Where a request for a key runs (`Cluster::place`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    Here,
+    Node(usize),
+    /// A write no node may take now (`Refusal::Handover`).
+    Handover,
 }
 
 /// The node list as this node holds it, the ring built from it, and who
@@ -102,10 +111,13 @@ impl Cluster {
     }
 
     fn preference_at(&self, point: ring::Point) -> impl Iterator<Item = usize> + '_ {
-        self.ring
-            .clockwise(point)
-            .filter(|&node| !self.membership.is_down(node))
-            .take(self.config.copies)
+        self.preference_by(point, |node| self.membership.is_down(node))
+    }
+
+    /// The preference list at a point, with `is_down` telling down nodes:
+    /// this node's view now, or another's (`View`).
+    fn preference_by<'a>(&'a self, point: ring::Point, is_down: impl Fn(usize) -> bool + 'a) -> impl Iterator<Item = usize> + 'a {
+        self.ring.clockwise(point).filter(move |&node| !is_down(node)).take(self.config.copies)
     }
 
     /// The node acting for a key: the first node clockwise that may act
@@ -117,10 +129,27 @@ impl Cluster {
     }
 
     fn acting_at(&self, point: ring::Point) -> usize {
-        self.ring
-            .clockwise(point)
-            .find(|&node| self.membership.may_act(node))
-            .unwrap_or(self.config.me)
+        self.acting_by(point, |node| self.membership.may_act(node)).unwrap_or(self.config.me)
+    }
+
+    /// The node acting at a point with `may_act` telling who may (this
+    /// node's view now, or another's); None if none may.
+    fn acting_by(&self, point: ring::Point, may_act: impl Fn(usize) -> bool) -> Option<usize> {
+        self.ring.clockwise(point).find(|&node| may_act(node))
+    }
+
+    /// Where a request for `key` runs, as this node sees it.
+    #[inline]
+    pub fn place(&self, key: &[u8], mutates: bool) -> Placement {
+        match self.acting_by(point_of(key), |node| self.membership.may_act(node)) {
+            Some(node) if self.is_me(node) => Placement::Here,
+            Some(node) => Placement::Node(node),
+            // No node may act: a minority serves what it holds (its policy
+            // refuses what it must); in the majority a write waits for the
+            // handover to end rather than land where nobody acts.
+            None if mutates && self.membership.has_majority() => Placement::Handover,
+            None => Placement::Here,
+        }
     }
 
     /// Whether this node sends its record of `key` to `node`: it acts for
@@ -128,7 +157,27 @@ impl Cluster {
     pub fn replicates_to(&self, key: &[u8], node: usize) -> bool {
         // One MD5 per record and follower, on the replication core.
         let point = point_of(key);
-        node != self.config.me && self.acting_at(point) == self.config.me && self.preference_at(point).any(|other| other == node)
+        let me = self.config.me;
+        node != me
+            && self.acting_by(point, |node| self.membership.may_act(node)) == Some(me)
+            && self.preference_at(point).any(|other| other == node)
+    }
+
+    /// Whether `source`, seeing the cluster as `view`, sends this node its
+    /// copy of `key` (what `replicates_to` says on `source`).
+    pub fn replicated_from(&self, view: &View, source: usize, key: &[u8]) -> bool {
+        let point = point_of(key);
+        let me = self.config.me;
+        source != me
+            && self.acting_by(point, |node| view.may_act(node)).unwrap_or(source) == source
+            && self.preference_by(point, |node| view.is_down(node)).any(|other| other == me)
+    }
+
+    /// Whether `node` holds a copy of `key` (is in its preference list),
+    /// whoever acts for it: what a merge resync sends a node that may not
+    /// act (membership.rs).
+    pub fn holds_copy(&self, key: &[u8], node: usize) -> bool {
+        self.preference_list(key).any(|other| other == node)
     }
 
     pub fn is_me(&self, node: usize) -> bool {
@@ -187,6 +236,9 @@ mod tests {
             1,
         );
         cluster.membership.refreshed();
+        for node in [0, 2] {
+            cluster.membership.set_said(node, false, true);
+        }
         let keys: Vec<String> = (0..1000).map(|i| format!("key:{i}")).collect();
         let before: Vec<Vec<usize>> = keys.iter().map(|k| cluster.preference_list(k.as_bytes()).collect()).collect();
         cluster.membership.set(0, membership::NodeState::Down);
@@ -199,6 +251,14 @@ mod tests {
             assert!(!after.contains(&0));
             assert_eq!(cluster.acting_for(key.as_bytes()), after[0]);
             assert_eq!(cluster.replicates_to(key.as_bytes(), after[1]), after[0] == 1);
+            assert!(after.iter().all(|&node| cluster.holds_copy(key.as_bytes(), node)));
+        }
+        // A node that says it is stale acts for nothing; the next one acts.
+        cluster.membership.set_said(2, true, false);
+        for key in &keys {
+            let list: Vec<usize> = cluster.preference_list(key.as_bytes()).collect();
+            assert_eq!(cluster.acting_for(key.as_bytes()), 1, "{key}: {list:?}");
+            assert!(cluster.holds_copy(key.as_bytes(), 2) == list.contains(&2));
         }
     }
 }

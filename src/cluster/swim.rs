@@ -3,9 +3,11 @@
 //! replication core runs it over UDP on the cluster port
 //! (replication/gossip.rs) and writes the states to membership.rs.
 //!
-//! A node's SWIM identity is its index in the node list and the time it
-//! started: a restarted node is a new identity that wins over its old one,
-//! and a node declared down (a partition) renews its identity to rejoin.
+//! A node's SWIM identity is its index in the node list, the time it
+//! started and a renewal count: a restarted node is a new identity that
+//! wins over its old one, and a node declared down (a partition, or after
+//! one a healed node's stale news) renews its identity to rejoin. Only a
+//! new start is a restart: a renewal is the same process, copies intact.
 //! Nodes not known to be active are announced to every ANNOUNCE_INTERVAL,
 //! which is how a node finds the others at start and after a partition.
 
@@ -44,8 +46,17 @@ impl Default for Timing {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeId {
     pub index: u16,
-    /// When the node started (nanoseconds since the epoch), bumped on renewal.
+    /// When the node started (nanoseconds since the epoch).
     pub boot: u64,
+    /// Times it renewed its identity since.
+    pub renewal: u32,
+}
+
+impl NodeId {
+    /// Which of two identities of one node is newer.
+    fn age(&self) -> (u64, u32) {
+        (self.boot, self.renewal)
+    }
 }
 
 impl foca::Identity for NodeId {
@@ -53,8 +64,8 @@ impl foca::Identity for NodeId {
 
     fn renew(&self) -> Option<NodeId> {
         Some(NodeId {
-            index: self.index,
-            boot: self.boot + 1,
+            renewal: self.renewal + 1,
+            ..*self
         })
     }
 
@@ -63,7 +74,7 @@ impl foca::Identity for NodeId {
     }
 
     fn win_addr_conflict(&self, adversary: &NodeId) -> bool {
-        self.boot > adversary.boot
+        self.age() > adversary.age()
     }
 }
 
@@ -77,8 +88,8 @@ pub struct Swim {
     /// went down, and a forgotten node must stay down, not turn unknown.
     known: Vec<NodeState>,
     /// Each node's identity's boot as last seen, and the nodes seen with a
-    /// new one since `restarts` was last asked (a restart, or a rejoin after
-    /// being declared down: either way a node back from down).
+    /// new one since `restarts` was last asked (a new process: back from
+    /// down, perhaps too fast to be seen down).
     boots: Vec<Option<u64>>,
     restarted: Vec<usize>,
     /// Errors foca reported (bad datagrams, mostly), counted.
@@ -94,7 +105,11 @@ impl Swim {
         config.num_indirect_probes = NonZeroUsize::new(nodes.saturating_sub(2).clamp(1, 3)).expect("nonzero");
         // Down and unknown nodes are announced to here, more often than foca would.
         config.periodic_announce_to_down_members = None;
-        let identity = NodeId { index: me as u16, boot };
+        let identity = NodeId {
+            index: me as u16,
+            boot,
+            renewal: 0,
+        };
         let rng = SmallRng::seed_from_u64(boot ^ (me as u64).rotate_left(32));
         let mut swim = Swim {
             nodes,
@@ -129,6 +144,7 @@ impl Swim {
                 let target = NodeId {
                     index: node as u16,
                     boot: 0,
+                    renewal: 0,
                 };
                 let result = self.foca.announce(target, &mut self.runtime);
                 self.after(result, now);
@@ -160,7 +176,7 @@ impl Swim {
 
     /// Every node's state (this node's own is Alive).
     pub fn states(&mut self) -> &[NodeState] {
-        let mut newest: Vec<Option<(u64, NodeState)>> = vec![None; self.nodes];
+        let mut newest: Vec<Option<(NodeId, NodeState)>> = vec![None; self.nodes];
         for member in self.foca.iter_membership_state() {
             let Some(slot) = newest.get_mut(usize::from(member.id().index)) else {
                 continue;
@@ -170,15 +186,15 @@ impl Swim {
                 State::Suspect => NodeState::Suspect,
                 State::Down => NodeState::Down,
             };
-            if slot.is_none_or(|(boot, _)| member.id().boot >= boot) {
-                *slot = Some((member.id().boot, state));
+            if slot.is_none_or(|(newer, _)| member.id().age() >= newer.age()) {
+                *slot = Some((*member.id(), state));
             }
         }
         let me = usize::from(self.foca.identity().index);
         for (node, state) in newest.into_iter().enumerate() {
             match state {
                 _ if node == me => self.known[node] = NodeState::Alive,
-                Some((boot, state)) => {
+                Some((NodeId { boot, .. }, state)) => {
                     if self.boots[node].is_some_and(|seen| seen != boot) && !self.restarted.contains(&node) {
                         self.restarted.push(node);
                     }
@@ -271,6 +287,9 @@ mod tests {
         for node in 0..3 {
             assert_eq!(net.states(node), vec![Alive; 3], "node {node} after start");
         }
+        for node in 0..3 {
+            net.nodes[node].restarts();
+        }
         net.cut[2] = true;
         net.run(Duration::from_millis(2000));
         for node in 0..2 {
@@ -281,6 +300,7 @@ mod tests {
         net.run(Duration::from_secs(3));
         for node in 0..3 {
             assert_eq!(net.states(node), vec![Alive; 3], "node {node} after the cut healed");
+            assert!(net.nodes[node].restarts().is_empty(), "node {node}: renewals are not restarts");
         }
     }
 

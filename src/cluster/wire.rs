@@ -272,6 +272,7 @@ const REFUSED_READ_ONLY: u8 = 12;
 const REFUSED_NOT_ACTING: u8 = 13;
 const REFUSED_UNREACHABLE: u8 = 14;
 const REFUSED_NO_MAJORITY: u8 = 15;
+const REFUSED_HANDOVER: u8 = 16;
 
 fn put_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
     match outcome {
@@ -327,6 +328,7 @@ fn put_outcome(out: &mut Vec<u8>, outcome: &Outcome<&[u8]>) {
         Outcome::Refused(Refusal::NotActing) => out.push(REFUSED_NOT_ACTING),
         Outcome::Refused(Refusal::Unreachable) => out.push(REFUSED_UNREACHABLE),
         Outcome::Refused(Refusal::NoMajority) => out.push(REFUSED_NO_MAJORITY),
+        Outcome::Refused(Refusal::Handover) => out.push(REFUSED_HANDOVER),
     }
 }
 
@@ -548,6 +550,7 @@ impl<'a> Reader<'a> {
             REFUSED_NOT_ACTING => Outcome::Refused(Refusal::NotActing),
             REFUSED_UNREACHABLE => Outcome::Refused(Refusal::Unreachable),
             REFUSED_NO_MAJORITY => Outcome::Refused(Refusal::NoMajority),
+            REFUSED_HANDOVER => Outcome::Refused(Refusal::Handover),
             _ => return Err(WireError::Malformed("outcome tag")),
         })
     }
@@ -657,6 +660,7 @@ mod tests {
             Outcome::Refused(Refusal::NotActing),
             Outcome::Refused(Refusal::Unreachable),
             Outcome::Refused(Refusal::NoMajority),
+            Outcome::Refused(Refusal::Handover),
         ]
     }
 

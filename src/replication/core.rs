@@ -88,6 +88,13 @@ impl ReplicationCore {
         SocketGuard { core: self, fd }
     }
 
+    /// Who acts for what changed: followers' writers choose their records
+    /// again, and links say whether this node is stale.
+    pub fn membership_moved(&self) {
+        self.changed.notify();
+        self.applied.notify();
+    }
+
     async fn wait_ready(&self) {
         while self.ready.get() < self.shards {
             let epoch = self.all_ready.epoch();
@@ -263,9 +270,10 @@ async fn serve_worker(core: Rc<ReplicationCore>, from_worker: SharedReceiver<ToR
 }
 
 /// A cluster node that lost the majority takes fresh copies once it has it
-/// again: every link to another node starts over with a full resync (which
-/// drops what it held of that node's keys and sends it the current ones);
-/// once each live node's has completed, it acts for its keys again.
+/// again: every link to another node starts over with a full resync; once
+/// each live node's has completed as a merge (every copy it holds of this
+/// node's keys: it takes this node as stale) on a connection made since,
+/// it acts for its keys again.
 async fn refresh_when_stale(core: Rc<ReplicationCore>) {
     const POLL: Duration = Duration::from_millis(20);
     // A node never heard from this long after start is not waited for (it
@@ -287,16 +295,17 @@ async fn refresh_when_stale(core: Rc<ReplicationCore>) {
             for &node in &others {
                 links[node].restart = true;
             }
-            links.iter().map(|link| link.full_syncs).collect()
+            links.iter().map(|link| link.connections).collect()
         };
         tracing::info!("back in the majority: taking fresh copies from every node");
         while membership.has_majority() && !core.global.stopping.load(Ordering::Relaxed) {
             glommio::timer::sleep(POLL).await;
             let links = core.links.borrow();
             let unheard = |node: usize| membership.state(node) == NodeState::Unknown && started.elapsed() >= START_GRACE;
-            let fresh = |node: &usize| membership.is_down(*node) || unheard(*node) || links[*node].full_syncs > marks[*node];
+            let fresh = |node: &usize| membership.is_down(*node) || unheard(*node) || links[*node].merged_on > marks[*node];
             if others.iter().all(fresh) {
                 membership.refreshed();
+                core.membership_moved();
                 tracing::info!("fresh copies taken: acting for this node's keys again");
                 break;
             }

@@ -47,13 +47,17 @@ pub async fn run(core: Rc<ReplicationCore>, socket: glommio::net::UdpSocket) {
                 let _ = socket.send_to(&data, address).await;
             }
         }
+        let before = cluster.membership.epoch();
         swim.states();
         for node in swim.restarts() {
-            // A new identity: it went down (perhaps too fast to be seen) and is back.
+            // A new process: it went down (perhaps too fast to be seen) and is back.
             cluster.membership.set(node, NodeState::Down);
         }
         for (node, &state) in swim.states().iter().enumerate() {
             cluster.membership.set(node, state);
+        }
+        if cluster.membership.epoch() != before {
+            core.membership_moved();
         }
         let wait = swim.next_deadline().saturating_duration_since(Instant::now());
         futures_lite::future::or(arrived.changed_since(epoch), glommio::timer::sleep(wait)).await;

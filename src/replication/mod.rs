@@ -85,13 +85,14 @@ pub enum ToWorker {
         snapshot: bool,
     },
     /// A full resync of a primary shard starts at `offset`: drop its keys
-    /// (in a cluster, those of its keys the source node acts for).
+    /// (in a cluster, those the source node sends this one by its `view`).
     DropShard {
         source: usize,
         generation: u64,
         primary_shard: usize,
         primary_shards: usize,
         offset: u64,
+        view: Option<crate::cluster::membership::View>,
     },
 }
 

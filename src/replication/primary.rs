@@ -80,6 +80,17 @@ struct Follower {
 /// bool says whether the record is relayed (record.rs).
 type Keep<'a> = Option<&'a dyn Fn(&Record<'_>, bool) -> bool>;
 
+/// What a follower is sent of the log and of snapshots, and whether its
+/// snapshots are merges; FULL_BEGIN carries this node's view, FULL_END
+/// whether it was a merge (wire.rs).
+#[derive(Clone, Copy, Default)]
+struct Selection<'a> {
+    log: Keep<'a>,
+    snapshot: Keep<'a>,
+    merge: bool,
+    view: &'a [u8],
+}
+
 /// Everything about the replicas this host serves.
 pub struct PrimaryState {
     followers: RefCell<BTreeMap<u64, Rc<Follower>>>,
@@ -253,7 +264,12 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         // Every node hears a flush_all itself; a key-less record is not sent on.
         _ => false,
     };
-    let keep: Keep<'_> = follower.node.is_some().then_some(&keep);
+    let every_copy = |record: &Record<'_>, _: bool| match (record.key(), cluster, follower.node) {
+        (Some(key), Some(cluster), Some(node)) => cluster.holds_copy(key, node),
+        _ => false,
+    };
+    let mut selection = Selection::default();
+    let view = cluster.map(|cluster| cluster.membership.view());
     if let (Some(cluster), Some(node)) = (cluster, follower.node) {
         if cluster.membership.is_down(node) {
             // Nothing goes to a node this one sees down: what it is sent
@@ -264,13 +280,25 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         if follower.epoch.replace(epoch) != epoch {
             // The keys this follower should hold changed: a full resync of
             // each shard (it drops what this node sent it, then reloads).
+            tracing::info!("node {node}: full resync for epoch {epoch}");
             for shard in follower.shards.borrow_mut().iter_mut() {
                 shard.sync = Sync::NeedSnapshot;
                 shard.slices.clear();
             }
         }
+        // A node that may not act is sent every copy of its keys held here,
+        // not only those acted for (membership.rs): whatever views differ,
+        // it ends with the newest copy any node holds. Any change of view
+        // is a new epoch, which restarts the resync under the new one.
+        let merge = !cluster.membership.may_act(node);
+        selection = Selection {
+            log: Some(&keep),
+            snapshot: Some(if merge { &every_copy } else { &keep }),
+            merge,
+            view: view.as_ref().map_or(&[], |view| view.as_bytes()),
+        };
     }
-    let (requests, snapshots) = fill_shards(&core.backlogs.borrow(), &mut follower.shards.borrow_mut(), keep, out);
+    let (requests, snapshots) = fill_shards(&core.backlogs.borrow(), &mut follower.shards.borrow_mut(), selection, out);
     core.primary.full_resyncs.set(core.primary.full_resyncs.get() + snapshots);
     if let (Some(cluster), Some(node)) = (cluster, follower.node) {
         let membership = &cluster.membership;
@@ -288,6 +316,7 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
             // It holds fresh copies of everything this node acted for in
             // its place: it acts for its keys again.
             membership.returned(node);
+            core.membership_moved();
         }
     }
     requests
@@ -298,9 +327,10 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
 fn fill_shards(
     backlogs: &[Backlog],
     shards: &mut [FollowerShard],
-    keep: Keep<'_>,
+    selection: Selection<'_>,
     out: &mut Vec<u8>,
 ) -> (Vec<(usize, u32, usize)>, u64) {
+    let keep = selection.log;
     let mut requests = Vec::new();
     let mut snapshots = 0;
     for (index, shard) in shards.iter_mut().enumerate() {
@@ -326,7 +356,15 @@ fn fill_shards(
                     continue;
                 };
                 if !begun {
-                    wire::write_frame(out, Kind::FullBegin, index, slice.at_offset, &[]);
+                    match (selection.log, selection.merge) {
+                        (None, _) => wire::write_frame(out, Kind::FullBegin, index, slice.at_offset, &[]),
+                        (Some(_), true) => wire::write_frame(out, Kind::FullBegin, index, slice.at_offset, &[1]),
+                        (Some(_), false) => {
+                            wire::write_header(out, Kind::FullBegin, index, slice.at_offset, 1 + selection.view.len());
+                            out.push(0);
+                            out.extend_from_slice(selection.view);
+                        }
+                    }
                     shard.sent = slice.at_offset;
                     shard.acked = shard.acked.min(slice.at_offset);
                     shard.sampled = slice.at_offset;
@@ -338,12 +376,16 @@ fn fill_shards(
                     let slice = shard.slices.pop_front().expect("front slice");
                     let at = out.len();
                     wire::write_header(out, Kind::Snapshot, index, slice.at_offset, 0);
-                    let (_, length) = copy_records(&slice.records, keep, out);
+                    let (_, length) = copy_records(&slice.records, selection.snapshot, out);
                     wire::set_length(&mut out[at..], length);
                     match slice.next_cursor {
                         Some(cursor) => requests.push((index, shard.attempt, cursor)),
                         None => {
-                            wire::write_frame(out, Kind::FullEnd, index, shard.sent, &[]);
+                            let merged: &[u8] = match (selection.log, selection.merge) {
+                                (None, _) => &[],
+                                (Some(_), merge) => &[merge as u8],
+                            };
+                            wire::write_frame(out, Kind::FullEnd, index, shard.sent, merged);
                             shard.sync = Sync::Streaming;
                             shard.resynced_to = Some(shard.sent);
                         }
@@ -435,6 +477,14 @@ async fn read_acks(
 ) -> Result<(), WireError> {
     loop {
         let (header, _) = reader.frame(input).await?;
+        if header.kind == Kind::State {
+            if let (Some(node), Some(cluster)) = (follower.node, &core.global.cluster)
+                && cluster.membership.set_said(node, header.offset & 1 != 0, header.offset & 2 != 0)
+            {
+                core.membership_moved();
+            }
+            continue;
+        }
         if header.kind != Kind::Ack {
             continue;
         }
@@ -529,6 +579,15 @@ pub fn report(core: &ReplicationCore, stat: &mut impl FnMut(String, String)) {
 mod tests {
     use super::*;
 
+    fn filtered<'a>(keep: &'a dyn Fn(&Record<'_>, bool) -> bool) -> Selection<'a> {
+        Selection {
+            log: Some(keep),
+            snapshot: Some(keep),
+            merge: false,
+            view: &[3, 1],
+        }
+    }
+
     /// The frames `fill_shards` wrote, as (kind, offset, payload).
     fn frames(out: &mut Vec<u8>) -> Vec<(Kind, u64, Vec<u8>)> {
         let mut stream = futures_lite::io::Cursor::new(std::mem::take(out));
@@ -558,14 +617,14 @@ mod tests {
         let mut shards = vec![FollowerShard::new(0, Sync::NeedSnapshot)];
         let mut out = Vec::new();
 
-        let (requests, started) = fill_shards(&backlogs, &mut shards, None, &mut out);
+        let (requests, started) = fill_shards(&backlogs, &mut shards, Selection::default(), &mut out);
         assert_eq!((requests, started), (vec![(0, 1, 0)], 1), "the first slice is asked for");
         assert!(out.is_empty(), "nothing is sent before the first slice");
 
         // The first slice was taken when the log stood at 150.
         backlogs[0].append(100, &[b'b'; 50], now);
         shards[0].slices.push_back(slice(150, b"S1", Some(7)));
-        let (requests, _) = fill_shards(&backlogs, &mut shards, None, &mut out);
+        let (requests, _) = fill_shards(&backlogs, &mut shards, Selection::default(), &mut out);
         assert_eq!(requests, vec![(0, 1, 7)]);
         assert_eq!(
             frames(&mut out),
@@ -574,13 +633,13 @@ mod tests {
 
         // While the next slice is taken, the log goes on from 150.
         backlogs[0].append(150, &[b'c'; 30], now);
-        fill_shards(&backlogs, &mut shards, None, &mut out);
+        fill_shards(&backlogs, &mut shards, Selection::default(), &mut out);
         assert_eq!(frames(&mut out), vec![(Kind::Log, 150, vec![b'c'; 30])]);
 
         // The last slice, taken at 200: the log up to 200 goes first.
         backlogs[0].append(180, &[b'd'; 40], now);
         shards[0].slices.push_back(slice(200, b"S2", None));
-        let (requests, _) = fill_shards(&backlogs, &mut shards, None, &mut out);
+        let (requests, _) = fill_shards(&backlogs, &mut shards, Selection::default(), &mut out);
         assert!(requests.is_empty());
         assert_eq!(
             frames(&mut out),
@@ -591,7 +650,7 @@ mod tests {
             ]
         );
         // Then it streams.
-        fill_shards(&backlogs, &mut shards, None, &mut out);
+        fill_shards(&backlogs, &mut shards, Selection::default(), &mut out);
         assert_eq!(frames(&mut out), vec![(Kind::Log, 200, vec![b'd'; 20])]);
     }
 
@@ -602,15 +661,15 @@ mod tests {
         backlogs[0].append(0, &[b'a'; 10], now);
         let mut shards = vec![FollowerShard::new(0, Sync::Streaming)];
         let mut out = Vec::new();
-        fill_shards(&backlogs, &mut shards, None, &mut out);
+        fill_shards(&backlogs, &mut shards, Selection::default(), &mut out);
         assert_eq!(frames(&mut out), vec![(Kind::Log, 0, vec![b'a'; 10])]);
         backlogs[0].append(10, &[b'b'; 100], now);
-        let (requests, started) = fill_shards(&backlogs, &mut shards, None, &mut out);
+        let (requests, started) = fill_shards(&backlogs, &mut shards, Selection::default(), &mut out);
         assert_eq!((requests, started), (vec![(0, 1, 0)], 1));
         assert!(out.is_empty());
         // A snapshot that is not yet begun waits for its slice, whatever the backlog does.
         backlogs[0].append(110, &[b'c'; 100], now);
-        let (requests, started) = fill_shards(&backlogs, &mut shards, None, &mut out);
+        let (requests, started) = fill_shards(&backlogs, &mut shards, Selection::default(), &mut out);
         assert_eq!((requests, started), (vec![], 0));
     }
 
@@ -645,7 +704,7 @@ mod tests {
         let mut kept = Vec::new();
         // The first frame holds what fits; the big record comes whole in the next.
         while shards[0].sent < log.len() as u64 {
-            fill_shards(&backlogs, &mut shards, Some(&keep), &mut out);
+            fill_shards(&backlogs, &mut shards, filtered(&keep), &mut out);
             for (kind, offset, payload) in frames(&mut out) {
                 assert_eq!(kind, Kind::Kept);
                 assert!(offset <= log.len() as u64);
@@ -665,15 +724,35 @@ mod tests {
         records[0].encode(&mut slice_records);
         shards[0] = FollowerShard::new(0, Sync::Snapshot { begun: false });
         shards[0].slices.push_back(slice(log.len() as u64, &slice_records, None));
-        fill_shards(&backlogs, &mut shards, Some(&keep), &mut out);
+        fill_shards(&backlogs, &mut shards, filtered(&keep), &mut out);
         let mut mine = Vec::new();
         records[0].encode(&mut mine);
         assert_eq!(
             frames(&mut out),
             vec![
-                (Kind::FullBegin, log.len() as u64, vec![]),
+                (Kind::FullBegin, log.len() as u64, vec![0, 3, 1]),
                 (Kind::Snapshot, log.len() as u64, mine),
-                (Kind::FullEnd, log.len() as u64, vec![])
+                (Kind::FullEnd, log.len() as u64, vec![0])
+            ]
+        );
+
+        // A merge sends the snapshot's records its own filter keeps, and says so.
+        let every = |record: &Record<'_>, _: bool| record.key().is_some();
+        let merge = Selection {
+            log: Some(&keep),
+            snapshot: Some(&every),
+            merge: true,
+            view: &[3, 1],
+        };
+        shards[0] = FollowerShard::new(0, Sync::Snapshot { begun: false });
+        shards[0].slices.push_back(slice(log.len() as u64, &slice_records, None));
+        fill_shards(&backlogs, &mut shards, merge, &mut out);
+        assert_eq!(
+            frames(&mut out),
+            vec![
+                (Kind::FullBegin, log.len() as u64, vec![1]),
+                (Kind::Snapshot, log.len() as u64, slice_records.clone()),
+                (Kind::FullEnd, log.len() as u64, vec![1])
             ]
         );
     }

@@ -23,6 +23,7 @@ use super::primary::LINK_TIMEOUT;
 use super::record::Record;
 use super::shard_side::push_hashed;
 use super::wire::{self, FrameReader, Kind, WireError};
+use crate::cluster::membership::View;
 use crate::hash::KeyHash;
 
 /// Largest frame payload accepted from a primary (frames are 256 KiB of
@@ -51,8 +52,12 @@ pub struct LinkState {
     applied: Vec<Vec<u64>>,
     full_resyncs: u64,
     partial_resyncs: u64,
-    /// Full resyncs completed (every shard synced after one began).
-    pub full_syncs: u64,
+    /// Per primary shard: its last full resync was a merge (wire.rs).
+    merged: Vec<bool>,
+    /// Connections made, and the one (by that count) on which the last
+    /// full resync completed that was a merge in every shard.
+    pub connections: u64,
+    pub merged_on: u64,
     /// Drop the link and start again with a full resync (a stale cluster
     /// node taking fresh copies).
     pub restart: bool,
@@ -80,6 +85,7 @@ impl LinkState {
         self.received = vec![0; shards];
         self.carry = vec![Vec::new(); shards];
         self.synced = vec![false; shards];
+        self.merged = vec![false; shards];
         self.applied = vec![vec![0; shards]; local_shards];
     }
 }
@@ -175,6 +181,7 @@ async fn link_once(
         if link.primary_replid.as_deref() != Some(replid.as_str()) || link.primary_shards != shards {
             link.reset(replid, shards, core.shards);
         }
+        link.connections += 1;
         // Whatever was cut mid-record is sent again from the applied offset.
         link.received = link.applied_offsets();
         link.carry.iter_mut().for_each(Vec::clear);
@@ -237,9 +244,19 @@ async fn apply_frames(
                 Kind::FullBegin => {
                     link.full_resyncs += 1;
                     link.synced[shard] = false;
+                    link.merged[shard] = false;
                     link.received[shard] = header.offset;
                     link.carry[shard].clear();
-                    for worker in 0..core.shards {
+                    // Empty: a whole-host primary's, drop everything of the
+                    // shard. [1]: a merge, drop nothing (newer copies win).
+                    // [0, view..]: drop what the sender sends by its view.
+                    let view = match payload {
+                        [] => Some(None),
+                        [1] => None,
+                        [0, view @ ..] => Some(Some(View::from_bytes(view))),
+                        _ => return Err(WireError::BadKind(header.kind as u8)),
+                    };
+                    for worker in (0..core.shards).filter(|_| view.is_some()) {
                         messages.push((
                             worker,
                             ToWorker::DropShard {
@@ -248,14 +265,16 @@ async fn apply_frames(
                                 primary_shard: shard,
                                 primary_shards: shards,
                                 offset: header.offset,
+                                view: view.clone().flatten(),
                             },
                         ));
                     }
                 }
                 Kind::FullEnd => {
                     link.synced[shard] = true;
-                    if link.synced.iter().all(|&synced| synced) {
-                        link.full_syncs += 1;
+                    link.merged[shard] = payload == [1];
+                    if link.synced.iter().all(|&synced| synced) && link.merged.iter().all(|&merged| merged) {
+                        link.merged_on = link.connections;
                     }
                 }
                 Kind::Log | Kind::Snapshot | Kind::Kept => {
@@ -302,7 +321,7 @@ async fn apply_frames(
                         ));
                     }
                 }
-                Kind::Ping | Kind::Ack => {}
+                Kind::Ping | Kind::Ack | Kind::State => {}
             }
             if link.synced.iter().all(|&synced| synced) {
                 link.state = "up";
@@ -337,14 +356,27 @@ fn split_by_shard(bytes: &[u8], shards: usize, batches: &mut [Vec<u8>]) -> Resul
 }
 
 /// Acks the applied offsets when they move, and at least every heartbeat.
+/// A cluster node says whether it is stale first, then with every
+/// heartbeat and whenever its view changes (the primary forgets what it
+/// said when it sees this node down).
 async fn send_acks(core: &ReplicationCore, source: usize, output: &mut (impl AsyncWrite + Unpin)) -> Result<(), WireError> {
     let mut last: Vec<u64> = Vec::new();
     let mut last_sent = Instant::now();
+    let mut said_at_epoch = None;
     let mut out = Vec::new();
     loop {
         let epoch = core.applied.epoch();
+        let heartbeat = last_sent.elapsed() >= ACK_HEARTBEAT;
+        if let Some(membership) = core.global.cluster.as_ref().map(|cluster| &cluster.membership) {
+            let view = membership.epoch();
+            if heartbeat || said_at_epoch != Some(view) {
+                let said = u64::from(membership.is_stale()) | u64::from(membership.may_act(source)) << 1;
+                wire::write_frame(&mut out, Kind::State, 0, said, &[]);
+                said_at_epoch = Some(view);
+            }
+        }
         let offsets = core.links.borrow()[source].applied_offsets();
-        if offsets != last || last_sent.elapsed() >= ACK_HEARTBEAT {
+        if !out.is_empty() || offsets != last || heartbeat {
             for (shard, &offset) in offsets.iter().enumerate() {
                 wire::write_frame(&mut out, Kind::Ack, shard, offset, &[]);
             }

@@ -12,6 +12,7 @@ use glommio::channels::shared_channel::{SharedReceiver, SharedSender};
 use super::record::Record;
 use super::{Notify, ToReplication, ToWorker};
 use crate::cluster::Cluster;
+use crate::cluster::membership::View;
 use crate::global::Global;
 use crate::hash::KeyHash;
 use crate::request::KeyOp;
@@ -262,6 +263,7 @@ fn serve(core: &impl Worker, message: ToWorker) {
             primary_shard,
             primary_shards,
             offset,
+            view,
         } => {
             let from = Source::new(core, source, primary_shard, primary_shards);
             apply_and_report(core, generation, &from, offset, |shard, log| {
@@ -270,7 +272,7 @@ fn serve(core: &impl Worker, message: ToWorker) {
                     // must not hide what the primary sends.
                     shard.forget_flush();
                 }
-                drop_source_shard(shard, log, &from);
+                drop_source_shard(shard, log, &from, view.as_ref());
             })
         }
     }
@@ -296,10 +298,15 @@ impl<'a> Source<'a> {
     }
 
     /// Whether this source's shard sends the key (so a full resync of it
-    /// replaces the key).
-    fn sends(&self, hash: KeyHash, key: &[u8]) -> bool {
+    /// replaces the key): a cluster node by the view it resyncs with
+    /// (without one, it sends none).
+    fn sends(&self, hash: KeyHash, key: &[u8], view: Option<&View>) -> bool {
         hash.shard(self.primary_shards) == self.primary_shard
-            && self.cluster.is_none_or(|cluster| cluster.acting_for(key) == self.index)
+            && match (self.cluster, view) {
+                (None, _) => true,
+                (Some(cluster), Some(view)) => cluster.replicated_from(view, self.index, key),
+                (Some(_), None) => false,
+            }
     }
 }
 
@@ -325,17 +332,16 @@ fn apply_and_report(
     });
 }
 
-/// Removes every key the source's shard sends. Not on a stale cluster node
-/// (membership.rs): its view of who acts for what may be the one that is
-/// off, and it would drop copies nobody sends again; the snapshot's newer
-/// items replace its older ones instead.
-fn drop_source_shard(shard: &mut Shard, log: &mut ShardLog, from: &Source<'_>) {
+/// Removes every key the source's shard sends (by `view`, a cluster
+/// node's as it resyncs). Not on a stale cluster node (membership.rs): the
+/// snapshot's newer items replace its older ones instead.
+fn drop_source_shard(shard: &mut Shard, log: &mut ShardLog, from: &Source<'_>, view: Option<&View>) {
     if from.cluster.is_some_and(|cluster| cluster.membership.is_stale()) {
         return;
     }
     let relayed = from.cluster.is_some();
     shard.remove_where(
-        |hash, key| from.sends(hash, key),
+        |hash, key| from.sends(hash, key, view),
         |key| log.append_marked(Record::Delete { key }, relayed),
     );
 }
@@ -345,7 +351,9 @@ fn drop_source_shard(shard: &mut Shard, log: &mut ShardLog, from: &Source<'_>) {
 /// marked relayed, so that it is not sent on to the other nodes). A
 /// snapshot record from another cluster node never replaces a newer item
 /// (a larger CAS): a node whose view of who acts for a key lagged may send
-/// an older copy than the one held here.
+/// an older copy than the one held here, and a merge (membership.rs) sends
+/// every copy a node holds, old ones too. The larger CAS is the newer
+/// write: a node takes CAS values above every one it applies.
 fn apply(shard: &mut Shard, log: &mut ShardLog, hash: KeyHash, record: Record<'_>, from: &Source<'_>, snapshot: bool) {
     let relayed = from.cluster.is_some();
     match record {
@@ -360,7 +368,8 @@ fn apply(shard: &mut Shard, log: &mut ShardLog, hash: KeyHash, record: Record<'_
         }
         Record::Flush { effective_unix } => {
             if effective_unix == 0 || effective_unix <= shard.unix_now() {
-                drop_source_shard(shard, log, from);
+                // Never from a cluster node (flushes are not sent on).
+                drop_source_shard(shard, log, from, None);
             } else {
                 // A delayed flush applies to the whole replica: close enough
                 // to the primary, whose every shard logs the same flush. By

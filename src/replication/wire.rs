@@ -11,11 +11,15 @@
 //!                     SNAPSHOT(shard, records) FULL_END(shard) CONTINUE(shard, offset) PING
 //!                     KEPT(shard, end offset, whole records)
 //! replica -> primary  ACK(shard, applied offset)
+//!                     STATE(a cluster node, first and on each change: bit 0 set if it
+//!                     is stale, bit 1 if it takes the primary as acting for its keys)
 //! ```
 //!
 //! A cluster node receives only the records of keys it holds copies of:
 //! KEPT frames carry the log's records for it, whole, and the offset the
-//! log stands at after them (the records left out count as sent).
+//! log stands at after them (the records left out count as sent). Its
+//! FULL_END carries one byte, 1 when the resync was a merge (every copy
+//! the primary holds of the node's keys: it did not act for them there).
 
 use futures_lite::{AsyncRead, AsyncReadExt};
 
@@ -43,6 +47,9 @@ pub enum Kind {
     Kept = 7,
     /// The replica has applied the shard's log up to `offset`.
     Ack = 16,
+    /// A cluster node says whether it is stale (`offset` bit 0) and whether
+    /// it takes the primary as acting for its keys (bit 1).
+    State = 17,
 }
 
 impl Kind {
@@ -56,6 +63,7 @@ impl Kind {
             6 => Kind::Continue,
             7 => Kind::Kept,
             16 => Kind::Ack,
+            17 => Kind::State,
             _ => return None,
         })
     }

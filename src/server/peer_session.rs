@@ -11,7 +11,7 @@ use std::cell::Cell;
 use super::Core;
 use super::router::{self, ReplySlot};
 use super::session::{After, Parse, Session};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, Placement};
 use crate::cluster::wire::{self, PEER_MAGIC, Request};
 use crate::request::{KeyOp, Outcome, Refusal};
 
@@ -29,7 +29,7 @@ pub enum Step<'a> {
         at: Option<u64>,
     },
     /// An op for a key another node acts for.
-    NotActing,
+    Refused(Refusal),
     /// An undecodable frame: the link is closed.
     Malformed,
 }
@@ -81,11 +81,14 @@ impl Session for PeerSession<'_> {
             }
         };
         let step = match wire::decode_request(body) {
-            Ok(Request::Key(op)) if self.acts_for(op.key()) => Step::Op(op),
-            Ok(Request::Key(_)) => Step::NotActing,
+            Ok(Request::Key(op)) => match self.cluster.place(op.key(), op.mutates()) {
+                Placement::Here => Step::Op(op),
+                Placement::Node(_) => Step::Refused(Refusal::NotActing),
+                Placement::Handover => Step::Refused(Refusal::Handover),
+            },
             Ok(Request::FlushAll { delay }) => Step::FlushAll { delay },
             Ok(Request::Copies { key, at }) if self.acts_for(key) => Step::Copies { key, at },
-            Ok(Request::Copies { .. }) => Step::NotActing,
+            Ok(Request::Copies { .. }) => Step::Refused(Refusal::NotActing),
             Err(error) => {
                 tracing::warn!("closing a cluster link: {error}");
                 return Parse::Close { step: Step::Malformed };
@@ -108,7 +111,7 @@ impl Session for PeerSession<'_> {
                 ops.push(op.clone());
                 1
             }
-            Step::Magic | Step::NotActing | Step::FlushAll { .. } | Step::Copies { .. } | Step::Malformed => 0,
+            Step::Magic | Step::Refused(_) | Step::FlushAll { .. } | Step::Copies { .. } | Step::Malformed => 0,
         }
     }
 
@@ -117,8 +120,8 @@ impl Session for PeerSession<'_> {
     }
 
     fn finish(step: &Step<'_>, out: &mut Vec<u8>) {
-        if let Step::NotActing = step {
-            wire::encode_outcome(out, &Outcome::Refused(Refusal::NotActing));
+        if let Step::Refused(refusal) = step {
+            wire::encode_outcome(out, &Outcome::Refused(*refusal));
         }
     }
 
@@ -145,7 +148,7 @@ impl Session for PeerSession<'_> {
                 After::Continue
             }
             Step::Malformed => After::Close,
-            Step::Magic | Step::Op(_) | Step::NotActing => After::Continue,
+            Step::Magic | Step::Op(_) | Step::Refused(_) => After::Continue,
         }
     }
 }

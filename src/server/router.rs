@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use glommio::channels::channel_mesh::{FullMesh, Receivers, Senders};
 
 use super::Core;
+use crate::cluster::Placement;
 use crate::hash::KeyHash;
 use crate::report::CoreReport;
 use crate::request::{KeyOp, Outcome, Refusal};
@@ -542,10 +543,13 @@ pub async fn execute(
             return Route::Refused(refusal);
         }
         if let Some((cluster, _)) = cluster {
-            let node = cluster.acting_for(op.key());
-            if !cluster.is_me(node) {
-                nodes_used[node] = true;
-                return Route::Node(node);
+            match cluster.place(op.key(), op.mutates()) {
+                Placement::Here => {}
+                Placement::Node(node) => {
+                    nodes_used[node] = true;
+                    return Route::Node(node);
+                }
+                Placement::Handover => return Route::Refused(Refusal::Handover),
             }
         }
         Route::Shard(KeyHash::of(op.key()))

@@ -117,7 +117,7 @@ class Cluster:
         try:
             while True:
                 (reply,) = ask_all(sock, [b"stats cluster\r\n"])
-                if b"STAT stale 0\r\n" in reply:
+                if b"STAT acting 1\r\n" in reply:
                     return
                 if time.time() > end:
                     raise RuntimeError(f"node {index} still stale: {reply!r}")

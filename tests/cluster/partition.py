@@ -185,7 +185,7 @@ def run(cluster):
     print(f"cut: node {CUT} down on the majority side after {down:.2f} s; "
           f"the cut node saw no majority after {time.time() - started:.2f} s")
 
-    replies = ask_all(socks[0], [f"set {key} 0 0 2\r\nv2\r\n".encode() for key in KEYS], b"\r\n")
+    replies = ask_all(socks[0], [f"set {key} 0 0 3\r\nv22\r\n".encode() for key in KEYS], b"\r\n")
     stored = sum(reply == b"STORED" for reply in replies)
     print(f"majority side: {stored} of {len(KEYS)} writes stored")
     (refused,) = ask_all(cut_node, [b"set part0 0 0 2\r\nv3\r\n"], b"\r\n")
@@ -227,7 +227,7 @@ def run(cluster):
     settle_started = time.time()
     while True:
         through_cut = values(reader, KEYS)
-        stale = [key for key, value in through_cut.items() if value != "v2"]
+        stale = [key for key, value in through_cut.items() if value != "v22"]
         wrong = cut_node_holds_majority_values()
         if (not stale and not wrong) or time.time() - settle_started > 10:
             break
@@ -239,6 +239,13 @@ def run(cluster):
           and not stale and not wrong)
     if not ok:
         print(f"FAIL: stale {stale[:5]}, wrong copies {wrong[:5]}, errors {errors[:3]}")
+        held = [metadump(*cluster.address(i), connect=client) for i in range(len(NODES))]
+        for key in (stale + wrong)[:8]:
+            views = [preference_lists(sock, names, [key])[0] for sock in socks]
+            print(f"  {key}: read through the cut node {through_cut.get(key)!r}; preference lists as each node "
+                  f"sees them {views}; held: " + "; ".join(
+                      f"node {i} {held[i][key]['cas']}/{held[i][key]['size']}" if key in held[i] else f"node {i} -"
+                      for i in range(len(NODES))))
         return 1
     print("ok: the majority acted for the cut node's keys; the cut node refused writes, "
           "served reads, and holds the majority's values after the heal")

@@ -39,6 +39,7 @@ class Load:
         self.socks = {}
         self.down_until = {}
         self.acked = {}       # key -> last acknowledged sequence
+        self.history = {}     # key -> [(time, node written through, sequence, reply)]
         self.doubtful = {}    # key -> sequences of failed writes after it
         self.read_max = {}    # key -> largest sequence read
         self.violations = []  # (key, read, already read)
@@ -80,6 +81,7 @@ class Load:
                     pending = sequence
                     value = str(sequence)
                     (reply,) = ask_all(sock, [f"set {key} 0 0 {len(value)}\r\n{value}\r\n".encode()], b"\r\n")
+                    self.history.setdefault(key, []).append((time.time(), index, sequence, reply))
                     if reply == b"STORED":
                         self.acked[key] = sequence
                         self.doubtful.pop(key, None)
@@ -170,6 +172,12 @@ def check(cluster, load):
           f"value: {len(stale)} of {len(KEYS)}; copies on the returned node unlike the others: {len(wrong)}")
     for row in (load.violations[:5] + stale[:5]):
         print(f"  {row}")
+    for key, _, _ in stale[:3]:
+        listed = preference_lists(sock, names, [key])[0]
+        cas = [held[i].get(key, {}).get("cas") for i in range(len(names))]
+        print(f"  {key}: preference list {listed}, CAS per node {cas}; writes (time, via, sequence, reply):")
+        for at, via, sequence, reply in load.history.get(key, [])[-6:]:
+            print(f"    {at:.3f} {via} {sequence} {reply!r}")
     if load.violations or stale or wrong:
         print(f"FAIL {wrong[:5]}")
         return 1

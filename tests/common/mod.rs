@@ -117,13 +117,14 @@ impl Server {
     }
 
     /// Waits until this cluster node has taken the others' copies and acts
-    /// for its keys (`stats cluster` says `stale 0`).
+    /// for its keys, the others taking it as acting (`stats cluster` says
+    /// `acting 1`).
     pub fn wait_until_fresh(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let mut client = self.client();
         loop {
             let stats = client.stats("cluster");
-            if stats.iter().any(|(name, value)| name == "stale" && value == "0") {
+            if stats.iter().any(|(name, value)| name == "acting" && value == "1") {
                 return;
             }
             assert!(
