@@ -25,6 +25,12 @@
 //!   and the node forwards to it. Between the two, writes of those keys
 //!   fail for a moment (`Refusal::Handover`) rather than land on two nodes
 //!   at once.
+//! - A node says so only after handing over: once it takes the other as
+//!   acting (and so stopped acting in its place), it sends it every copy
+//!   it holds of its keys in a full resync, and says so once that resync
+//!   is applied. The writes it took in the other's place until the very
+//!   last moment are then there before the other acts (and, acting,
+//!   resyncs this node from its own copies).
 //! - A stale node is sent, by every live node, every copy that node holds
 //!   of its keys (a merge: the larger CAS wins), and refreshes only once
 //!   each live node has done so.
@@ -142,6 +148,10 @@ pub struct Membership {
     /// it came back at (a full resync started at or after it counts).
     returning: Vec<AtomicBool>,
     returning_epoch: Vec<AtomicU64>,
+    /// Per node: it may act, and a full resync from here started at or
+    /// after the epoch it became so (`handoff_epoch`) has been applied.
+    handed_over: Vec<AtomicBool>,
+    handoff_epoch: Vec<AtomicU64>,
     /// This node started, lost the majority, or missed a node's time down,
     /// and has not yet taken fresh copies since.
     stale: AtomicBool,
@@ -164,6 +174,8 @@ impl Membership {
             lag_micros: (0..nodes).map(|_| AtomicU64::new(u64::MAX)).collect(),
             returning: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
             returning_epoch: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            handed_over: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            handoff_epoch: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
             stale: AtomicBool::new(true),
             missed: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
         };
@@ -183,6 +195,7 @@ impl Membership {
     /// Records a node's state (this node is never down to itself).
     pub fn set(&self, node: usize, state: NodeState) {
         let state = if node == self.me { NodeState::Alive } else { state };
+        let could_act = self.may_act(node);
         let before = NodeState::from_u8(self.states[node].swap(state as u8, Ordering::AcqRel));
         if (before == NodeState::Down) != (state == NodeState::Down) {
             if state == NodeState::Down {
@@ -213,7 +226,7 @@ impl Membership {
             }
             self.majority.store(majority, Ordering::Relaxed);
             self.update_acting();
-            let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+            let epoch = self.bump(node, could_act);
             if state != NodeState::Down {
                 self.returning_epoch[node].store(epoch, Ordering::Relaxed);
             }
@@ -264,7 +277,7 @@ impl Membership {
         if !self.update_acting() && self.may_act(node) == could_act {
             return false;
         }
-        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        let epoch = self.bump(node, could_act);
         tracing::info!(
             "membership: node {node} says it is {}{} (epoch {epoch}, acting {})",
             if stale { "stale" } else { "fresh" },
@@ -278,7 +291,7 @@ impl Membership {
     pub fn view(&self) -> View {
         View(
             (0..self.states.len())
-                .map(|node| u8::from(self.may_act(node)) * View::MAY_ACT | u8::from(self.is_down(node)) * View::DOWN)
+                .map(|node| (u8::from(self.may_act(node)) * View::MAY_ACT) | (u8::from(self.is_down(node)) * View::DOWN))
                 .collect(),
         )
     }
@@ -314,10 +327,43 @@ impl Membership {
 
     /// A returning node has had its full resync from here: it acts for its keys again.
     pub fn returned(&self, node: usize) {
+        let could_act = self.may_act(node);
         if self.returning[node].swap(false, Ordering::AcqRel) {
             self.update_acting();
-            let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+            let epoch = self.bump(node, could_act);
             tracing::info!("membership: node {node} returned (epoch {epoch})");
+        }
+    }
+
+    /// A new epoch after `node`'s state changed (it could act before):
+    /// one that may act now and could not waits for a handover from here.
+    fn bump(&self, node: usize, could_act: bool) -> u64 {
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        if node != self.me && self.may_act(node) != could_act {
+            self.handed_over[node].store(false, Ordering::Relaxed);
+            self.handoff_epoch[node].store(epoch, Ordering::Relaxed);
+        }
+        epoch
+    }
+
+    /// Whether this node takes another as acting for its keys: it may act,
+    /// and has been handed over what this node took in its place.
+    pub fn grants(&self, node: usize) -> bool {
+        self.may_act(node) && self.handed_over[node].load(Ordering::Relaxed)
+    }
+
+    /// The epoch a full resync of `node` must have started at to hand it
+    /// over, while it waits for one.
+    pub fn awaits_handover(&self, node: usize) -> Option<u64> {
+        (self.may_act(node) && !self.handed_over[node].load(Ordering::Relaxed))
+            .then(|| self.handoff_epoch[node].load(Ordering::Relaxed))
+    }
+
+    /// A full resync started at or after `awaits_handover`'s epoch has
+    /// been applied by `node`.
+    pub fn handed_over(&self, node: usize) {
+        if !self.handed_over[node].swap(true, Ordering::AcqRel) {
+            tracing::info!("membership: handed node {node} its keys (epoch {})", self.epoch());
         }
     }
 
@@ -469,6 +515,38 @@ mod tests {
         );
         membership.refreshed();
         assert!(membership.may_act(0));
+    }
+
+    #[test]
+    fn a_node_is_taken_as_acting_only_once_handed_over() {
+        let membership = Membership::new(0, 3, PartitionPolicy::ReadOnly);
+        membership.refreshed();
+        membership.set(1, NodeState::Alive);
+        assert_eq!(membership.awaits_handover(1), None, "it may not act yet");
+        membership.set_said(1, false, false);
+        let since = membership.epoch();
+        assert!(membership.may_act(1) && !membership.grants(1));
+        assert_eq!(
+            membership.awaits_handover(1),
+            Some(since),
+            "a resync from this epoch on hands over"
+        );
+        membership.set_said(2, true, false);
+        assert_eq!(
+            membership.awaits_handover(1),
+            Some(since),
+            "another node's change does not restart it"
+        );
+        membership.handed_over(1);
+        assert!(membership.grants(1) && membership.awaits_handover(1).is_none());
+        membership.set(1, NodeState::Down);
+        assert!(!membership.grants(1));
+        membership.set(1, NodeState::Alive);
+        membership.set_said(1, false, false);
+        membership.returned(1);
+        let since = membership.epoch();
+        assert!(!membership.grants(1), "back from down: handed over again");
+        assert_eq!(membership.awaits_handover(1), Some(since));
     }
 
     #[test]

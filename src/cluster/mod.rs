@@ -117,7 +117,10 @@ impl Cluster {
     /// The preference list at a point, with `is_down` telling down nodes:
     /// this node's view now, or another's (`View`).
     fn preference_by<'a>(&'a self, point: ring::Point, is_down: impl Fn(usize) -> bool + 'a) -> impl Iterator<Item = usize> + 'a {
-        self.ring.clockwise(point).filter(move |&node| !is_down(node)).take(self.config.copies)
+        self.ring
+            .clockwise(point)
+            .filter(move |&node| !is_down(node))
+            .take(self.config.copies)
     }
 
     /// The node acting for a key: the first node clockwise that may act
@@ -129,7 +132,8 @@ impl Cluster {
     }
 
     fn acting_at(&self, point: ring::Point) -> usize {
-        self.acting_by(point, |node| self.membership.may_act(node)).unwrap_or(self.config.me)
+        self.acting_by(point, |node| self.membership.may_act(node))
+            .unwrap_or(self.config.me)
     }
 
     /// The node acting at a point with `may_act` telling who may (this
@@ -155,11 +159,19 @@ impl Cluster {
     /// Whether this node sends its record of `key` to `node`: it acts for
     /// the key and `node` holds a copy (only the acting node sends on).
     pub fn replicates_to(&self, key: &[u8], node: usize) -> bool {
+        self.resyncs_to(key, node, false)
+    }
+
+    /// `replicates_to`, and while handing `node` over (membership.rs) its
+    /// own keys too: the copies this node took while acting in its place.
+    pub fn resyncs_to(&self, key: &[u8], node: usize, handing_over: bool) -> bool {
         // One MD5 per record and follower, on the replication core.
         let point = point_of(key);
         let me = self.config.me;
         node != me
-            && self.acting_by(point, |node| self.membership.may_act(node)) == Some(me)
+            && self
+                .acting_by(point, |node| self.membership.may_act(node))
+                .is_some_and(|acting| acting == me || handing_over && acting == node)
             && self.preference_at(point).any(|other| other == node)
     }
 

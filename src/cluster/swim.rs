@@ -300,7 +300,10 @@ mod tests {
         net.run(Duration::from_secs(3));
         for node in 0..3 {
             assert_eq!(net.states(node), vec![Alive; 3], "node {node} after the cut healed");
-            assert!(net.nodes[node].restarts().is_empty(), "node {node}: renewals are not restarts");
+            assert!(
+                net.nodes[node].restarts().is_empty(),
+                "node {node}: renewals are not restarts"
+            );
         }
     }
 

@@ -83,9 +83,7 @@ pub fn outcome(out: &mut Vec<u8>, frame: Frame, key: &[u8], outcome: &Outcome<&[
         Outcome::Refused(refusal) => {
             let status = match refusal {
                 Refusal::ReadOnly => Status::NotSupported,
-                Refusal::NotActing | Refusal::Unreachable | Refusal::NoMajority | Refusal::Handover => {
-                    Status::TemporaryFailure
-                }
+                Refusal::NotActing | Refusal::Unreachable | Refusal::NoMajority | Refusal::Handover => Status::TemporaryFailure,
             };
             response(out, frame, status, 0, &[], &[], refusal.message().as_bytes());
         }

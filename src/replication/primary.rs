@@ -268,6 +268,13 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         (Some(key), Some(cluster), Some(node)) => cluster.holds_copy(key, node),
         _ => false,
     };
+    let handing_over = cluster
+        .zip(follower.node)
+        .is_some_and(|(cluster, node)| cluster.membership.awaits_handover(node).is_some());
+    let acted_or_handed = |record: &Record<'_>, _: bool| match (record.key(), cluster, follower.node) {
+        (Some(key), Some(cluster), Some(node)) => cluster.resyncs_to(key, node, handing_over),
+        _ => false,
+    };
     let mut selection = Selection::default();
     let view = cluster.map(|cluster| cluster.membership.view());
     if let (Some(cluster), Some(node)) = (cluster, follower.node) {
@@ -287,13 +294,17 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
             }
         }
         // A node that may not act is sent every copy of its keys held here,
-        // not only those acted for (membership.rs): whatever views differ,
-        // it ends with the newest copy any node holds. Any change of view
-        // is a new epoch, which restarts the resync under the new one.
+        // not only those acted for, and drops nothing first (a merge,
+        // membership.rs): whatever views differ, it ends with the newest
+        // copy any node holds. One this node is handing over is sent its
+        // own keys too: what this node took while acting in its place.
+        // Otherwise only what this node acts for: a copy of a key the
+        // follower acts for could bring back what it deleted. Any change of
+        // view is a new epoch, which restarts the resync under the new one.
         let merge = !cluster.membership.may_act(node);
         selection = Selection {
             log: Some(&keep),
-            snapshot: Some(if merge { &every_copy } else { &keep }),
+            snapshot: Some(if merge { &every_copy } else { &acted_or_handed }),
             merge,
             view: view.as_ref().map_or(&[], |view| view.as_bytes()),
         };
@@ -316,6 +327,14 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
             // It holds fresh copies of everything this node acted for in
             // its place: it acts for its keys again.
             membership.returned(node);
+            core.membership_moved();
+        }
+        if membership
+            .awaits_handover(node)
+            .is_some_and(|since| follower.epoch.get() >= since && caught_up(&follower.shards.borrow()))
+        {
+            // It holds what this node took in its place: it may act.
+            membership.handed_over(node);
             core.membership_moved();
         }
     }
@@ -479,7 +498,9 @@ async fn read_acks(
         let (header, _) = reader.frame(input).await?;
         if header.kind == Kind::State {
             if let (Some(node), Some(cluster)) = (follower.node, &core.global.cluster)
-                && cluster.membership.set_said(node, header.offset & 1 != 0, header.offset & 2 != 0)
+                && cluster
+                    .membership
+                    .set_said(node, header.offset & 1 != 0, header.offset & 2 != 0)
             {
                 core.membership_moved();
             }

@@ -362,17 +362,17 @@ fn split_by_shard(bytes: &[u8], shards: usize, batches: &mut [Vec<u8>]) -> Resul
 async fn send_acks(core: &ReplicationCore, source: usize, output: &mut (impl AsyncWrite + Unpin)) -> Result<(), WireError> {
     let mut last: Vec<u64> = Vec::new();
     let mut last_sent = Instant::now();
-    let mut said_at_epoch = None;
+    let mut said_at = None;
     let mut out = Vec::new();
     loop {
         let epoch = core.applied.epoch();
         let heartbeat = last_sent.elapsed() >= ACK_HEARTBEAT;
         if let Some(membership) = core.global.cluster.as_ref().map(|cluster| &cluster.membership) {
-            let view = membership.epoch();
-            if heartbeat || said_at_epoch != Some(view) {
-                let said = u64::from(membership.is_stale()) | u64::from(membership.may_act(source)) << 1;
+            let said = u64::from(membership.is_stale()) | u64::from(membership.grants(source)) << 1;
+            let now = (membership.epoch(), said);
+            if heartbeat || said_at != Some(now) {
                 wire::write_frame(&mut out, Kind::State, 0, said, &[]);
-                said_at_epoch = Some(view);
+                said_at = Some(now);
             }
         }
         let offsets = core.links.borrow()[source].applied_offsets();

@@ -48,7 +48,8 @@ pub enum Kind {
     /// The replica has applied the shard's log up to `offset`.
     Ack = 16,
     /// A cluster node says whether it is stale (`offset` bit 0) and whether
-    /// it takes the primary as acting for its keys (bit 1).
+    /// it takes the primary as acting for its keys (bit 1: it stopped
+    /// acting for them and the primary has applied its handover resync).
     State = 17,
 }
 

@@ -11,8 +11,8 @@ use std::cell::Cell;
 use super::Core;
 use super::router::{self, ReplySlot};
 use super::session::{After, Parse, Session};
-use crate::cluster::{Cluster, Placement};
 use crate::cluster::wire::{self, PEER_MAGIC, Request};
+use crate::cluster::{Cluster, Placement};
 use crate::request::{KeyOp, Outcome, Refusal};
 
 pub enum Step<'a> {
