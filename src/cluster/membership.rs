@@ -8,10 +8,9 @@
 //! majority is `returning` here: this node goes on acting for its keys
 //! (and sends it their copies) until it has had a full resync from here.
 //! A node that lost the majority is `stale` to itself: once the majority
-//! is back it acts for nothing until it has had full resyncs from every
-//! live node (which drop what it held of their keys and send it fresh
-//! copies), so the majority's writes win. A node starts stale too: it may
-//! be back from a crash, empty, while the others hold its keys.
+//! is back it acts for nothing until it has had a merge from every live
+//! node (below), so the majority's writes win. A node starts stale too:
+//! it may be back from a crash, empty, while the others hold its keys.
 //!
 //! Views differ for a while after every change (a heal can even make the
 //! failure detector declare healthy nodes down), so no node trusts its own
@@ -134,8 +133,8 @@ pub struct Membership {
     /// that may act in its place (not stale as it said, not returning
     /// here) says it takes it as acting.
     acting: AtomicBool,
-    /// Bumped whenever a node is declared down or comes back: preference
-    /// lists changed, so copies are re-sent.
+    /// Bumped whenever who may act changes (a node declared down, back,
+    /// returned, refreshed, or saying so): copies are re-sent.
     epoch: AtomicU64,
     /// Nodes declared down, counted.
     failovers: AtomicU64,
