@@ -35,6 +35,9 @@ pub struct GetOptions {
     /// mg: may hand out the recache win (classic gets never do; nor does an
     /// mg whose reply is an error: memcached marks the win as it ends the reply).
     pub claims_win: bool,
+    /// Log the key's state as it stands for its copies, as a write would
+    /// (a quorum read's repair, on the node acting for the key).
+    pub resend: bool,
 }
 
 /// Options of a store (cas, binary CAS, meta set).
@@ -127,6 +130,11 @@ impl<B: AsRef<[u8]>> KeyOp<B> {
             KeyOp::Get { options, .. } => options.touch.is_some() || options.vivify.is_some(),
             KeyOp::Store { .. } | KeyOp::Delete { .. } | KeyOp::Arith { .. } | KeyOp::Touch { .. } => true,
         }
+    }
+
+    /// Whether the operation logs the key's state for its copies.
+    pub fn logs_state(&self) -> bool {
+        self.mutates() || matches!(self, KeyOp::Get { options, .. } if options.resend)
     }
 }
 

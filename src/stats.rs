@@ -168,6 +168,14 @@ pub fn cluster(global: &Global) -> Vec<(String, String)> {
             cluster.forwarded_in.load(Ordering::Relaxed).to_string(),
         ),
         ("failovers".into(), membership.failovers().to_string()),
+        (
+            "quorum_reads".into(),
+            cluster.quorum_reads.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "quorum_repairs".into(),
+            cluster.quorum_repairs.load(Ordering::Relaxed).to_string(),
+        ),
     ];
     let report = global.replication.report();
     for (stat, name) in [("full_resyncs", "resyncs_full"), ("partial_resyncs", "resyncs_partial")] {

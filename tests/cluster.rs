@@ -436,3 +436,34 @@ fn writes_on_two_copies_survive_a_kill_of_the_node_acting_for_them() {
         client.roundtrip(format!("get {key}\r\n").as_bytes(), &expected);
     }
 }
+
+#[test]
+fn a_quorum_read_returns_the_newest_copy_through_any_node() {
+    let nodes = Server::start_cluster(&HOSTS, &["--copies", "3"]);
+    let keys = key_per_node(&nodes);
+    for (i, node) in nodes.iter().enumerate() {
+        let mut client = node.client();
+        for key in &keys {
+            client.roundtrip(format!("set {key} 7 0 2\r\nv{i}\r\n").as_bytes(), b"STORED\r\n");
+            client.roundtrip(b"wait 3 5000\r\n", b"COPIES 3\r\n");
+            client.send(format!("mg {key} c\r\n").as_bytes());
+            let cas: u64 = client.line().strip_prefix("HD c").expect("HD c<cas>").parse().unwrap();
+            client.roundtrip(
+                format!("cluster get {key}\r\n").as_bytes(),
+                format!("VALUE {key} 7 2 {cas}\r\nv{i}\r\nEND\r\n").as_bytes(),
+            );
+        }
+        client.roundtrip(b"cluster get absent\r\n", b"END\r\n");
+        client.roundtrip(b"cluster get\r\n", b"CLIENT_ERROR bad command line format\r\n");
+    }
+    // Every copy agreed: nothing to repair (three keys and the absent one read here).
+    let mut client = nodes[0].client();
+    let stats = lines_until_end(&mut client, "stats cluster");
+    assert!(stats.contains(&"STAT quorum_repairs 0".to_string()), "{stats:?}");
+    assert!(stats.contains(&"STAT quorum_reads 4".to_string()), "{stats:?}");
+    let plain = Server::start(&["-t", "1"]);
+    plain.client().roundtrip(
+        b"cluster get x\r\n",
+        b"SERVER_ERROR cluster mode is off (start with --cluster-nodes)\r\n",
+    );
+}

@@ -32,7 +32,12 @@
 //!   resyncs this node from its own copies).
 //! - A stale node is sent, by every live node, every copy that node holds
 //!   of its keys (a merge: the larger CAS wins), and refreshes only once
-//!   each live node has done so.
+//!   each live node has done so. A merge has no record of deletes: a key
+//!   deleted meanwhile can come back.
+//! - While a node waits for a grant, the others forward its keys to it and
+//!   it refuses them as not acting (`NotActing`); a grant that never comes
+//!   is undone only by failure detection (a node seen down says again).
+//!   A node failure detection never heard from is not waited for.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
@@ -196,6 +201,14 @@ impl Membership {
         let state = if node == self.me { NodeState::Alive } else { state };
         let could_act = self.may_act(node);
         let before = NodeState::from_u8(self.states[node].swap(state as u8, Ordering::AcqRel));
+        if before == NodeState::Unknown && state != NodeState::Unknown && self.update_acting() {
+            // First heard of: now its say is waited for.
+            let epoch = self.bump(node, could_act);
+            tracing::info!(
+                "membership: node {node} first heard of (epoch {epoch}, acting {})",
+                self.is_acting()
+            );
+        }
         if (before == NodeState::Down) != (state == NodeState::Down) {
             if state == NodeState::Down {
                 self.failovers.fetch_add(1, Ordering::Relaxed);
@@ -305,8 +318,10 @@ impl Membership {
     fn update_acting(&self) -> bool {
         let granted = (0..self.states.len()).filter(|&node| node != self.me).all(|node| {
             // A returning node was down while this one kept the majority:
-            // it acted for nothing meanwhile.
+            // it acted for nothing meanwhile. One never heard from has not
+            // acted either (this node refreshes without it after a grace).
             self.is_down(node)
+                || self.state(node) == NodeState::Unknown
                 || self.is_returning(node)
                 || self.reported(node) == Reported::Stale
                 || self.granted[node].load(Ordering::Relaxed)
@@ -465,9 +480,10 @@ mod tests {
         let membership = Membership::new(0, 3, PartitionPolicy::ReadOnly);
         assert!(membership.is_stale() && !membership.may_act(0), "a node starts stale");
         membership.refreshed();
-        assert!(!membership.may_act(0), "not before the others take it as acting");
+        assert!(membership.may_act(0), "nodes never heard from are not waited for");
         membership.set(1, NodeState::Alive);
         membership.set(2, NodeState::Alive);
+        assert!(!membership.may_act(0), "not before the others take it as acting");
         assert!(!membership.may_act(1), "not before it says it is fresh");
         assert_eq!(membership.describe(1), "syncing");
         let epoch = membership.epoch();
@@ -552,8 +568,8 @@ mod tests {
     fn the_epoch_moves_when_a_node_goes_down_or_comes_back_not_when_suspected() {
         let membership = Membership::new(1, 3, PartitionPolicy::ReadOnly);
         membership.refreshed();
-        let start = membership.epoch();
         membership.set(0, NodeState::Alive);
+        let start = membership.epoch();
         membership.set(0, NodeState::Suspect);
         assert_eq!(membership.epoch(), start);
         membership.set(0, NodeState::Down);

@@ -54,6 +54,9 @@ pub struct Cluster {
     /// per batch).
     pub forwarded_out: AtomicU64,
     pub forwarded_in: AtomicU64,
+    /// Quorum reads answered here, and those that repaired a copy.
+    pub quorum_reads: AtomicU64,
+    pub quorum_repairs: AtomicU64,
     /// Per node, per shard of this node: the offset of this node's log that
     /// node has applied (its copies), as its acks say. `wait` reads it.
     acked: Vec<Box<[AtomicU64]>>,
@@ -73,6 +76,8 @@ impl Cluster {
             membership,
             forwarded_out: AtomicU64::new(0),
             forwarded_in: AtomicU64::new(0),
+            quorum_reads: AtomicU64::new(0),
+            quorum_repairs: AtomicU64::new(0),
             acked,
         }
     }
@@ -150,7 +155,9 @@ impl Cluster {
             Some(node) => Placement::Node(node),
             // No node may act: a minority serves what it holds (its policy
             // refuses what it must); in the majority a write waits for the
-            // handover to end rather than land where nobody acts.
+            // handover to end rather than land where nobody acts, and a
+            // read is answered from what this node holds (a node just
+            // restarted empty answers misses until it hears the others).
             None if mutates && self.membership.has_majority() => Placement::Handover,
             None => Placement::Here,
         }

@@ -44,6 +44,12 @@ pub enum Request<'a> {
         key: &'a [u8],
         at: Option<u64>,
     },
+    /// For a quorum read: the receiving node's own copy of a key, whether
+    /// or not it acts for it (a look that changes nothing). Answered like
+    /// a get.
+    CopyOf {
+        key: &'a [u8],
+    },
 }
 
 /// Appends a request frame holding `op`.
@@ -67,6 +73,14 @@ pub fn encode_copies(out: &mut Vec<u8>, key: &[u8], at: Option<u64>) {
     out.push(COPIES);
     put_bytes(out, key);
     put_option_u64(out, at);
+    end_frame(out, start);
+}
+
+/// Appends a request frame asking for the receiver's copy of `key` (Request::CopyOf).
+pub fn encode_copy_of(out: &mut Vec<u8>, key: &[u8]) {
+    let start = begin_frame(out);
+    out.push(COPY_OF);
+    put_bytes(out, key);
     end_frame(out, start);
 }
 
@@ -104,6 +118,10 @@ pub fn decode_request(body: &[u8]) -> Result<Request<'_>, WireError> {
                 key: reader.bytes()?,
                 at: reader.option_u64()?,
             }
+        }
+        Some(&COPY_OF) => {
+            reader.u8()?;
+            Request::CopyOf { key: reader.bytes()? }
         }
         _ => Request::Key(reader.op()?),
     };
@@ -177,6 +195,7 @@ const ARITH: u8 = 3;
 const TOUCH: u8 = 4;
 const FLUSH_ALL: u8 = 5;
 const COPIES: u8 = 6;
+const COPY_OF: u8 = 7;
 
 fn put_op(out: &mut Vec<u8>, op: &KeyOp<&[u8]>) {
     match op {
@@ -195,6 +214,7 @@ fn put_op(out: &mut Vec<u8>, op: &KeyOp<&[u8]>) {
                     options.no_bump,
                     options.peek,
                     options.claims_win,
+                    options.resend,
                 ],
             );
         }
@@ -401,7 +421,7 @@ impl<'a> Reader<'a> {
             GET => {
                 let (touch, vivify, recache_below, new_cas) =
                     (self.option_i64()?, self.option_i64()?, self.option_i64()?, self.option_u64()?);
-                let [recache_after_touch, touch_after_vivify, no_bump, peek, claims_win] = self.bits()?;
+                let [recache_after_touch, touch_after_vivify, no_bump, peek, claims_win, resend] = self.bits()?;
                 KeyOp::Get {
                     key,
                     options: GetOptions {
@@ -414,6 +434,7 @@ impl<'a> Reader<'a> {
                         new_cas,
                         peek,
                         claims_win,
+                        resend,
                     },
                 }
             }
@@ -578,6 +599,7 @@ mod tests {
                     new_cas: Some(u64::MAX),
                     peek: false,
                     claims_win: true,
+                    resend: true,
                 },
             },
             KeyOp::Store {
@@ -689,6 +711,11 @@ mod tests {
             assert_eq!(decode_request(body).unwrap(), Request::Copies { key: b"some key", at });
             assert!(decode_request(&body[..body.len() - 1]).is_err());
         }
+        let mut bytes = Vec::new();
+        encode_copy_of(&mut bytes, b"some key");
+        let (body, _) = frame(&bytes).unwrap().unwrap();
+        assert_eq!(decode_request(body).unwrap(), Request::CopyOf { key: b"some key" });
+        assert!(decode_request(&body[..body.len() - 1]).is_err());
         for outcome in &sample_outcomes() {
             let mut bytes = Vec::new();
             encode_outcome(&mut bytes, outcome);

@@ -407,6 +407,7 @@ fn build<'a>(
             new_cas,
             peek: kind == MetaKind::Debug,
             claims_win: kind == MetaKind::Get && !opaque_too_long,
+            resend: false,
         }),
         MetaKind::Set => {
             let length = datalen.unwrap_or(0);
@@ -538,6 +539,7 @@ mod tests {
                 new_cas: None,
                 peek: false,
                 claims_win: true,
+                resend: false,
             })
         );
         // T and N act in the order of the line.

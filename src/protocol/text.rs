@@ -62,6 +62,8 @@ pub enum Command<'a> {
     Replication(ReplicationAdmin<'a>),
     /// `cluster nodes` | `cluster owner <key>`.
     Cluster(ClusterAdmin<'a>),
+    /// `cluster get <key>`: a quorum read (router::quorum_get).
+    ClusterGet(&'a [u8]),
     /// `wait <copies> <timeout_ms>` (cluster mode): block until the
     /// connection's last write is on that many copies, or the timeout.
     /// None: the arguments are not two numbers. Not a memcached command:
@@ -455,6 +457,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
             (3, b"owner") if tokens.get(2).len() <= KEY_MAX_LENGTH => {
                 command(Command::Cluster(ClusterAdmin::Owner(tokens.get(2))))
             }
+            (3, b"get") if tokens.get(2).len() <= KEY_MAX_LENGTH => command(Command::ClusterGet(tokens.get(2))),
             _ => error(BAD_FORMAT),
         },
         b"replication" => match (tokens.count, tokens.get(1)) {
@@ -864,6 +867,7 @@ mod tests {
             command(b"cluster owner foo\r\n"),
             Command::Cluster(ClusterAdmin::Owner(b"foo"))
         );
+        assert_eq!(command(b"cluster get foo\r\n"), Command::ClusterGet(b"foo"));
         assert_eq!(
             command(b"lru_crawler metadump 1,3\r\n"),
             Command::Metadump {

@@ -7,9 +7,10 @@
 //! behind, and out of the backlog.
 //!
 //! A follower that is another cluster node is sent only the records of the
-//! keys this node acts for and that node holds copies of (KEPT frames, and
-//! snapshots filtered the same way): the ring lookup for each record runs
-//! here, on the replication core, never on a worker.
+//! keys this node acts for and that node holds copies of (KEPT frames;
+//! snapshots the same, and more in a merge or a handover: `fill`): the
+//! ring lookup for each record runs here, on the replication core, never
+//! on a worker.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
@@ -157,10 +158,11 @@ async fn follower(core: &Rc<ReplicationCore>, stream: glommio::net::TcpStream) -
             return Err(WireError::BadHandshake);
         }
     }
-    // A node back from down gets a full resync, whatever it says it holds.
-    let returning = node
-        .zip(core.global.cluster.as_ref())
-        .is_some_and(|(node, cluster)| cluster.membership.is_returning(node));
+    // A node back from down gets a full resync, whatever it says it holds;
+    // so does one being handed its keys (the handover is a full resync).
+    let returning = node.zip(core.global.cluster.as_ref()).is_some_and(|(node, cluster)| {
+        cluster.membership.is_returning(node) || cluster.membership.awaits_handover(node).is_some()
+    });
     let own = core.global.replication.replid();
     let same_history = !returning && replid.as_deref() == Some(own.as_str()) && offsets.len() == core.shards;
     let mut hello = wire::primary_line(&own, core.shards).into_bytes();
@@ -259,8 +261,14 @@ async fn write_loop(
 /// the snapshot slices to ask the shards for (shard, attempt, cursor).
 fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(usize, u32, usize)> {
     let cluster = core.global.cluster.as_ref();
+    // While handing the follower over, its own keys too: a write this
+    // node routed to itself just before it stopped acting may run after
+    // the handover's snapshot passed its key.
+    let handing_over = cluster
+        .zip(follower.node)
+        .is_some_and(|(cluster, node)| cluster.membership.awaits_handover(node).is_some());
     let keep = |record: &Record<'_>, relayed: bool| match (record.key(), cluster, follower.node) {
-        (Some(key), Some(cluster), Some(node)) => !relayed && cluster.replicates_to(key, node),
+        (Some(key), Some(cluster), Some(node)) => !relayed && cluster.resyncs_to(key, node, handing_over),
         // Every node hears a flush_all itself; a key-less record is not sent on.
         _ => false,
     };
@@ -268,9 +276,6 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         (Some(key), Some(cluster), Some(node)) => cluster.holds_copy(key, node),
         _ => false,
     };
-    let handing_over = cluster
-        .zip(follower.node)
-        .is_some_and(|(cluster, node)| cluster.membership.awaits_handover(node).is_some());
     let acted_or_handed = |record: &Record<'_>, _: bool| match (record.key(), cluster, follower.node) {
         (Some(key), Some(cluster), Some(node)) => cluster.resyncs_to(key, node, handing_over),
         _ => false,
@@ -286,7 +291,7 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         let epoch = cluster.membership.epoch();
         if follower.epoch.replace(epoch) != epoch {
             // The keys this follower should hold changed: a full resync of
-            // each shard (it drops what this node sent it, then reloads).
+            // each shard (unless a merge, it drops what this node sends it, then reloads).
             tracing::info!("node {node}: full resync for epoch {epoch}");
             for shard in follower.shards.borrow_mut().iter_mut() {
                 shard.sync = Sync::NeedSnapshot;

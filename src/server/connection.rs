@@ -351,6 +351,14 @@ async fn execute_run<S: Session>(
     // Routed in slices so that a huge multi-get streams its replies instead
     // of gathering them all in memory; a normal pipeline is one slice.
     let mut sent = Ok(());
+    if !S::FORWARDS
+        && let Some(cluster) = &core.global.cluster
+    {
+        // Ops another node forwarded here.
+        cluster
+            .forwarded_in
+            .fetch_add(ops.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    }
     for (slice, slice_ops) in ops.chunks(OPS_PER_ROUTE).enumerate() {
         let base = slice * OPS_PER_ROUTE;
         router::execute(core, reply_slot, slice_ops, S::FORWARDS, |index, outcome| {

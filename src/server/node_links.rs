@@ -110,6 +110,15 @@ impl NodeLinks {
         })
     }
 
+    /// Asks `node` for its own copy of a key (a quorum read); the answer
+    /// comes back in `batch` like a get's outcome.
+    pub fn copy_of(&self, node: usize, slot: u32, key: &[u8], batch: OpBatch) -> Result<(), OpBatch> {
+        self.queue(node, slot, batch, |out| {
+            wire::encode_copy_of(out, key);
+            1
+        })
+    }
+
     fn queue(&self, node: usize, slot: u32, batch: OpBatch, encode: impl FnOnce(&mut Vec<u8>) -> usize) -> Result<(), OpBatch> {
         match self.links.get(node) {
             Some(Some(link)) => link.queue(slot, batch, encode),

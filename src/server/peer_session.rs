@@ -4,7 +4,8 @@
 //! accepts one. An op for a key this node does not act for is refused
 //! (`Refusal::NotActing`), never forwarded again, so a request cannot loop;
 //! a flush_all from another node flushes this node only; `wait`'s questions
-//! about a key's copies are answered at once.
+//! about a key's copies are answered at once; a quorum read's question for
+//! this node's own copy of a key is answered whoever acts for it.
 
 use std::cell::Cell;
 
@@ -13,7 +14,7 @@ use super::router::{self, ReplySlot};
 use super::session::{After, Parse, Session};
 use crate::cluster::wire::{self, PEER_MAGIC, Request};
 use crate::cluster::{Cluster, Placement};
-use crate::request::{KeyOp, Outcome, Refusal};
+use crate::request::{GetOptions, KeyOp, Outcome, Refusal};
 
 pub enum Step<'a> {
     /// The link's opening byte.
@@ -28,7 +29,8 @@ pub enum Step<'a> {
         key: &'a [u8],
         at: Option<u64>,
     },
-    /// An op for a key another node acts for.
+    /// An op for a key another node acts for (`NotActing`), or a write no
+    /// node may take in the switch (`Handover`).
     Refused(Refusal),
     /// An undecodable frame: the link is closed.
     Malformed,
@@ -89,6 +91,14 @@ impl Session for PeerSession<'_> {
             Ok(Request::FlushAll { delay }) => Step::FlushAll { delay },
             Ok(Request::Copies { key, at }) if self.acts_for(key) => Step::Copies { key, at },
             Ok(Request::Copies { .. }) => Step::Refused(Refusal::NotActing),
+            // Any node's own copy, for a quorum read: a look, never a write.
+            Ok(Request::CopyOf { key }) => Step::Op(KeyOp::Get {
+                key,
+                options: GetOptions {
+                    peek: true,
+                    ..GetOptions::default()
+                },
+            }),
             Err(error) => {
                 tracing::warn!("closing a cluster link: {error}");
                 return Parse::Close { step: Step::Malformed };

@@ -20,7 +20,7 @@ use super::Core;
 use crate::cluster::Placement;
 use crate::hash::KeyHash;
 use crate::report::CoreReport;
-use crate::request::{KeyOp, Outcome, Refusal};
+use crate::request::{GetOptions, KeyOp, Outcome, Refusal};
 use crate::store::Shard;
 use crate::store::prefix_stats::PrefixCounts;
 
@@ -501,9 +501,6 @@ pub async fn execute(
         (Some(cluster), Some(links)) if forward => Some((cluster, links)),
         _ => None,
     };
-    if !forward && let Some(cluster) = &core.global.cluster {
-        cluster.forwarded_in.fetch_add(ops.len() as u64, Ordering::Relaxed);
-    }
     if cluster.is_some()
         && let Some(op) = ops.iter().rev().find(|op| op.mutates())
     {
@@ -781,6 +778,117 @@ pub async fn copies_here(core: &Core, reply_slot: &ReplySlot, key: &[u8], at: Op
         .take_while(|&node| cluster.acked(node, shard) >= offset)
         .count();
     1 + holders as u64
+}
+
+/// A key's copy on one node, as a quorum read found it.
+pub struct FoundCopy {
+    pub client_flags: u32,
+    pub cas: u64,
+    pub value: Vec<u8>,
+}
+
+/// What `quorum_get` found.
+pub struct QuorumRead {
+    /// The copy with the largest CAS among those asked (None: a miss on each).
+    pub newest: Option<FoundCopy>,
+    /// Some copy asked was older (or missing), and the node acting for the
+    /// key, which holds the newest, was asked to send its state again.
+    pub repaired: bool,
+}
+
+/// A copy, a miss (Ok(None)), or no answer (Err: refused, unreachable).
+fn found(outcome: &Outcome<&[u8]>) -> Result<Option<FoundCopy>, ()> {
+    match outcome {
+        Outcome::Hit { info, value } => Ok(Some(FoundCopy {
+            client_flags: info.client_flags,
+            cas: info.cas,
+            value: value.to_vec(),
+        })),
+        Outcome::Miss => Ok(None),
+        _ => Err(()),
+    }
+}
+
+/// A read that asks a majority of the key's live preference list, and the
+/// node acting for it, for their own copies, and returns the one with the
+/// largest CAS: the newest write (a node acting for a key gives out CAS
+/// values above every one it applied). When a copy asked is older or
+/// missing and the acting node's is the newest, the acting node logs the
+/// key's state again, which every copy applies. None when fewer than a
+/// majority of the preference list answered.
+pub async fn quorum_get(core: &Core, reply_slot: &ReplySlot, key: &[u8]) -> Option<QuorumRead> {
+    let cluster = core.global.cluster.as_ref()?;
+    let acting = cluster.acting_for(key);
+    let listed: Vec<usize> = cluster.preference_list(key).collect();
+    let quorum = listed.len() / 2 + 1;
+    let mut asked: Vec<usize> = listed.iter().copied().take(quorum).collect();
+    if !asked.contains(&acting) {
+        asked.push(acting);
+    }
+    let mut copies: Vec<(usize, Option<FoundCopy>)> = Vec::with_capacity(asked.len());
+    if let Some(&me) = asked.iter().find(|&&node| cluster.is_me(node)) {
+        let look = KeyOp::Get {
+            key,
+            options: GetOptions {
+                peek: true,
+                ..GetOptions::default()
+            },
+        };
+        let mut answer = Err(());
+        execute(core, reply_slot, std::slice::from_ref(&look), false, |_, outcome| {
+            answer = found(outcome)
+        })
+        .await;
+        if let Ok(copy) = answer {
+            copies.push((me, copy));
+        }
+    }
+    // The other nodes all at once; each answers whether or not it acts.
+    let mut sent = 0;
+    if let Some(links) = &core.links {
+        for &node in asked.iter().filter(|&&node| !cluster.is_me(node)) {
+            if links.copy_of(node, reply_slot.slot, key, OpBatch::default()).is_ok() {
+                sent += 1;
+            }
+        }
+    }
+    let mut replies = Vec::new();
+    if sent > 0 {
+        reply_slot.wait(sent, &mut replies).await;
+    }
+    for (peer, reply) in replies {
+        if let FromShard::Outcomes { batch, .. } = reply
+            && let Some(Ok(copy)) = batch.outcome(0).map(|outcome| found(&outcome))
+        {
+            copies.push((peer - core.cores, copy));
+        }
+    }
+    if copies.iter().filter(|(node, _)| listed.contains(node)).count() < quorum {
+        return None;
+    }
+    let cas_of = |copy: &Option<FoundCopy>| copy.as_ref().map(|copy| copy.cas);
+    let newest_at = (0..copies.len()).max_by_key(|&at| cas_of(&copies[at].1))?;
+    let newest_cas = cas_of(&copies[newest_at].1);
+    let stale = copies.iter().any(|(_, copy)| cas_of(copy) != newest_cas);
+    let acting_newest = copies
+        .iter()
+        .any(|(node, copy)| *node == acting && cas_of(copy) == newest_cas);
+    let repaired = stale && acting_newest;
+    if repaired {
+        let resend = KeyOp::Get {
+            key,
+            options: GetOptions {
+                peek: true,
+                resend: true,
+                ..GetOptions::default()
+            },
+        };
+        execute(core, reply_slot, std::slice::from_ref(&resend), true, |_, _| {}).await;
+        cluster.quorum_repairs.fetch_add(1, Ordering::Relaxed);
+    }
+    cluster.quorum_reads.fetch_add(1, Ordering::Relaxed);
+    let newest = copies.swap_remove(newest_at).1;
+    Some(QuorumRead { newest, repaired })
 }
 
 /// How often `wait` looks at the copies' acks.

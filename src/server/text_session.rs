@@ -187,6 +187,7 @@ impl Session for TextSession {
                 text_reply::end(out);
             }
             Command::Replication(admin) => text_reply::line(out, replication_admin(core, admin)),
+            Command::ClusterGet(key) => quorum_get(core, reply_slot, key, out).await,
             Command::Cluster(admin) => cluster_admin(core, admin, out),
             Command::Wait(wait) => match (&core.global.cluster, wait) {
                 // Not a memcached command: unknown outside cluster mode.
@@ -249,6 +250,26 @@ fn cluster_admin(core: &Core, admin: ClusterAdmin<'_>, out: &mut Vec<u8>) {
                 let _ = write!(out, "REPLICA {}\r\n", nodes[index]);
             }
         }
+    }
+    text_reply::end(out);
+}
+
+/// `cluster get <key>`: the newest of a majority of the key's copies, as
+/// `gets` answers (`VALUE <key> <flags> <bytes> <cas>`, the data, `END`).
+async fn quorum_get(core: &Core, reply_slot: &ReplySlot, key: &[u8], out: &mut Vec<u8>) {
+    use std::io::Write;
+    if core.global.cluster.is_none() {
+        return text_reply::line(out, "SERVER_ERROR cluster mode is off (start with --cluster-nodes)");
+    }
+    let Some(read) = router::quorum_get(core, reply_slot, key).await else {
+        return text_reply::line(out, "SERVER_ERROR fewer than a majority of the key's copies answered");
+    };
+    if let Some(copy) = read.newest {
+        out.extend_from_slice(b"VALUE ");
+        out.extend_from_slice(key);
+        let _ = write!(out, " {} {} {}\r\n", copy.client_flags, copy.value.len(), copy.cas);
+        out.extend_from_slice(&copy.value);
+        out.extend_from_slice(b"\r\n");
     }
     text_reply::end(out);
 }
