@@ -55,6 +55,8 @@ pub fn point_of(key: &[u8]) -> Point {
 pub struct Ring {
     points: Vec<(Point, u16)>,
     nodes: usize,
+    /// Nodes with points (a node whose weight earns none has none).
+    placed: usize,
 }
 
 impl Ring {
@@ -76,9 +78,12 @@ impl Ring {
             }
         }
         points.sort_unstable();
+        let mut seen = vec![false; nodes.len()];
+        points.iter().for_each(|&(_, node)| seen[usize::from(node)] = true);
         Ring {
             points,
             nodes: nodes.len(),
+            placed: seen.iter().filter(|&&placed| placed).count(),
         }
     }
 
@@ -103,6 +108,7 @@ impl Ring {
             ring: self,
             next: self.first_at_or_after(point),
             steps: 0,
+            left: self.placed,
             seen: [0; MAX_NODES / 64],
         }
     }
@@ -127,6 +133,9 @@ pub struct Clockwise<'a> {
     ring: &'a Ring,
     next: usize,
     steps: usize,
+    /// Nodes not yielded yet: none left ends the walk (no full lap to
+    /// find that a skipped node has no further point).
+    left: usize,
     /// Nodes already yielded, as a bit set of MAX_NODES bits.
     seen: [u64; MAX_NODES / 64],
 }
@@ -136,13 +145,14 @@ impl Iterator for Clockwise<'_> {
 
     fn next(&mut self) -> Option<usize> {
         let points = &self.ring.points;
-        while self.steps < points.len() {
+        while self.left > 0 && self.steps < points.len() {
             let node = usize::from(points[self.next].1);
             self.next = (self.next + 1) % points.len();
             self.steps += 1;
             let (word, bit) = (node / 64, 1u64 << (node % 64));
             if self.seen[word] & bit == 0 {
                 self.seen[word] |= bit;
+                self.left -= 1;
                 return Some(node);
             }
         }
@@ -166,6 +176,24 @@ mod tests {
         (0..keys)
             .map(|i| char::from(b'0' + ring.owner(point_of(format!("key:{i}").as_bytes())) as u8))
             .collect()
+    }
+
+    #[test]
+    fn a_walk_yields_each_placed_node_once_and_stops() {
+        // Weight 1 against 1000 earns no points: that node is never yielded.
+        let ring = Ring::new(&[
+            node("10.0.0.1", 11211, 1),
+            node("10.0.0.2", 11211, 1000),
+            node("10.0.0.3", 11211, 1000),
+        ]);
+        assert!(ring.points().iter().all(|&(_, node)| node != 0));
+        for point in [0, 1 << 31, u32::MAX] {
+            let mut walk = ring.clockwise(point);
+            let mut nodes: Vec<usize> = walk.by_ref().collect();
+            assert!(walk.steps < ring.points().len(), "it stops once every placed node is found");
+            nodes.sort_unstable();
+            assert_eq!(nodes, [1, 2]);
+        }
     }
 
     // The owners of key:0 .. key:199, printed by libmemcached 1.1.4
