@@ -183,13 +183,18 @@ impl Cluster {
     }
 
     /// Whether `source`, seeing the cluster as `view`, sends this node its
-    /// copy of `key` (what `replicates_to` says on `source`).
+    /// copy of `key` (what `replicates_to` says on `source`), so that a
+    /// full resync from it replaces the key here. Never a key this node
+    /// acts for now (or, seeing no node that may, could): the view may be
+    /// older than the say that made it act, and its own writes are newest.
     pub fn replicated_from(&self, view: &View, source: usize, key: &[u8]) -> bool {
+        // One MD5 per key dropped, on the worker applying the resync.
         let point = point_of(key);
         let me = self.config.me;
         source != me
             && self.acting_by(point, |node| view.may_act(node)).unwrap_or(source) == source
             && self.preference_by(point, |node| view.is_down(node)).any(|other| other == me)
+            && self.acting_at(point) != me
     }
 
     /// Whether `node` holds a copy of `key` (is in its preference list),

@@ -276,10 +276,6 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         (Some(key), Some(cluster), Some(node)) => cluster.holds_copy(key, node),
         _ => false,
     };
-    let acted_or_handed = |record: &Record<'_>, _: bool| match (record.key(), cluster, follower.node) {
-        (Some(key), Some(cluster), Some(node)) => cluster.resyncs_to(key, node, handing_over),
-        _ => false,
-    };
     let mut selection = Selection::default();
     let view = cluster.map(|cluster| cluster.membership.view());
     if let (Some(cluster), Some(node)) = (cluster, follower.node) {
@@ -309,7 +305,7 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         let merge = !cluster.membership.may_act(node);
         selection = Selection {
             log: Some(&keep),
-            snapshot: Some(if merge { &every_copy } else { &acted_or_handed }),
+            snapshot: Some(if merge { &every_copy } else { &keep }),
             merge,
             view: view.as_ref().map_or(&[], |view| view.as_bytes()),
         };

@@ -301,15 +301,11 @@ impl<'a> Source<'a> {
     /// Whether this source's shard sends the key (so a full resync of it
     /// replaces the key): a cluster node by the view it resyncs with
     /// (without one, it sends none).
-    /// Never a key this node acts for now: the view may be older than the
-    /// say that made it act, and its own writes are the newest.
     fn sends(&self, hash: KeyHash, key: &[u8], view: Option<&View>) -> bool {
         hash.shard(self.primary_shards) == self.primary_shard
             && match (self.cluster, view) {
                 (None, _) => true,
-                (Some(cluster), Some(view)) => {
-                    cluster.replicated_from(view, self.index, key) && !cluster.is_me(cluster.acting_for(key))
-                }
+                (Some(cluster), Some(view)) => cluster.replicated_from(view, self.index, key),
                 (Some(_), None) => false,
             }
     }
