@@ -104,6 +104,11 @@ pub struct Args {
     /// matches its -l and -p
     #[arg(long = "cluster-nodes", value_name = "HOST:PORT[:WEIGHT],...")]
     pub cluster_nodes: Option<String>,
+    /// Start outside the cluster of --cluster-nodes (whose entries need not
+    /// name this node): it learns the node list from them and takes its
+    /// keys once a `cluster add` names its -l and -p
+    #[arg(long = "cluster-join")]
+    pub cluster_join: bool,
     /// Port for replication and failure detection between cluster nodes.
     /// Every node's sits at the same offset from its client port (default:
     /// client port + 10000)
@@ -184,7 +189,9 @@ pub enum ConfigError {
     ClusterDuplicate(String),
     #[error("--cluster-nodes: at most {max} nodes, {count} given", max = ring::MAX_NODES)]
     ClusterSize { count: usize },
-    #[error("--cluster-nodes does not list this node: none of its entries is -l {listen} with -p {port}")]
+    #[error(
+        "--cluster-nodes does not list this node: none of its entries is -l {listen} with -p {port} (a node that joins later takes --cluster-join and one -l address)"
+    )]
     ClusterSelf { listen: String, port: u16 },
     #[error("--copies {copies}: must be between 1 and the number of nodes ({nodes})")]
     Copies { copies: usize, nodes: usize },
@@ -457,17 +464,31 @@ impl Args {
         if self.replica_of.is_some() {
             return Err(ConfigError::ClusterReplicaOf);
         }
-        let nodes = parse_node_list(list)?;
+        let mut nodes = parse_node_list(list)?;
         if nodes.len() > ring::MAX_NODES {
             return Err(ConfigError::ClusterSize { count: nodes.len() });
         }
-        let me = nodes
+        let listed = nodes
             .iter()
-            .position(|node| node.port == self.port && resolves_to_one_of(&node.host, node.port, listen))
-            .ok_or_else(|| ConfigError::ClusterSelf {
-                listen: self.listen.clone(),
-                port: self.port,
-            })?;
+            .position(|node| node.port == self.port && resolves_to_one_of(&node.host, node.port, listen));
+        let me = match listed {
+            Some(me) => me,
+            // A joining node not listed names itself by its address.
+            None if self.cluster_join && listen.len() == 1 && !listen[0].is_unspecified() && nodes.len() < ring::MAX_NODES => {
+                nodes.push(NodeAddress {
+                    host: listen[0].to_string(),
+                    port: self.port,
+                    weight: 1,
+                });
+                nodes.len() - 1
+            }
+            None => {
+                return Err(ConfigError::ClusterSelf {
+                    listen: self.listen.clone(),
+                    port: self.port,
+                });
+            }
+        };
         if !(1..=nodes.len()).contains(&self.copies) {
             return Err(ConfigError::Copies {
                 copies: self.copies,
@@ -488,6 +509,7 @@ impl Args {
         Ok(Some(ClusterConfig {
             nodes,
             me,
+            joining: self.cluster_join,
             copies: self.copies,
             cluster_port_offset: i32::from(cluster_port) - i32::from(self.port),
             partition_policy: self.partition_policy,

@@ -149,16 +149,33 @@ pub fn cluster(global: &Global) -> Vec<(String, String)> {
         return vec![("cluster".into(), "off".into())];
     };
     let membership = &cluster.membership;
+    let layout = cluster.layout();
+    let list = &layout.list;
     let mut lines: Vec<(String, String)> = vec![
-        // The node list is fixed for now (changing it comes with epochs).
-        ("node_list_epoch".into(), "1".into()),
+        ("node_list_epoch".into(), list.epoch().to_string()),
+        ("node_list_digest".into(), format!("{:016x}", list.digest())),
+        (
+            "node_list_changes".into(),
+            cluster.list_changes.load(Ordering::Relaxed).to_string(),
+        ),
         ("membership_epoch".into(), membership.epoch().to_string()),
-        ("nodes".into(), cluster.config.nodes.len().to_string()),
-        ("self".into(), cluster.config.me.to_string()),
+        ("nodes".into(), list.members().count().to_string()),
+        ("slots".into(), list.len().to_string()),
+        ("self".into(), cluster.me().to_string()),
+        ("member".into(), u8::from(list.is_member(cluster.me())).to_string()),
         ("copies".into(), cluster.config.copies.to_string()),
         ("majority".into(), u8::from(membership.has_majority()).to_string()),
         ("stale".into(), u8::from(membership.is_stale()).to_string()),
         ("acting".into(), u8::from(membership.is_acting()).to_string()),
+        // Nodes this one still owes a handover (a node that left may stop
+        // once it is 0).
+        (
+            "handing_over".into(),
+            (0..list.len())
+                .filter(|&node| !cluster.is_me(node) && membership.awaits_handover(node).is_some())
+                .count()
+                .to_string(),
+        ),
         (
             "forwarded_out".into(),
             cluster.forwarded_out.load(Ordering::Relaxed).to_string(),
@@ -182,8 +199,13 @@ pub fn cluster(global: &Global) -> Vec<(String, String)> {
         let value = report.iter().find(|(line, _)| line == stat).map_or("0", |(_, value)| value);
         lines.push((name.into(), value.into()));
     }
-    for node in 0..cluster.config.nodes.len() {
-        lines.push((format!("node_{node}_state"), membership.describe(node).into()));
+    for node in 0..list.len() {
+        let state = if list.is_member(node) {
+            membership.describe(node)
+        } else {
+            "removed"
+        };
+        lines.push((format!("node_{node}_state"), state.into()));
         if let Some(lag) = membership.lag(node) {
             lines.push((format!("node_{node}_lag_us"), lag.as_micros().to_string()));
         }

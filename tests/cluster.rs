@@ -25,6 +25,14 @@ fn lines_until_end(client: &mut common::Client, command: &str) -> Vec<String> {
     }
 }
 
+/// The NODE lines of `cluster nodes` (after its EPOCH line).
+fn node_lines(client: &mut common::Client) -> Vec<String> {
+    let mut lines = lines_until_end(client, "cluster nodes");
+    assert!(lines[0].starts_with("EPOCH "), "{lines:?}");
+    lines.remove(0);
+    lines
+}
+
 #[test]
 fn every_node_reports_the_list_and_the_same_preference_lists() {
     let nodes = Server::start_cluster(&HOSTS, &[]);
@@ -33,7 +41,7 @@ fn every_node_reports_the_list_and_the_same_preference_lists() {
     for (index, node) in nodes.iter().enumerate() {
         // Every node finds the others alive (failure detection) within a bound.
         let listed = loop {
-            let listed = lines_until_end(&mut node.client(), "cluster nodes");
+            let listed = node_lines(&mut node.client());
             if listed.iter().all(|line| line.split(' ').nth(3) == Some("alive")) {
                 break listed;
             }
@@ -196,7 +204,7 @@ fn wait_until_down(nodes: &[Server], dead: usize, bound: std::time::Duration) {
     for survivor in (0..nodes.len()).filter(|&node| node != dead) {
         let mut watcher = nodes[survivor].client();
         loop {
-            let listed = lines_until_end(&mut watcher, "cluster nodes");
+            let listed = node_lines(&mut watcher);
             if listed[dead].split(' ').nth(3) == Some("down") {
                 break;
             }

@@ -39,8 +39,10 @@
 //!   is undone only by failure detection (a node seen down says again).
 //!   A node failure detection never heard from is not waited for.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
+use super::node_list::NodeList;
+use super::ring::MAX_NODES;
 use crate::request::Refusal;
 
 /// A node's state as the failure detector last reported it.
@@ -99,12 +101,32 @@ impl View {
     const MAY_ACT: u8 = 1;
     const DOWN: u8 = 2;
 
-    pub fn from_bytes(bytes: &[u8]) -> View {
-        View(bytes.to_vec())
+    /// The view as it travels: per node, its name (`host:port`) and bits,
+    /// since each node numbers slots its own way.
+    pub fn to_wire(&self, list: &NodeList) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (slot, &bits) in self.0.iter().enumerate().take(list.len()) {
+            let name = list.node(slot).to_string();
+            out.push(name.len().min(255) as u8);
+            out.extend_from_slice(&name.as_bytes()[..name.len().min(255)]);
+            out.push(bits);
+        }
+        out
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+    /// A view from the wire, by this node's slots (a node it does not name
+    /// is down in it). None if malformed.
+    pub fn from_wire(mut bytes: &[u8], list: &NodeList) -> Option<View> {
+        let mut view = vec![View::DOWN; list.len()];
+        while let [length, rest @ ..] = bytes {
+            let length = usize::from(*length);
+            let (name, &bits) = (rest.get(..length)?, rest.get(length)?);
+            if let Some(slot) = std::str::from_utf8(name).ok().and_then(|name| list.slot_named(name)) {
+                view[slot] = bits;
+            }
+            bytes = &rest[length + 1..];
+        }
+        Some(View(view))
     }
 
     pub fn may_act(&self, node: usize) -> bool {
@@ -129,6 +151,21 @@ pub enum Reported {
 
 pub struct Membership {
     me: usize,
+    /// Slots in the node list (every table below has MAX_NODES, so a
+    /// list that grows needs no new tables).
+    slots: AtomicUsize,
+    /// Per slot: on the ring now (node_list.rs).
+    members: Vec<AtomicBool>,
+    /// Per slot: not a member, but a node that acted for keys this node
+    /// acts for now and has not handed them over yet (it left the list).
+    leaving: Vec<AtomicBool>,
+    /// Per slot: the handover it waits for from here follows a change of
+    /// the list, so it is a merge (the node acted for its other keys all
+    /// along, and a copy here may be older than its own).
+    merge_handover: Vec<AtomicBool>,
+    /// The digest of the node list: a grant counts only when said under
+    /// the same list (one said before a change would be taken as after).
+    list_digest: AtomicU64,
     states: Vec<AtomicU8>,
     /// Per node: `Reported`, as it last said, and whether it said it takes
     /// this node as acting for its keys (it acts for them itself otherwise).
@@ -164,9 +201,15 @@ pub struct Membership {
 }
 
 impl Membership {
-    pub fn new(me: usize, nodes: usize, policy: PartitionPolicy) -> Membership {
+    pub fn new(me: usize, policy: PartitionPolicy) -> Membership {
+        let nodes = MAX_NODES;
         let membership = Membership {
             me,
+            slots: AtomicUsize::new(0),
+            members: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            leaving: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            merge_handover: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            list_digest: AtomicU64::new(0),
             states: (0..nodes).map(|_| AtomicU8::new(NodeState::Unknown as u8)).collect(),
             reported: (0..nodes).map(|_| AtomicU8::new(Reported::Unknown as u8)).collect(),
             granted: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
@@ -185,6 +228,107 @@ impl Membership {
         };
         membership.set(me, NodeState::Alive);
         membership
+    }
+
+    /// The node list a node starts with.
+    pub fn set_members(&self, list: &NodeList) {
+        self.slots.store(list.len(), Ordering::Release);
+        for slot in 0..list.len() {
+            self.members[slot].store(list.is_member(slot), Ordering::Relaxed);
+        }
+        self.list_digest.store(list.digest(), Ordering::Release);
+        self.update_majority();
+    }
+
+    /// The node list changed (`Cluster::apply_list`): a node that became a
+    /// member comes in as one returning (this node acts for its keys until
+    /// it has had them); `handoffs` are the (giver, receiver) pairs of the
+    /// ring change: a receiver waits for the giver's grant, a giver hands
+    /// the receiver over (membership.rs). Every grant is said again, under
+    /// the new list. `settle_list` follows, once the new ring is in place.
+    pub fn list_changed(&self, list: &NodeList, handoffs: &[(usize, usize)]) {
+        let could_act: Vec<bool> = (0..list.len()).map(|node| self.may_act(node)).collect();
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        for slot in 0..list.len() {
+            let (was, is) = (self.is_member(slot), list.is_member(slot));
+            self.members[slot].store(is, Ordering::Relaxed);
+            if is && !was {
+                if slot == self.me {
+                    // Its copies (if any) are from before it left.
+                    self.stale.store(true, Ordering::Relaxed);
+                } else if !self.is_stale() {
+                    self.returning[slot].store(true, Ordering::Relaxed);
+                    self.returning_epoch[slot].store(epoch, Ordering::Relaxed);
+                }
+            }
+        }
+        for &(giver, receiver) in handoffs {
+            if receiver == self.me && giver != self.me {
+                self.granted[giver].store(false, Ordering::Relaxed);
+                if !list.is_member(giver) && !self.is_down(giver) {
+                    self.leaving[giver].store(true, Ordering::Relaxed);
+                }
+            }
+            if giver == self.me && receiver != self.me {
+                self.handed_over[receiver].store(false, Ordering::Relaxed);
+                self.handoff_epoch[receiver].store(epoch, Ordering::Relaxed);
+                self.merge_handover[receiver].store(true, Ordering::Relaxed);
+            }
+        }
+        for (node, could) in could_act.into_iter().enumerate() {
+            if node != self.me && self.may_act(node) != could {
+                self.handed_over[node].store(false, Ordering::Relaxed);
+                self.handoff_epoch[node].store(epoch, Ordering::Relaxed);
+            }
+        }
+        self.list_digest.store(list.digest(), Ordering::Release);
+        self.slots.store(list.len(), Ordering::Release);
+    }
+
+    /// After `list_changed`: who acts, and the majority, under the new list.
+    pub fn settle_list(&self) {
+        self.update_majority();
+        self.update_acting();
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(
+            "membership: node list changed (epoch {epoch}, member {}, acting {}, stale {})",
+            self.is_member(self.me),
+            self.is_acting(),
+            self.is_stale()
+        );
+    }
+
+    pub fn is_member(&self, node: usize) -> bool {
+        self.members[node].load(Ordering::Relaxed)
+    }
+
+    /// Slots in the node list.
+    pub fn slots(&self) -> usize {
+        self.slots.load(Ordering::Acquire)
+    }
+
+    pub fn list_digest(&self) -> u64 {
+        self.list_digest.load(Ordering::Acquire)
+    }
+
+    /// Whether the handover `node` waits for from here is a merge.
+    pub fn merges_handover(&self, node: usize) -> bool {
+        self.merge_handover[node].load(Ordering::Relaxed)
+    }
+
+    fn update_majority(&self) {
+        let members = (0..self.slots()).filter(|&node| self.is_member(node));
+        let (count, live) = members.fold((0, 0), |(count, live), node| {
+            (count + 1, live + usize::from(!self.is_down(node)))
+        });
+        let majority = live * 2 > count;
+        if !majority {
+            self.stale.store(true, Ordering::Relaxed);
+            for other in (0..self.slots()).filter(|&other| self.is_down(other)) {
+                self.missed[other].store(true, Ordering::Relaxed);
+            }
+        }
+        self.majority.store(majority, Ordering::Relaxed);
     }
 
     pub fn state(&self, node: usize) -> NodeState {
@@ -216,6 +360,7 @@ impl Membership {
                 // It may come back stale; until it says, it acts for nothing.
                 self.reported[node].store(Reported::Unknown as u8, Ordering::Relaxed);
                 self.granted[node].store(false, Ordering::Relaxed);
+                self.leaving[node].store(false, Ordering::Relaxed);
                 if self.is_stale() {
                     self.missed[node].store(true, Ordering::Relaxed);
                 }
@@ -228,15 +373,8 @@ impl Membership {
                 // Back while this side kept the majority: its data is old.
                 self.returning[node].store(true, Ordering::Relaxed);
             }
-            let live = (0..self.states.len()).filter(|&node| !self.is_down(node)).count();
-            let majority = live * 2 > self.states.len();
-            if !majority {
-                self.stale.store(true, Ordering::Relaxed);
-                for other in (0..self.states.len()).filter(|&other| self.is_down(other)) {
-                    self.missed[other].store(true, Ordering::Relaxed);
-                }
-            }
-            self.majority.store(majority, Ordering::Relaxed);
+            self.update_majority();
+            let majority = self.has_majority();
             self.update_acting();
             let epoch = self.bump(node, could_act);
             if state != NodeState::Down {
@@ -260,6 +398,7 @@ impl Membership {
             self.acting.load(Ordering::Relaxed)
         } else {
             !self.is_down(node)
+                && self.members[node].load(Ordering::Relaxed)
                 && !self.returning[node].load(Ordering::Relaxed)
                 && self.reported[node].load(Ordering::Relaxed) == Reported::Fresh as u8
         }
@@ -275,13 +414,15 @@ impl Membership {
     }
 
     /// Another node says whether it is stale and whether it takes this
-    /// node as acting. Returns whether that changed who may act (a new
-    /// epoch; a node still returning here acts for nothing either way, and
-    /// the resync it is having goes on).
-    pub fn set_said(&self, node: usize, stale: bool, grants: bool) -> bool {
+    /// node as acting, under the node list of `digest` (a grant under
+    /// another list is none). Returns whether that changed who may act (a
+    /// new epoch; a node still returning here acts for nothing either way,
+    /// and the resync it is having goes on).
+    pub fn set_said(&self, node: usize, stale: bool, grants: bool, digest: u64) -> bool {
         if node == self.me {
             return false;
         }
+        let grants = grants && digest == self.list_digest();
         let could_act = self.may_act(node);
         self.granted[node].store(grants, Ordering::Relaxed);
         let now = if stale { Reported::Stale } else { Reported::Fresh };
@@ -302,7 +443,7 @@ impl Membership {
     /// This node's view now.
     pub fn view(&self) -> View {
         View(
-            (0..self.states.len())
+            (0..self.slots())
                 .map(|node| (u8::from(self.may_act(node)) * View::MAY_ACT) | (u8::from(self.is_down(node)) * View::DOWN))
                 .collect(),
         )
@@ -316,17 +457,20 @@ impl Membership {
     /// Recomputes `acting`; returns whether it changed. Only the
     /// replication core changes membership, so this is never raced.
     fn update_acting(&self) -> bool {
-        let granted = (0..self.states.len()).filter(|&node| node != self.me).all(|node| {
+        let granted = (0..self.slots()).filter(|&node| node != self.me).all(|node| {
             // A returning node was down while this one kept the majority:
             // it acted for nothing meanwhile. One never heard from has not
             // acted either (this node refreshes without it after a grace).
+            // A node off the list acts for nothing, unless it is leaving
+            // and has yet to hand over what it acted for.
             self.is_down(node)
+                || !(self.is_member(node) || self.leaving[node].load(Ordering::Relaxed))
                 || self.state(node) == NodeState::Unknown
                 || self.is_returning(node)
                 || self.reported(node) == Reported::Stale
                 || self.granted[node].load(Ordering::Relaxed)
         });
-        let acting = !self.is_stale() && granted;
+        let acting = !self.is_stale() && self.is_member(self.me) && granted;
         self.acting.swap(acting, Ordering::AcqRel) != acting
     }
 
@@ -376,6 +520,7 @@ impl Membership {
     /// A full resync started at or after `awaits_handover`'s epoch has
     /// been applied by `node`.
     pub fn handed_over(&self, node: usize) {
+        self.merge_handover[node].store(false, Ordering::Relaxed);
         if !self.handed_over[node].swap(true, Ordering::AcqRel) {
             tracing::info!("membership: handed node {node} its keys (epoch {})", self.epoch());
         }
@@ -450,6 +595,21 @@ impl Membership {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::ring::NodeAddress;
+
+    /// A membership of three nodes, as node `me`.
+    fn three(me: usize, policy: PartitionPolicy) -> Membership {
+        let nodes: Vec<NodeAddress> = (2..5)
+            .map(|host| NodeAddress {
+                host: format!("127.0.0.{host}"),
+                port: 11211,
+                weight: 1,
+            })
+            .collect();
+        let membership = Membership::new(me, policy);
+        membership.set_members(&NodeList::initial(&nodes));
+        membership
+    }
 
     #[test]
     fn a_minority_refuses_what_its_policy_says() {
@@ -458,7 +618,7 @@ mod tests {
             (PartitionPolicy::Available, false, false),
             (PartitionPolicy::Unavailable, true, true),
         ] {
-            let membership = Membership::new(0, 3, policy);
+            let membership = three(0, policy);
             membership.refreshed();
             assert_eq!(membership.refusal(true), None, "everyone is taken as alive at first");
             membership.set(1, NodeState::Down);
@@ -477,7 +637,7 @@ mod tests {
 
     #[test]
     fn a_node_back_from_down_waits_and_a_minority_node_is_stale_until_refreshed() {
-        let membership = Membership::new(0, 3, PartitionPolicy::ReadOnly);
+        let membership = three(0, PartitionPolicy::ReadOnly);
         assert!(membership.is_stale() && !membership.may_act(0), "a node starts stale");
         membership.refreshed();
         assert!(membership.may_act(0), "nodes never heard from are not waited for");
@@ -487,13 +647,16 @@ mod tests {
         assert!(!membership.may_act(1), "not before it says it is fresh");
         assert_eq!(membership.describe(1), "syncing");
         let epoch = membership.epoch();
-        assert!(membership.set_said(1, false, true) && !membership.set_said(1, false, true));
+        assert!(
+            membership.set_said(1, false, true, membership.list_digest())
+                && !membership.set_said(1, false, true, membership.list_digest())
+        );
         assert_eq!(membership.epoch(), epoch + 1, "a new say is a new epoch");
         assert!(membership.may_act(1), "first sight is not a return");
         assert!(!membership.may_act(0), "node 2 has not said yet");
-        membership.set_said(2, true, false);
+        membership.set_said(2, true, false, membership.list_digest());
         assert!(membership.may_act(0), "what a stale node says is not waited for");
-        membership.set_said(2, false, true);
+        membership.set_said(2, false, true, membership.list_digest());
         assert!(membership.may_act(0) && membership.may_act(2));
 
         membership.set(1, NodeState::Down);
@@ -502,7 +665,7 @@ mod tests {
         membership.set(1, NodeState::Alive);
         assert_eq!(membership.returning_epoch(1), membership.epoch());
         assert!(membership.may_act(0), "a returning node acted for nothing meanwhile");
-        membership.set_said(1, false, true);
+        membership.set_said(1, false, true, membership.list_digest());
         assert!(!membership.may_act(1) && membership.is_returning(1) && membership.may_act(0));
         assert_eq!(membership.describe(1), "syncing");
         membership.returned(1);
@@ -514,16 +677,16 @@ mod tests {
         assert!(membership.is_stale() && !membership.may_act(0));
         // Back: the others are not returning to a stale node, it is.
         membership.set(1, NodeState::Alive);
-        membership.set_said(1, false, false);
+        membership.set_said(1, false, false, membership.list_digest());
         assert!(membership.may_act(1) && !membership.may_act(0));
         // Refreshed, it acts once node 1 has stopped acting in its place.
         membership.refreshed();
         assert!(!membership.may_act(0), "node 1 still acts for its keys");
-        membership.set_said(1, false, true);
+        membership.set_said(1, false, true, membership.list_digest());
         assert!(membership.may_act(0));
         // That one's return makes it stale again: it may have refreshed without it.
         membership.set(2, NodeState::Alive);
-        membership.set_said(2, false, true);
+        membership.set_said(2, false, true, membership.list_digest());
         assert!(
             membership.is_stale() && membership.may_act(2) && !membership.may_act(0),
             "node 2 acted meanwhile: refresh again"
@@ -534,11 +697,11 @@ mod tests {
 
     #[test]
     fn a_node_is_taken_as_acting_only_once_handed_over() {
-        let membership = Membership::new(0, 3, PartitionPolicy::ReadOnly);
+        let membership = three(0, PartitionPolicy::ReadOnly);
         membership.refreshed();
         membership.set(1, NodeState::Alive);
         assert_eq!(membership.awaits_handover(1), None, "it may not act yet");
-        membership.set_said(1, false, false);
+        membership.set_said(1, false, false, membership.list_digest());
         let since = membership.epoch();
         assert!(membership.may_act(1) && !membership.grants(1));
         assert_eq!(
@@ -546,7 +709,7 @@ mod tests {
             Some(since),
             "a resync from this epoch on hands over"
         );
-        membership.set_said(2, true, false);
+        membership.set_said(2, true, false, membership.list_digest());
         assert_eq!(
             membership.awaits_handover(1),
             Some(since),
@@ -557,7 +720,7 @@ mod tests {
         membership.set(1, NodeState::Down);
         assert!(!membership.grants(1));
         membership.set(1, NodeState::Alive);
-        membership.set_said(1, false, false);
+        membership.set_said(1, false, false, membership.list_digest());
         membership.returned(1);
         let since = membership.epoch();
         assert!(!membership.grants(1), "back from down: handed over again");
@@ -566,7 +729,7 @@ mod tests {
 
     #[test]
     fn the_epoch_moves_when_a_node_goes_down_or_comes_back_not_when_suspected() {
-        let membership = Membership::new(1, 3, PartitionPolicy::ReadOnly);
+        let membership = three(1, PartitionPolicy::ReadOnly);
         membership.refreshed();
         membership.set(0, NodeState::Alive);
         let start = membership.epoch();

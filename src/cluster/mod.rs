@@ -7,21 +7,29 @@
 //! by `replicates_to`).
 
 pub mod membership;
+pub mod node_list;
 pub mod ring;
 pub mod swim;
 pub mod wire;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use arc_swap::ArcSwap;
 use membership::{Membership, PartitionPolicy, View};
-use ring::{NodeAddress, Ring, point_of};
+use node_list::NodeList;
+use ring::{MAX_NODES, NodeAddress, Point, Ring, point_of};
 
-/// Cluster mode: the node list and where this node is in it.
+/// Cluster mode as the node starts: the node list it was given, and where
+/// this node is in it.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
     pub nodes: Vec<NodeAddress>,
     /// This node's index in `nodes`.
     pub me: usize,
+    /// This node starts outside the list (`--cluster-join`): its entry is
+    /// not a member until a `cluster add` names it.
+    pub joining: bool,
     pub copies: usize,
     /// Every node's cluster port is its client port plus this.
     pub cluster_port_offset: i32,
@@ -30,8 +38,18 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// A start-up node's cluster port (by its index in `nodes`).
     pub fn cluster_port_of(&self, node: usize) -> u16 {
         (i32::from(self.nodes[node].port) + self.cluster_port_offset) as u16
+    }
+
+    /// The node list this node starts with.
+    pub fn initial_list(&self) -> NodeList {
+        let mut list = NodeList::initial(&self.nodes);
+        if self.joining {
+            list.leave_out(self.me);
+        }
+        list
     }
 }
 
@@ -44,11 +62,25 @@ pub enum Placement {
     Handover,
 }
 
+/// The node list as this node holds it now, and the ring of its members.
+/// Replaced whole when the list changes (`Cluster::apply_list`).
+pub struct Layout {
+    pub list: NodeList,
+    pub ring: Ring,
+}
+
+impl Layout {
+    fn new(list: NodeList) -> Layout {
+        let ring = Ring::of_slots(list.members());
+        Layout { list, ring }
+    }
+}
+
 /// The node list as this node holds it, the ring built from it, and who
-/// of it is alive.
+/// of it is alive. Nodes are named by slot (node_list.rs).
 pub struct Cluster {
     pub config: ClusterConfig,
-    pub ring: Ring,
+    layout: ArcSwap<Layout>,
     pub membership: Membership,
     /// Key operations sent to other nodes, and received from them (counted
     /// per batch).
@@ -57,29 +89,104 @@ pub struct Cluster {
     /// Quorum reads answered here, and those that repaired a copy.
     pub quorum_reads: AtomicU64,
     pub quorum_repairs: AtomicU64,
-    /// Per node, per shard of this node: the offset of this node's log that
-    /// node has applied (its copies), as its acks say. `wait` reads it.
+    /// Node list changes taken in (made here or heard of).
+    pub list_changes: AtomicU64,
+    /// Per slot, per shard of this node: the offset of this node's log
+    /// that node has applied (its copies), as its acks say. `wait` reads it.
     acked: Vec<Box<[AtomicU64]>>,
 }
 
 impl Cluster {
     /// The cluster as this node, with `shards` worker shards, holds it.
     pub fn new(config: ClusterConfig, shards: usize) -> Cluster {
-        let ring = Ring::new(&config.nodes);
-        let membership = Membership::new(config.me, config.nodes.len(), config.partition_policy);
-        let acked = (0..config.nodes.len())
+        let list = config.initial_list();
+        let membership = Membership::new(config.me, config.partition_policy);
+        membership.set_members(&list);
+        let acked = (0..MAX_NODES)
             .map(|_| (0..shards).map(|_| AtomicU64::new(0)).collect())
             .collect();
         Cluster {
             config,
-            ring,
+            layout: ArcSwap::from_pointee(Layout::new(list)),
             membership,
             forwarded_out: AtomicU64::new(0),
             forwarded_in: AtomicU64::new(0),
             quorum_reads: AtomicU64::new(0),
             quorum_repairs: AtomicU64::new(0),
+            list_changes: AtomicU64::new(0),
             acked,
         }
+    }
+
+    /// The node list and ring now.
+    pub fn layout(&self) -> Arc<Layout> {
+        self.layout.load_full()
+    }
+
+    /// Slots in the node list (members or not).
+    pub fn slots(&self) -> usize {
+        self.layout.load().list.len()
+    }
+
+    pub fn me(&self) -> usize {
+        self.config.me
+    }
+
+    /// This node's name on the wire: its client address.
+    pub fn my_name(&self) -> String {
+        self.config.nodes[self.config.me].to_string()
+    }
+
+    pub fn node(&self, slot: usize) -> NodeAddress {
+        self.layout.load().list.node(slot).clone()
+    }
+
+    pub fn cluster_port_of(&self, slot: usize) -> u16 {
+        (i32::from(self.node(slot).port) + self.config.cluster_port_offset) as u16
+    }
+
+    /// Takes in a new node list (on the replication core, which alone
+    /// changes membership). The nodes that start acting for keys another
+    /// node acted for wait for that node to hand them over (membership.rs).
+    /// Returns whether anything changed.
+    pub fn apply_list(&self, list: NodeList) -> bool {
+        let old = self.layout.load_full();
+        if old.list == list {
+            return false;
+        }
+        let new = Layout::new(list);
+        let handoffs = self.handoffs(&old.ring, &new.ring);
+        self.membership.list_changed(&new.list, &handoffs);
+        tracing::info!(
+            "node list epoch {} ({:016x}): {} (handoffs {handoffs:?})",
+            new.list.epoch(),
+            new.list.digest(),
+            new.list
+        );
+        self.layout.store(Arc::new(new));
+        self.membership.settle_list();
+        self.list_changes.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The (giver, receiver) pairs of a ring change: per ring segment, the
+    /// node acting for it on the old ring and the one on the new.
+    fn handoffs(&self, old: &Ring, new: &Ring) -> Vec<(usize, usize)> {
+        let mut probes: Vec<Point> = old.points().iter().chain(new.points()).map(|&(point, _)| point).collect();
+        probes.sort_unstable();
+        probes.dedup();
+        let may_act = |node: usize| self.membership.may_act(node);
+        let mut pairs = Vec::new();
+        for point in probes {
+            // The segment ending at `point` has one owner in each ring.
+            if let (Some(giver), Some(receiver)) = (acting_on(old, point, may_act), acting_on(new, point, may_act))
+                && giver != receiver
+                && !pairs.contains(&(giver, receiver))
+            {
+                pairs.push((giver, receiver));
+            }
+        }
+        pairs
     }
 
     /// `node` has applied this node's log of `shard` up to `offset`.
@@ -93,16 +200,18 @@ impl Cluster {
         self.acked[node][shard].load(Ordering::Acquire)
     }
 
-    /// The share of the key space each node acts for now (down nodes' share
-    /// has gone to the next live node of each of their ring segments).
+    /// The share of the key space each slot's node acts for now (down
+    /// nodes' share has gone to the next live node of each of their ring
+    /// segments).
     pub fn shares(&self) -> Vec<f64> {
-        let mut shares = vec![0.0; self.config.nodes.len()];
-        let mut previous = self.ring.points().last().map_or(0, |&(point, _)| point);
-        for &(point, _) in self.ring.points() {
+        let layout = self.layout.load();
+        let mut shares = vec![0.0; layout.list.len()];
+        let mut previous = layout.ring.points().last().map_or(0, |&(point, _)| point);
+        for &(point, _) in layout.ring.points() {
             // The segment after the previous point up to this one (wrapping).
             let length = point.wrapping_sub(previous);
             previous = point;
-            shares[self.acting_at(point)] += f64::from(length) / 4_294_967_296.0;
+            shares[self.acting_in(&layout.ring, point)] += f64::from(length) / 4_294_967_296.0;
         }
         shares
     }
@@ -111,19 +220,21 @@ impl Cluster {
     /// from its point (the owner first while it is alive): the nodes that
     /// hold its copies. A down node is skipped, so the next one takes its
     /// place.
-    pub fn preference_list(&self, key: &[u8]) -> impl Iterator<Item = usize> + '_ {
-        self.preference_at(point_of(key))
+    pub fn preference_list(&self, key: &[u8]) -> Vec<usize> {
+        let layout = self.layout.load();
+        self.preference_in(&layout.ring, point_of(key), |node| self.membership.is_down(node))
+            .collect()
     }
 
-    fn preference_at(&self, point: ring::Point) -> impl Iterator<Item = usize> + '_ {
-        self.preference_by(point, |node| self.membership.is_down(node))
-    }
-
-    /// The preference list at a point, with `is_down` telling down nodes:
-    /// this node's view now, or another's (`View`).
-    fn preference_by<'a>(&'a self, point: ring::Point, is_down: impl Fn(usize) -> bool + 'a) -> impl Iterator<Item = usize> + 'a {
-        self.ring
-            .clockwise(point)
+    /// The preference list at a point of `ring`, with `is_down` telling
+    /// down nodes: this node's view now, or another's (`View`).
+    fn preference_in<'a>(
+        &self,
+        ring: &'a Ring,
+        point: Point,
+        is_down: impl Fn(usize) -> bool + 'a,
+    ) -> impl Iterator<Item = usize> + 'a {
+        ring.clockwise(point)
             .filter(move |&node| !is_down(node))
             .take(self.config.copies)
     }
@@ -133,24 +244,18 @@ impl Cluster {
     /// the key's writes, answers its reads, and sends its copies on. A node
     /// that sees none acts itself (a minority serving reads).
     pub fn acting_for(&self, key: &[u8]) -> usize {
-        self.acting_at(point_of(key))
+        self.acting_in(&self.layout.load().ring, point_of(key))
     }
 
-    fn acting_at(&self, point: ring::Point) -> usize {
-        self.acting_by(point, |node| self.membership.may_act(node))
-            .unwrap_or(self.config.me)
-    }
-
-    /// The node acting at a point with `may_act` telling who may (this
-    /// node's view now, or another's); None if none may.
-    fn acting_by(&self, point: ring::Point, may_act: impl Fn(usize) -> bool) -> Option<usize> {
-        self.ring.clockwise(point).find(|&node| may_act(node))
+    fn acting_in(&self, ring: &Ring, point: Point) -> usize {
+        acting_on(ring, point, |node| self.membership.may_act(node)).unwrap_or(self.config.me)
     }
 
     /// Where a request for `key` runs, as this node sees it.
     #[inline]
     pub fn place(&self, key: &[u8], mutates: bool) -> Placement {
-        match self.acting_by(point_of(key), |node| self.membership.may_act(node)) {
+        let layout = self.layout.load();
+        match acting_on(&layout.ring, point_of(key), |node| self.membership.may_act(node)) {
             Some(node) if self.is_me(node) => Placement::Here,
             Some(node) => Placement::Node(node),
             // No node may act: a minority serves what it holds (its policy
@@ -175,38 +280,48 @@ impl Cluster {
         // One MD5 per record and follower, on the replication core.
         let point = point_of(key);
         let me = self.config.me;
+        let layout = self.layout.load();
         node != me
-            && self
-                .acting_by(point, |node| self.membership.may_act(node))
+            && acting_on(&layout.ring, point, |node| self.membership.may_act(node))
                 .is_some_and(|acting| acting == me || handing_over && acting == node)
-            && self.preference_at(point).any(|other| other == node)
+            && self
+                .preference_in(&layout.ring, point, |node| self.membership.is_down(node))
+                .any(|other| other == node)
     }
 
-    /// Whether `source`, seeing the cluster as `view`, sends this node its
-    /// copy of `key` (what `replicates_to` says on `source`), so that a
-    /// full resync from it replaces the key here. Never a key this node
-    /// acts for now (or, seeing no node that may, could): the view may be
-    /// older than the say that made it act, and its own writes are newest.
+    /// Whether `source`, seeing the cluster as `view`, acts for `key` (so
+    /// that a full resync from it replaces the key here: it sends what
+    /// this node should hold of it, and nothing if this node should hold
+    /// none). Never a key this node acts for now (or, seeing no node that
+    /// may, could): the view may be older than the say that made it act,
+    /// and its own writes are newest.
     pub fn replicated_from(&self, view: &View, source: usize, key: &[u8]) -> bool {
         // One MD5 per key dropped, on the worker applying the resync.
         let point = point_of(key);
-        let me = self.config.me;
-        source != me
-            && self.acting_by(point, |node| view.may_act(node)).unwrap_or(source) == source
-            && self.preference_by(point, |node| view.is_down(node)).any(|other| other == me)
-            && self.acting_at(point) != me
+        let layout = self.layout.load();
+        source != self.config.me
+            && acting_on(&layout.ring, point, |node| view.may_act(node)).unwrap_or(source) == source
+            && self.acting_in(&layout.ring, point) != self.config.me
     }
 
     /// Whether `node` holds a copy of `key` (is in its preference list),
     /// whoever acts for it: what a merge resync sends a node that may not
     /// act (membership.rs).
     pub fn holds_copy(&self, key: &[u8], node: usize) -> bool {
-        self.preference_list(key).any(|other| other == node)
+        let layout = self.layout.load();
+        self.preference_in(&layout.ring, point_of(key), |node| self.membership.is_down(node))
+            .any(|other| other == node)
     }
 
     pub fn is_me(&self, node: usize) -> bool {
         node == self.config.me
     }
+}
+
+/// The node acting at a point of `ring`, with `may_act` telling who may
+/// (this node's view now, or another's); None if none may.
+fn acting_on(ring: &Ring, point: Point, may_act: impl Fn(usize) -> bool) -> Option<usize> {
+    ring.clockwise(point).find(|&node| may_act(node))
 }
 
 #[cfg(test)]
@@ -230,6 +345,7 @@ mod tests {
             ClusterConfig {
                 nodes: three_nodes(),
                 me: 0,
+                joining: false,
                 copies: 2,
                 cluster_port_offset: 10000,
                 partition_policy: PartitionPolicy::ReadOnly,
@@ -239,10 +355,10 @@ mod tests {
         );
         for i in 0..1000 {
             let key = format!("key:{i}");
-            let list: Vec<usize> = cluster.preference_list(key.as_bytes()).collect();
+            let list: Vec<usize> = cluster.preference_list(key.as_bytes());
             assert_eq!(list.len(), 2);
             assert_ne!(list[0], list[1]);
-            assert_eq!(list[0], cluster.ring.owner(point_of(key.as_bytes())));
+            assert_eq!(list[0], cluster.layout().ring.owner(point_of(key.as_bytes())));
         }
     }
 
@@ -252,6 +368,7 @@ mod tests {
             ClusterConfig {
                 nodes: three_nodes(),
                 me: 1,
+                joining: false,
                 copies: 2,
                 cluster_port_offset: 10000,
                 partition_policy: PartitionPolicy::ReadOnly,
@@ -261,13 +378,15 @@ mod tests {
         );
         cluster.membership.refreshed();
         for node in [0, 2] {
-            cluster.membership.set_said(node, false, true);
+            cluster
+                .membership
+                .set_said(node, false, true, cluster.membership.list_digest());
         }
         let keys: Vec<String> = (0..1000).map(|i| format!("key:{i}")).collect();
-        let before: Vec<Vec<usize>> = keys.iter().map(|k| cluster.preference_list(k.as_bytes()).collect()).collect();
+        let before: Vec<Vec<usize>> = keys.iter().map(|k| cluster.preference_list(k.as_bytes())).collect();
         cluster.membership.set(0, membership::NodeState::Down);
         for (key, before) in keys.iter().zip(&before) {
-            let after: Vec<usize> = cluster.preference_list(key.as_bytes()).collect();
+            let after: Vec<usize> = cluster.preference_list(key.as_bytes());
             // The survivors keep their order; the down node's place goes to the next.
             let survivors: Vec<usize> = before.iter().copied().filter(|&n| n != 0).collect();
             assert_eq!(after[..survivors.len()], survivors[..], "{key}");
@@ -278,9 +397,9 @@ mod tests {
             assert!(after.iter().all(|&node| cluster.holds_copy(key.as_bytes(), node)));
         }
         // A node that says it is stale acts for nothing; the next one acts.
-        cluster.membership.set_said(2, true, false);
+        cluster.membership.set_said(2, true, false, cluster.membership.list_digest());
         for key in &keys {
-            let list: Vec<usize> = cluster.preference_list(key.as_bytes()).collect();
+            let list: Vec<usize> = cluster.preference_list(key.as_bytes());
             assert_eq!(cluster.acting_for(key.as_bytes()), 1, "{key}: {list:?}");
             assert!(cluster.holds_copy(key.as_bytes(), 2) == list.contains(&2));
         }

@@ -61,28 +61,36 @@ pub struct Ring {
 
 impl Ring {
     pub fn new(nodes: &[NodeAddress]) -> Ring {
-        assert!(nodes.len() <= MAX_NODES, "a ring holds at most {MAX_NODES} nodes");
+        Ring::of_slots(nodes.iter().enumerate())
+    }
+
+    /// The ring of the given nodes, each named by its slot (its index in
+    /// the node list, which also holds nodes that are not on the ring).
+    pub fn of_slots<'a>(nodes: impl Iterator<Item = (usize, &'a NodeAddress)> + Clone) -> Ring {
+        let count = nodes.clone().count();
+        assert!(count <= MAX_NODES, "a ring holds at most {MAX_NODES} nodes");
         // libmemcached treats weight 0 as 1.
         let weight = |node: &NodeAddress| node.weight.max(1);
-        let total: u64 = nodes.iter().map(|node| u64::from(weight(node))).sum();
+        let total: u64 = nodes.clone().map(|(_, node)| u64::from(weight(node))).sum();
         let mut points = Vec::new();
-        for (index, node) in nodes.iter().enumerate() {
-            let digests = digests_per_node(weight(node), total, nodes.len());
+        for (slot, node) in nodes {
+            assert!(slot < MAX_NODES, "slots are below {MAX_NODES}");
+            let digests = digests_per_node(weight(node), total, count);
             let name = node.ring_name();
             for i in 0..digests {
                 let digest = Md5::digest(format!("{name}-{i}").as_bytes());
                 for word in digest.chunks_exact(4) {
                     let point = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
-                    points.push((point, index as u16));
+                    points.push((point, slot as u16));
                 }
             }
         }
         points.sort_unstable();
-        let mut seen = vec![false; nodes.len()];
+        let mut seen = [false; MAX_NODES];
         points.iter().for_each(|&(_, node)| seen[usize::from(node)] = true);
         Ring {
             points,
-            nodes: nodes.len(),
+            nodes: count,
             placed: seen.iter().filter(|&&placed| placed).count(),
         }
     }

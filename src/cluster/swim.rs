@@ -3,8 +3,9 @@
 //! replication core runs it over UDP on the cluster port
 //! (replication/gossip.rs) and writes the states to membership.rs.
 //!
-//! A node's SWIM identity is its index in the node list, the time it
-//! started and a renewal count: a restarted node is a new identity that
+//! A node's SWIM identity is its name (its client address `host:port`:
+//! slots are each node's own numbering), the time it started and a
+//! renewal count: a restarted node is a new identity that
 //! wins over its old one, and a node declared down (a partition, or after
 //! one a healed node's stale news) renews its identity to rejoin. Only a
 //! new start is a restart: a renewal is the same process, copies intact.
@@ -43,9 +44,9 @@ impl Default for Timing {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeId {
-    pub index: u16,
+    pub name: String,
     /// When the node started (nanoseconds since the epoch).
     pub boot: u64,
     /// Times it renewed its identity since.
@@ -60,17 +61,17 @@ impl NodeId {
 }
 
 impl foca::Identity for NodeId {
-    type Addr = u16;
+    type Addr = String;
 
     fn renew(&self) -> Option<NodeId> {
         Some(NodeId {
             renewal: self.renewal + 1,
-            ..*self
+            ..self.clone()
         })
     }
 
-    fn addr(&self) -> u16 {
-        self.index
+    fn addr(&self) -> String {
+        self.name.clone()
     }
 
     fn win_addr_conflict(&self, adversary: &NodeId) -> bool {
@@ -79,7 +80,8 @@ impl foca::Identity for NodeId {
 }
 
 pub struct Swim {
-    nodes: usize,
+    /// Each slot's name (the node list's addresses).
+    names: Vec<String>,
     foca: Foca<NodeId, PostcardCodec, SmallRng, NoCustomBroadcast>,
     runtime: AccumulatingRuntime<NodeId>,
     timers: Vec<(Instant, Timer<NodeId>)>,
@@ -97,7 +99,9 @@ pub struct Swim {
 }
 
 impl Swim {
-    pub fn new(me: usize, nodes: usize, timing: Timing, boot: u64, now: Instant) -> Swim {
+    /// The detector of node `me` of the nodes `names` (by slot).
+    pub fn new(me: usize, names: Vec<String>, timing: Timing, boot: u64, now: Instant) -> Swim {
+        let nodes = names.len();
         let mut config = Config::new_lan(NonZeroU32::new(nodes.max(1) as u32).expect("at least one node"));
         config.probe_period = timing.probe_interval;
         config.probe_rtt = timing.probe_timeout;
@@ -106,13 +110,13 @@ impl Swim {
         // Down and unknown nodes are announced to here, more often than foca would.
         config.periodic_announce_to_down_members = None;
         let identity = NodeId {
-            index: me as u16,
+            name: names[me].clone(),
             boot,
             renewal: 0,
         };
         let rng = SmallRng::seed_from_u64(boot ^ (me as u64).rotate_left(32));
         let mut swim = Swim {
-            nodes,
+            names,
             foca: Foca::new(identity, config, rng, PostcardCodec),
             runtime: AccumulatingRuntime::new(),
             timers: Vec::new(),
@@ -126,6 +130,19 @@ impl Swim {
         swim
     }
 
+    /// The node list grew: new slots' names (a name never changes slot).
+    pub fn set_names(&mut self, names: &[String]) {
+        for name in names.iter().skip(self.names.len()) {
+            self.names.push(name.clone());
+            self.known.push(NodeState::Unknown);
+            self.boots.push(None);
+        }
+    }
+
+    fn slot_of(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|known| known == name)
+    }
+
     /// Runs the timers that are due, and announces to inactive nodes.
     pub fn tick(&mut self, now: Instant) {
         while let Some(at) = self.timers.iter().position(|(when, _)| *when <= now) {
@@ -136,13 +153,14 @@ impl Swim {
         if now >= self.next_announce {
             self.next_announce = now + ANNOUNCE_INTERVAL;
             self.states();
-            let inactive: Vec<usize> = (0..self.nodes)
+            let inactive: Vec<usize> = (0..self.names.len())
                 .filter(|&node| matches!(self.known[node], NodeState::Unknown | NodeState::Down))
+                .filter(|&node| self.names[node] != self.foca.identity().name)
                 .collect();
             for node in inactive {
                 // Its boot is unknown here; the reply carries its identity.
                 let target = NodeId {
-                    index: node as u16,
+                    name: self.names[node].clone(),
                     boot: 0,
                     renewal: 0,
                 };
@@ -168,17 +186,18 @@ impl Swim {
 
     /// Datagrams to send: (node index, bytes).
     pub fn outgoing(&mut self) -> Vec<(usize, Bytes)> {
-        std::iter::from_fn(|| self.runtime.to_send())
-            .map(|(to, data)| (usize::from(to.index), data))
-            .filter(|(to, _)| *to < self.nodes)
+        let sends: Vec<(NodeId, Bytes)> = std::iter::from_fn(|| self.runtime.to_send()).collect();
+        sends
+            .into_iter()
+            .filter_map(|(to, data)| Some((self.slot_of(&to.name)?, data)))
             .collect()
     }
 
     /// Every node's state (this node's own is Alive).
     pub fn states(&mut self) -> &[NodeState] {
-        let mut newest: Vec<Option<(NodeId, NodeState)>> = vec![None; self.nodes];
+        let mut newest: Vec<Option<(u64, u32, NodeState)>> = vec![None; self.names.len()];
         for member in self.foca.iter_membership_state() {
-            let Some(slot) = newest.get_mut(usize::from(member.id().index)) else {
+            let Some(slot) = self.slot_of(&member.id().name).and_then(|slot| newest.get_mut(slot)) else {
                 continue;
             };
             let state = match member.state() {
@@ -186,15 +205,15 @@ impl Swim {
                 State::Suspect => NodeState::Suspect,
                 State::Down => NodeState::Down,
             };
-            if slot.is_none_or(|(newer, _)| member.id().age() >= newer.age()) {
-                *slot = Some((*member.id(), state));
+            if slot.is_none_or(|(boot, renewal, _)| member.id().age() >= (boot, renewal)) {
+                *slot = Some((member.id().boot, member.id().renewal, state));
             }
         }
-        let me = usize::from(self.foca.identity().index);
+        let me = self.slot_of(&self.foca.identity().name);
         for (node, state) in newest.into_iter().enumerate() {
             match state {
-                _ if node == me => self.known[node] = NodeState::Alive,
-                Some((NodeId { boot, .. }, state)) => {
+                _ if Some(node) == me => self.known[node] = NodeState::Alive,
+                Some((boot, _, state)) => {
                     if self.boots[node].is_some_and(|seen| seen != boot) && !self.restarted.contains(&node) {
                         self.restarted.push(node);
                     }
@@ -228,6 +247,10 @@ impl Swim {
 mod tests {
     use super::*;
 
+    fn names(count: usize) -> Vec<String> {
+        (0..count).map(|node| format!("127.0.0.{}:11211", node + 2)).collect()
+    }
+
     /// Nodes on a simulated network and clock; `cut` nodes neither send nor receive.
     struct Net {
         nodes: Vec<Swim>,
@@ -239,7 +262,7 @@ mod tests {
         fn new(count: usize) -> Net {
             let now = Instant::now();
             let nodes = (0..count)
-                .map(|me| Swim::new(me, count, Timing::default(), 1_000 + me as u64, now))
+                .map(|me| Swim::new(me, names(count), Timing::default(), 1_000 + me as u64, now))
                 .collect();
             Net {
                 nodes,
@@ -312,7 +335,7 @@ mod tests {
         let mut net = Net::new(3);
         net.run(Duration::from_secs(1));
         net.nodes[0].restarts();
-        net.nodes[2] = Swim::new(2, 3, Timing::default(), 5_000, net.now);
+        net.nodes[2] = Swim::new(2, names(3), Timing::default(), 5_000, net.now);
         net.run(Duration::from_secs(1));
         assert_eq!(net.nodes[0].restarts(), vec![2]);
         assert_eq!(net.states(0), vec![NodeState::Alive; 3]);

@@ -85,6 +85,11 @@ pub enum ClusterAdmin<'a> {
     Nodes,
     /// A key's preference list.
     Owner(&'a [u8]),
+    /// Changes of the node list: `host:port[:weight]`, `host:port`, and
+    /// `host:port` with a weight.
+    Add(&'a [u8]),
+    Remove(&'a [u8]),
+    Weight(&'a [u8], u32),
 }
 
 /// Admin commands that change this host's replication role.
@@ -458,6 +463,12 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
                 command(Command::Cluster(ClusterAdmin::Owner(tokens.get(2))))
             }
             (3, b"get") if tokens.get(2).len() <= KEY_MAX_LENGTH => command(Command::ClusterGet(tokens.get(2))),
+            (3, b"add") => command(Command::Cluster(ClusterAdmin::Add(tokens.get(2)))),
+            (3, b"remove") => command(Command::Cluster(ClusterAdmin::Remove(tokens.get(2)))),
+            (4, b"weight") => match strict_u32(tokens.get(3)) {
+                Some(weight) => command(Command::Cluster(ClusterAdmin::Weight(tokens.get(2), weight))),
+                None => error(BAD_FORMAT),
+            },
             _ => error(BAD_FORMAT),
         },
         b"replication" => match (tokens.count, tokens.get(1)) {
@@ -868,6 +879,18 @@ mod tests {
             Command::Cluster(ClusterAdmin::Owner(b"foo"))
         );
         assert_eq!(command(b"cluster get foo\r\n"), Command::ClusterGet(b"foo"));
+        assert_eq!(
+            command(b"cluster add 127.0.0.5:11211:2\r\n"),
+            Command::Cluster(ClusterAdmin::Add(b"127.0.0.5:11211:2"))
+        );
+        assert_eq!(
+            command(b"cluster remove 127.0.0.5:11211\r\n"),
+            Command::Cluster(ClusterAdmin::Remove(b"127.0.0.5:11211"))
+        );
+        assert_eq!(
+            command(b"cluster weight 127.0.0.5:11211 3\r\n"),
+            Command::Cluster(ClusterAdmin::Weight(b"127.0.0.5:11211", 3))
+        );
         assert_eq!(
             command(b"lru_crawler metadump 1,3\r\n"),
             Command::Metadump {

@@ -64,6 +64,9 @@ pub struct ReplicationCore {
     /// Open replication sockets, shut when the server stops (io_uring
     /// would otherwise keep them, and the port, past the exit).
     sockets: RefCell<HashSet<RawFd>>,
+    /// Cluster slots this node follows so far (a link per other node,
+    /// started as the node list grows).
+    followed: Cell<usize>,
 }
 
 /// Keeps a socket in the core's set while a link uses it.
@@ -110,6 +113,25 @@ pub struct Started {
     pub thread: glommio::ExecutorJoinHandle<()>,
 }
 
+impl ReplicationCore {
+    /// Follows every node of the list not followed yet (at start, and
+    /// after the list grew).
+    pub fn follow_new_nodes(self: &Rc<Self>) {
+        let Some(cluster) = &self.global.cluster else {
+            return;
+        };
+        let slots = cluster.slots();
+        for node in (self.followed.get()..slots).filter(|&node| !cluster.is_me(node)) {
+            let upstream = Upstream::Node {
+                address: format!("{}:{}", cluster.node(node).host, cluster.cluster_port_of(node)),
+                me: cluster.my_name(),
+            };
+            glommio::spawn_local(replica::follow(self.clone(), node, upstream)).detach();
+        }
+        self.followed.set(self.followed.get().max(slots));
+    }
+}
+
 /// Binds the replication port (so errors show before anything starts),
 /// starts the replication core, and returns each worker's channels.
 pub fn start(global: &Arc<Global>) -> Result<Started, StartError> {
@@ -132,7 +154,8 @@ pub fn start(global: &Arc<Global>) -> Result<Started, StartError> {
         })
         .transpose()?;
     let gossip_fd = gossip_socket.map(IntoRawFd::into_raw_fd);
-    let sources = config.cluster.as_ref().map_or(1, |cluster| cluster.nodes.len());
+    // Links by source: one per slot of a node list that may grow.
+    let sources = config.cluster.as_ref().map_or(1, |_| crate::cluster::ring::MAX_NODES);
     let mut worker_channels = Vec::new();
     let mut core_channels = Vec::new();
     for _ in 0..shards {
@@ -165,6 +188,7 @@ pub fn start(global: &Arc<Global>) -> Result<Started, StartError> {
                 ready: Cell::new(0),
                 all_ready: Notify::default(),
                 sockets: RefCell::default(),
+                followed: Cell::new(0),
                 global,
             });
             for (from_worker, to_worker) in core_channels {
@@ -184,19 +208,11 @@ pub fn start(global: &Arc<Global>) -> Result<Started, StartError> {
             if core.global.cluster.is_some() {
                 glommio::spawn_local(refresh_when_stale(core.clone())).detach();
             }
-            match &core.global.config.cluster {
+            match &core.global.cluster {
                 None => {
                     glommio::spawn_local(replica::follow(core.clone(), 0, Upstream::Primary)).detach();
                 }
-                Some(cluster) => {
-                    for node in (0..cluster.nodes.len()).filter(|&node| node != cluster.me) {
-                        let upstream = Upstream::Node {
-                            address: format!("{}:{}", cluster.nodes[node].host, cluster.cluster_port_of(node)),
-                            me: cluster.me,
-                        };
-                        glommio::spawn_local(replica::follow(core.clone(), node, upstream)).detach();
-                    }
-                }
+                Some(_) => core.follow_new_nodes(),
             }
             while !core.global.stopping.load(Ordering::Relaxed) {
                 publish(&core);
@@ -284,12 +300,16 @@ async fn refresh_when_stale(core: Rc<ReplicationCore>) {
         return;
     };
     let membership = &cluster.membership;
-    let others: Vec<usize> = (0..cluster.config.nodes.len()).filter(|&node| !cluster.is_me(node)).collect();
     while !core.global.stopping.load(Ordering::Relaxed) {
         glommio::timer::sleep(POLL).await;
-        if !(membership.is_stale() && membership.has_majority()) {
+        // A node off the list (joining, or left) holds no keys to refresh.
+        if !(membership.is_stale() && membership.has_majority() && membership.is_member(cluster.me())) {
             continue;
         }
+        // Every other member: the nodes that may have acted for its keys.
+        let others: Vec<usize> = (0..cluster.slots())
+            .filter(|&node| !cluster.is_me(node) && membership.is_member(node))
+            .collect();
         let marks: Vec<u64> = {
             let mut links = core.links.borrow_mut();
             for &node in &others {
@@ -316,7 +336,7 @@ async fn refresh_when_stale(core: Rc<ReplicationCore>) {
 /// Refreshes the lines of `stats replication` (and each cluster node's lag).
 fn publish(core: &ReplicationCore) {
     if let Some(cluster) = &core.global.cluster {
-        let mut lags = vec![None; cluster.config.nodes.len()];
+        let mut lags = vec![None; cluster.slots()];
         for (node, lag) in primary::lag_by_node(core) {
             lags[node] = Some(lag);
         }

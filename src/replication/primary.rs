@@ -89,6 +89,7 @@ struct Selection<'a> {
     log: Keep<'a>,
     snapshot: Keep<'a>,
     merge: bool,
+    /// This node's view, as FULL_BEGIN carries it (View::to_wire).
     view: &'a [u8],
 }
 
@@ -149,15 +150,19 @@ async fn follower(core: &Rc<ReplicationCore>, stream: glommio::net::TcpStream) -
     let _tracked = core.track(stream.as_raw_fd());
     stream.set_read_timeout(Some(LINK_TIMEOUT))?;
     let (mut input, mut output) = futures_lite::io::split(stream);
-    let mut reader = FrameReader::new(0);
+    // Acks carry nothing, STATE frames the 8-byte list digest.
+    let mut reader = FrameReader::new(8);
     let wire::Replicate { node, replid, offsets } = wire::parse_replicate(&reader.line(&mut input).await?)?;
-    if let Some(node) = node {
-        // Only another node of the same list may ask for its keys.
-        let other_node = |cluster: &crate::cluster::Cluster| node < cluster.config.nodes.len() && !cluster.is_me(node);
-        if !core.global.cluster.as_ref().is_some_and(other_node) {
-            return Err(WireError::BadHandshake);
+    // Only another node of the list may ask for its keys (one this node
+    // has not heard of yet tries again).
+    let node = match (node, &core.global.cluster) {
+        (None, _) => None,
+        (Some(name), Some(cluster)) => {
+            let slot = cluster.layout().list.slot_named(&name).filter(|&slot| !cluster.is_me(slot));
+            Some(slot.ok_or(WireError::BadHandshake)?)
         }
-    }
+        (Some(_), None) => return Err(WireError::BadHandshake),
+    };
     // A node back from down gets a full resync, whatever it says it holds;
     // so does one being handed its keys (the handover is a full resync).
     let returning = node.zip(core.global.cluster.as_ref()).is_some_and(|(node, cluster)| {
@@ -277,7 +282,7 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         _ => false,
     };
     let mut selection = Selection::default();
-    let view = cluster.map(|cluster| cluster.membership.view());
+    let view = cluster.map(|cluster| cluster.membership.view().to_wire(&cluster.layout().list));
     if let (Some(cluster), Some(node)) = (cluster, follower.node) {
         if cluster.membership.is_down(node) {
             // Nothing goes to a node this one sees down: what it is sent
@@ -302,12 +307,12 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         // Otherwise only what this node acts for: a copy of a key the
         // follower acts for could bring back what it deleted. Any change of
         // view is a new epoch, which restarts the resync under the new one.
-        let merge = !cluster.membership.may_act(node);
+        let merge = !cluster.membership.may_act(node) || cluster.membership.merges_handover(node);
         selection = Selection {
             log: Some(&keep),
             snapshot: Some(if merge { &every_copy } else { &keep }),
             merge,
-            view: view.as_ref().map_or(&[], |view| view.as_bytes()),
+            view: view.as_deref().unwrap_or(&[]),
         };
     }
     let (requests, snapshots) = fill_shards(&core.backlogs.borrow(), &mut follower.shards.borrow_mut(), selection, out);
@@ -488,6 +493,11 @@ pub fn deliver_slice(core: &ReplicationCore, shard: usize, follower: u64, attemp
     }
 }
 
+/// The node list digest a STATE frame's payload carries (wire.rs).
+fn list_digest(payload: &[u8]) -> u64 {
+    payload.try_into().map_or(0, u64::from_le_bytes)
+}
+
 /// Reads a follower's acks; each moves its offsets and samples the lag.
 async fn read_acks(
     core: &ReplicationCore,
@@ -496,12 +506,12 @@ async fn read_acks(
     reader: &mut FrameReader,
 ) -> Result<(), WireError> {
     loop {
-        let (header, _) = reader.frame(input).await?;
+        let (header, payload) = reader.frame(input).await?;
         if header.kind == Kind::State {
             if let (Some(node), Some(cluster)) = (follower.node, &core.global.cluster)
                 && cluster
                     .membership
-                    .set_said(node, header.offset & 1 != 0, header.offset & 2 != 0)
+                    .set_said(node, header.offset & 1 != 0, header.offset & 2 != 0, list_digest(payload))
             {
                 core.membership_moved();
             }

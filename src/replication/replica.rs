@@ -94,15 +94,16 @@ impl LinkState {
 pub enum Upstream {
     /// The primary that `--replica-of` or `replication follow` names.
     Primary,
-    /// Another cluster node, at its cluster address; `me` is this node's index.
-    Node { address: String, me: usize },
+    /// Another cluster node, at its cluster address; `me` is this node's
+    /// name (its client address).
+    Node { address: String, me: String },
 }
 
 /// Keeps a link to the upstream; its records are `source`'s.
 pub async fn follow(core: Rc<ReplicationCore>, source: usize, upstream: Upstream) {
     let me = match &upstream {
         Upstream::Primary => None,
-        Upstream::Node { me, .. } => Some(*me),
+        Upstream::Node { me, .. } => Some(me.clone()),
     };
     loop {
         let generation = core.global.replication.generation();
@@ -110,6 +111,11 @@ pub async fn follow(core: Rc<ReplicationCore>, source: usize, upstream: Upstream
             Upstream::Primary => core.global.replication.primary(),
             Upstream::Node { address, .. } => Some(address.clone()),
         };
+        // A node off the list and down (it left, and stopped) is not
+        // called; it is followed again if it comes back.
+        let gone =
+            |cluster: &crate::cluster::Cluster| !cluster.membership.is_member(source) && cluster.membership.is_down(source);
+        let address = address.filter(|_| me.is_none() || !core.global.cluster.as_ref().is_some_and(gone));
         let Some(address) = address else {
             {
                 let link = &mut core.links.borrow_mut()[source];
@@ -127,7 +133,7 @@ pub async fn follow(core: Rc<ReplicationCore>, source: usize, upstream: Upstream
             link.address = Some(address.clone());
             link.state = "connecting";
         }
-        let result = futures_lite::future::or(link_once(&core, source, me, &address, generation), async {
+        let result = futures_lite::future::or(link_once(&core, source, me.as_deref(), &address, generation), async {
             while core.global.replication.generation() == generation && !core.links.borrow()[source].restart {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
             }
@@ -153,7 +159,7 @@ pub async fn follow(core: Rc<ReplicationCore>, source: usize, upstream: Upstream
 async fn link_once(
     core: &Rc<ReplicationCore>,
     source: usize,
-    me: Option<usize>,
+    me: Option<&str>,
     address: &str,
     generation: u64,
 ) -> Result<(), WireError> {
@@ -253,7 +259,12 @@ async fn apply_frames(
                     let view = match payload {
                         [] => Some(None),
                         [1] => None,
-                        [0, view @ ..] => Some(Some(View::from_bytes(view))),
+                        [0, view @ ..] => {
+                            let list = &core.global.cluster.as_ref().ok_or(WireError::BadHandshake)?.layout().list;
+                            Some(Some(
+                                View::from_wire(view, list).ok_or(WireError::BadKind(header.kind as u8))?,
+                            ))
+                        }
                         _ => return Err(WireError::BadKind(header.kind as u8)),
                     };
                     for worker in (0..core.shards).filter(|_| view.is_some()) {
@@ -369,9 +380,10 @@ async fn send_acks(core: &ReplicationCore, source: usize, output: &mut (impl Asy
         let heartbeat = last_sent.elapsed() >= ACK_HEARTBEAT;
         if let Some(membership) = core.global.cluster.as_ref().map(|cluster| &cluster.membership) {
             let said = u64::from(membership.is_stale()) | u64::from(membership.grants(source)) << 1;
-            let now = (membership.epoch(), said);
+            let digest = membership.list_digest();
+            let now = (membership.epoch(), said, digest);
             if heartbeat || said_at != Some(now) {
-                wire::write_frame(&mut out, Kind::State, 0, said, &[]);
+                wire::write_frame(&mut out, Kind::State, 0, said, &digest.to_le_bytes());
                 said_at = Some(now);
             }
         }

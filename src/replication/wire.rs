@@ -5,14 +5,15 @@
 //!
 //! ```text
 //! replica -> primary  REPLICATE <replid|-> <offset|-> <offset|-> ...\r\n
-//!                     (a cluster node: REPLICATE-NODE <its index> <replid|-> ...)
+//!                     (a cluster node: REPLICATE-NODE <its host:port> <replid|-> ...)
 //! primary -> replica  PRIMARY <replid> <shards>\r\n
 //! primary -> replica  LOG(shard, offset, records) FULL_BEGIN(shard, offset)
 //!                     SNAPSHOT(shard, records) FULL_END(shard) CONTINUE(shard, offset) PING
 //!                     KEPT(shard, end offset, whole records)
 //! replica -> primary  ACK(shard, applied offset)
 //!                     STATE(a cluster node, first and on each change: bit 0 set if it
-//!                     is stale, bit 1 if it takes the primary as acting for its keys)
+//!                     is stale, bit 1 if it takes the primary as acting for its keys;
+//!                     payload: the digest of the node list it says so under, u64 LE)
 //! ```
 //!
 //! A cluster node receives only the records of keys it holds copies of:
@@ -201,8 +202,9 @@ impl FrameReader {
 
 /// The replica's opening line: the primary history it follows and, per
 /// primary shard, the offset it has applied (None: must resync fully).
-/// A cluster node names itself (`node`): it is sent only its keys.
-pub fn replicate_line(node: Option<usize>, replid: Option<&str>, offsets: &[Option<u64>]) -> String {
+/// A cluster node names itself (`node`, its client address; slots are each
+/// node's own): it is sent only its keys.
+pub fn replicate_line(node: Option<&str>, replid: Option<&str>, offsets: &[Option<u64>]) -> String {
     let mut line = match node {
         Some(node) => format!("REPLICATE-NODE {node} {}", replid.unwrap_or("-")),
         None => format!("REPLICATE {}", replid.unwrap_or("-")),
@@ -220,7 +222,7 @@ pub fn replicate_line(node: Option<usize>, replid: Option<&str>, offsets: &[Opti
 /// What a replica's opening line says.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Replicate {
-    pub node: Option<usize>,
+    pub node: Option<String>,
     pub replid: Option<String>,
     pub offsets: Vec<Option<u64>>,
 }
@@ -229,7 +231,7 @@ pub fn parse_replicate(line: &str) -> Result<Replicate, WireError> {
     let mut words = line.split_ascii_whitespace();
     let node = match words.next() {
         Some("REPLICATE") => None,
-        Some("REPLICATE-NODE") => Some(words.next().and_then(|w| w.parse().ok()).ok_or(WireError::BadHandshake)?),
+        Some("REPLICATE-NODE") => Some(words.next().ok_or(WireError::BadHandshake)?.to_string()),
         _ => return Err(WireError::BadHandshake),
     };
     let replid = words.next().ok_or(WireError::BadHandshake)?;
@@ -264,15 +266,15 @@ mod tests {
             offsets: vec![Some(5), None, Some(0)],
         };
         assert_eq!(parse_replicate(line.trim_end()).unwrap(), expected);
-        let line = replicate_line(Some(2), None, &[None]);
-        assert_eq!(line, "REPLICATE-NODE 2 - -\r\n");
+        let line = replicate_line(Some("127.0.0.3:11211"), None, &[None]);
+        assert_eq!(line, "REPLICATE-NODE 127.0.0.3:11211 - -\r\n");
         let expected = Replicate {
-            node: Some(2),
+            node: Some("127.0.0.3:11211".to_string()),
             replid: None,
             offsets: vec![None],
         };
         assert_eq!(parse_replicate(line.trim_end()).unwrap(), expected);
-        assert!(parse_replicate("REPLICATE-NODE x -").is_err());
+        assert!(parse_replicate("REPLICATE-NODE x").is_err());
         assert_eq!(parse_primary("PRIMARY xyz 2").unwrap(), ("xyz".to_string(), 2));
         assert!(parse_primary("PRIMARY xyz").is_err());
     }

@@ -229,7 +229,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
                     links: global
                         .cluster
                         .as_ref()
-                        .map(|cluster| node_links::NodeLinks::new(cluster, cores, &pending)),
+                        .map(|_| node_links::NodeLinks::new(&global, cores, &pending)),
                     pending,
                     counters: CoreCounters::default(),
                     verbosity: Cell::new(0),

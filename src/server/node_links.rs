@@ -18,6 +18,7 @@ use std::collections::VecDeque;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -26,8 +27,8 @@ use glommio::net::TcpStream;
 
 use super::connection::ReadBuffer;
 use super::router::{FromShard, OpBatch, Pending};
-use crate::cluster::Cluster;
 use crate::cluster::wire::{self, PEER_MAGIC};
+use crate::global::Global;
 use crate::request::KeyOp;
 
 /// How long a connect to a node may take before the link counts as failed.
@@ -36,40 +37,56 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// link is tried again (so a dead node costs a refusal, not a connect, per batch).
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 
-/// One link per other node (None for this node itself).
+/// One link per other node (None for this node itself, and for slots not
+/// used yet: a link opens on first use, also for a node that joined).
 pub struct NodeLinks {
-    links: Vec<Option<Rc<Link>>>,
+    global: Arc<Global>,
+    first_peer: usize,
+    pending: Rc<RefCell<Pending>>,
+    links: RefCell<Vec<Option<Rc<Link>>>>,
 }
 
 impl NodeLinks {
-    /// `first_peer` is the reply-slot peer id of node 0 (the core count).
-    pub fn new(cluster: &Cluster, first_peer: usize, pending: &Rc<RefCell<Pending>>) -> NodeLinks {
-        let links = cluster
-            .config
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(node, address)| {
-                if cluster.is_me(node) {
-                    return None;
-                }
-                let resolved = (address.host.as_str(), address.port)
-                    .to_socket_addrs()
-                    .ok()
-                    .and_then(|mut found| found.next());
-                if resolved.is_none() {
-                    tracing::warn!("cluster node {address} does not resolve: its keys are unreachable");
-                }
-                Some(Rc::new(Link {
-                    address: resolved,
-                    name: address.to_string(),
-                    peer: first_peer + node,
-                    pending: pending.clone(),
-                    state: RefCell::new(State::default()),
-                }))
+    /// `first_peer` is the reply-slot peer id of slot 0 (the core count).
+    pub fn new(global: &Arc<Global>, first_peer: usize, pending: &Rc<RefCell<Pending>>) -> NodeLinks {
+        NodeLinks {
+            global: global.clone(),
+            first_peer,
+            pending: pending.clone(),
+            links: RefCell::default(),
+        }
+    }
+
+    /// The link to `node`, made on first use. The name is resolved here,
+    /// once per node (a name that is not an address may block the core
+    /// for the lookup: list nodes by address).
+    fn link(&self, node: usize) -> Option<Rc<Link>> {
+        let cluster = self.global.cluster.as_ref()?;
+        if cluster.is_me(node) || node >= cluster.slots() {
+            return None;
+        }
+        let mut links = self.links.borrow_mut();
+        if links.len() <= node {
+            links.resize(node + 1, None);
+        }
+        let link = links[node].get_or_insert_with(|| {
+            let address = cluster.node(node);
+            let resolved = (address.host.as_str(), address.port)
+                .to_socket_addrs()
+                .ok()
+                .and_then(|mut found| found.next());
+            if resolved.is_none() {
+                tracing::warn!("cluster node {address} does not resolve: its keys are unreachable");
+            }
+            Rc::new(Link {
+                address: resolved,
+                name: address.to_string(),
+                peer: self.first_peer + node,
+                pending: self.pending.clone(),
+                state: RefCell::new(State::default()),
             })
-            .collect();
-        NodeLinks { links }
+        });
+        Some(link.clone())
     }
 
     /// Queues `ops` for `node`, with the batch their outcomes come back in
@@ -120,19 +137,17 @@ impl NodeLinks {
     }
 
     fn queue(&self, node: usize, slot: u32, batch: OpBatch, encode: impl FnOnce(&mut Vec<u8>) -> usize) -> Result<(), OpBatch> {
-        match self.links.get(node) {
-            Some(Some(link)) => link.queue(slot, batch, encode),
-            _ => Err(batch),
+        match self.link(node) {
+            Some(link) => link.queue(slot, batch, encode),
+            None => Err(batch),
         }
     }
 
-    /// The nodes this core has links to (every node but this one).
+    /// The other members of the node list (what a flush_all reaches).
     pub fn nodes(&self) -> impl Iterator<Item = usize> + '_ {
-        self.links
-            .iter()
-            .enumerate()
-            .filter(|(_, link)| link.is_some())
-            .map(|(node, _)| node)
+        let cluster = self.global.cluster.as_ref();
+        (0..cluster.map_or(0, |cluster| cluster.slots()))
+            .filter(move |&node| cluster.is_some_and(|cluster| !cluster.is_me(node) && cluster.membership.is_member(node)))
     }
 }
 

@@ -530,10 +530,10 @@ pub async fn execute(
         replies,
         nodes_used,
     } = &mut forwarding;
-    let node_count = cluster.map_or(0, |(cluster, _)| cluster.config.nodes.len());
-    let peers = core.cores + node_count;
+    // The node list may grow while the batch is placed: a node of a slot
+    // past the count read here widens the tables.
     nodes_used.clear();
-    nodes_used.resize(node_count, false);
+    nodes_used.resize(cluster.map_or(0, |(cluster, _)| cluster.slots()), false);
     routes.clear();
     routes.extend(ops.iter().map(|op| {
         if let Some(refusal) = refused(op) {
@@ -543,6 +543,9 @@ pub async fn execute(
             match cluster.place(op.key(), op.mutates()) {
                 Placement::Here => {}
                 Placement::Node(node) => {
+                    if node >= nodes_used.len() {
+                        nodes_used.resize(node + 1, false);
+                    }
                     nodes_used[node] = true;
                     return Route::Node(node);
                 }
@@ -551,6 +554,8 @@ pub async fn execute(
         }
         Route::Shard(KeyHash::of(op.key()))
     }));
+    let node_count = nodes_used.len();
+    let peers = core.cores + node_count;
     batches.resize_with(peers, OpBatch::default);
     answered.clear();
     answered.resize(peers, 0);
@@ -774,6 +779,7 @@ pub async fn copies_here(core: &Core, reply_slot: &ReplySlot, key: &[u8], at: Op
     };
     let holders = cluster
         .preference_list(key)
+        .into_iter()
         .filter(|&node| !cluster.is_me(node))
         .take_while(|&node| cluster.acked(node, shard) >= offset)
         .count();
@@ -819,7 +825,7 @@ fn found(outcome: &Outcome<&[u8]>) -> Result<Option<FoundCopy>, ()> {
 pub async fn quorum_get(core: &Core, reply_slot: &ReplySlot, key: &[u8]) -> Option<QuorumRead> {
     let cluster = core.global.cluster.as_ref()?;
     let acting = cluster.acting_for(key);
-    let listed: Vec<usize> = cluster.preference_list(key).collect();
+    let listed: Vec<usize> = cluster.preference_list(key);
     let quorum = listed.len() / 2 + 1;
     let mut asked: Vec<usize> = listed.iter().copied().take(quorum).collect();
     if !asked.contains(&acting) {

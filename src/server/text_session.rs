@@ -4,6 +4,8 @@ use super::Core;
 use super::router::{self, ReplySlot};
 use super::session::{After, Parse, Session};
 use super::stats_command;
+use crate::cluster::Cluster;
+use crate::cluster::node_list::{Change, Datagram, NodeList};
 use crate::protocol::text::{self, ClusterAdmin, Command, Parsed, ReplicationAdmin, TextLimits};
 use crate::protocol::text_reply;
 use crate::request::{DeleteOptions, GetOptions, KeyOp, Outcome, Refusal};
@@ -216,21 +218,26 @@ impl Session for TextSession {
     }
 }
 
-/// `cluster nodes`: per node `NODE <host:port> <weight> <state>
-/// share=<key space acted for> lag_us=<copies' lag, or -> [self]`;
-/// `cluster owner <key>`: its live preference list, `OWNER <host:port>`
-/// (the node acting for it) then `REPLICA <host:port>` per further copy.
-/// Both end with END.
+/// `cluster nodes`: `EPOCH <epoch> <digest>` of the node list, then per
+/// member `NODE <host:port> <weight> <state> share=<key space acted for>
+/// lag_us=<copies' lag, or -> [self]`; `cluster owner <key>`: its live
+/// preference list, `OWNER <host:port>` (the node acting for it) then
+/// `REPLICA <host:port>` per further copy. Both end with END. `cluster
+/// add|remove|weight` change the list (node_list.rs) and answer OK.
 fn cluster_admin(core: &Core, admin: ClusterAdmin<'_>, out: &mut Vec<u8>) {
     use std::io::Write;
     let Some(cluster) = &core.global.cluster else {
         return text_reply::line(out, "SERVER_ERROR cluster mode is off (start with --cluster-nodes)");
     };
-    let nodes = &cluster.config.nodes;
-    match admin {
+    let layout = cluster.layout();
+    let list = &layout.list;
+    let change = match admin {
         ClusterAdmin::Nodes => {
             let membership = &cluster.membership;
-            for ((index, node), share) in nodes.iter().enumerate().zip(cluster.shares()) {
+            let _ = write!(out, "EPOCH {} {:016x}\r\n", list.epoch(), list.digest());
+            let shares = cluster.shares();
+            for (index, node) in list.members() {
+                let share = shares.get(index).copied().unwrap_or(0.0);
                 let state = membership.describe(index);
                 let lag = membership
                     .lag(index)
@@ -242,16 +249,62 @@ fn cluster_admin(core: &Core, admin: ClusterAdmin<'_>, out: &mut Vec<u8>) {
                     node.weight
                 );
             }
+            return text_reply::end(out);
         }
         ClusterAdmin::Owner(key) => {
             let acting = cluster.acting_for(key);
-            let _ = write!(out, "OWNER {}\r\n", nodes[acting]);
-            for index in cluster.preference_list(key).filter(|&index| index != acting) {
-                let _ = write!(out, "REPLICA {}\r\n", nodes[index]);
+            let _ = write!(out, "OWNER {}\r\n", list.node(acting));
+            for index in cluster.preference_list(key).into_iter().filter(|&index| index != acting) {
+                let _ = write!(out, "REPLICA {}\r\n", list.node(index));
             }
+            return text_reply::end(out);
+        }
+        ClusterAdmin::Add(entry) => std::str::from_utf8(entry)
+            .ok()
+            .and_then(|entry| crate::config::parse_node_list(entry).ok())
+            .filter(|nodes| nodes.len() == 1)
+            .map(|mut nodes| Change::Add(nodes.remove(0))),
+        ClusterAdmin::Remove(address) => parse_address(address).map(|(host, port)| Change::Remove { host, port }),
+        ClusterAdmin::Weight(address, weight) => parse_address(address).map(|(host, port)| Change::Weight { host, port, weight }),
+    };
+    let Some(change) = change else {
+        return text_reply::line(out, "CLIENT_ERROR bad node address (host:port[:weight])");
+    };
+    match list.changed(&change, &cluster.my_name()) {
+        Ok(changed) => match send_list_change(core, cluster, &changed) {
+            Ok(()) => text_reply::line(out, "OK"),
+            Err(error) => {
+                let _ = write!(out, "SERVER_ERROR node list change not sent: {error}\r\n");
+            }
+        },
+        Err(error) => {
+            let _ = write!(out, "SERVER_ERROR {error}\r\n");
         }
     }
-    text_reply::end(out);
+}
+
+/// `host:port` of a node, as the list names it.
+fn parse_address(address: &[u8]) -> Option<(String, u16)> {
+    let (host, port) = std::str::from_utf8(address).ok()?.rsplit_once(':')?;
+    Some((host.to_string(), port.parse().ok().filter(|&port| port != 0)?)).filter(|(host, _)| !host.is_empty())
+}
+
+/// Hands a changed list to this node's gossip (the replication core takes
+/// it in and spreads it) as a node-list datagram to its own cluster port.
+fn send_list_change(core: &Core, cluster: &Cluster, list: &NodeList) -> std::io::Result<()> {
+    let listen = core.global.config.listen[0];
+    let host = if listen.is_unspecified() {
+        match listen {
+            std::net::IpAddr::V4(_) => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            std::net::IpAddr::V6(_) => std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        }
+    } else {
+        listen
+    };
+    let to = std::net::SocketAddr::new(host, cluster.cluster_port_of(cluster.me()));
+    let from = std::net::SocketAddr::new(host, 0);
+    std::net::UdpSocket::bind(from)?.send_to(&Datagram::list(list), to)?;
+    Ok(())
 }
 
 /// `cluster get <key>`: the newest of a majority of the key's copies, as

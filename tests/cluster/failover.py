@@ -32,7 +32,7 @@ import time
 from pymemcache.client.hash import HashClient
 from uhashring import HashRing
 
-from nodes import NODES, Cluster, Twemproxy, ask_all, connect, metadump
+from nodes import NODES, Cluster, Twemproxy, ask_all, connect, metadump, node_lines
 
 PROXY = ("127.0.0.5", 21300)
 VICTIM = 1
@@ -150,7 +150,7 @@ def watch_down(cluster, stop, seen):
     sock = connect(*cluster.address(0))
     while not stop.is_set():
         (reply,) = ask_all(sock, [b"cluster nodes\r\n"])
-        lines = reply.decode().splitlines()
+        lines = node_lines(reply)
         if lines[VICTIM].split()[3] == "down" and "down" not in seen:
             seen["down"] = time.time()
         time.sleep(0.01)

@@ -47,6 +47,18 @@ def ask_all(sock, lines, end=b"END\r\n"):
     return replies
 
 
+def node_lines(reply):
+    """The NODE lines of a `cluster nodes` reply (its first line is EPOCH)."""
+    return [line for line in reply.decode().splitlines() if line.startswith("NODE ")]
+
+
+def list_epoch(sock):
+    """(epoch, digest) of the node list, as `cluster nodes` says."""
+    (reply,) = ask_all(sock, [b"cluster nodes\r\n"])
+    _, epoch, digest = reply.decode().splitlines()[0].split()
+    return int(epoch), digest
+
+
 def preference_lists(sock, names, keys):
     """Each key's preference list as `cluster owner` gives it: indexes into
     `names` (host:port), the node acting for the key first."""
@@ -76,9 +88,12 @@ class Cluster:
     `wrap(index)` is a command prefix for a node (a network namespace), and
     `connect` how to reach one."""
 
-    def __init__(self, corecache, nodes=NODES, extra=(), wrap=lambda index: [], connect=connect):
+    def __init__(self, corecache, nodes=NODES, extra=(), wrap=lambda index: [], connect=connect, members=None):
+        """`members`: how many of `nodes` start in the list (the rest are
+        started later with `join`, outside it until a `cluster add`)."""
         self.nodes = nodes
-        self.node_list = ",".join(f"{h}:{p}:{w}" for h, p, w, _ in nodes)
+        self.members = len(nodes) if members is None else members
+        self.node_list = ",".join(f"{h}:{p}:{w}" for h, p, w, _ in nodes[:self.members])
         self.corecache = corecache
         self.extra = list(extra)
         self.wrap = wrap
@@ -93,12 +108,13 @@ class Cluster:
     def names(self):
         return [f"{h}:{p}" for h, p, _, _ in self.nodes]
 
-    def start(self, index):
+    def start(self, index, join=False):
         host, port, _, threads = self.nodes[index]
         log = open(os.path.join(self.workdir, f"node{index}.log"), "ab")
+        joining = ["--cluster-join"] if join else []
         self.procs[index] = subprocess.Popen(
             self.wrap(index) + [self.corecache, "-l", host, "-p", str(port), "-t", str(threads), "-m", "64",
-                                "--cluster-nodes", self.node_list] + self.extra,
+                                "--cluster-nodes", self.node_list] + joining + self.extra,
             stdout=log, stderr=subprocess.STDOUT)
         self.connect(host, port).close()
 
@@ -126,9 +142,9 @@ class Cluster:
             sock.close()
 
     def __enter__(self):
-        for index in range(len(self.nodes)):
+        for index in range(self.members):
             self.start(index)
-        for index in range(len(self.nodes)):
+        for index in range(self.members):
             self.wait_until_fresh(index)
         return self
 
@@ -138,6 +154,8 @@ class Cluster:
         if exc[0] is not None:
             for index in range(len(self.nodes)):
                 path = os.path.join(self.workdir, f"node{index}.log")
+                if not os.path.exists(path):
+                    continue
                 with open(path, "rb") as f:
                     tail = f.read()[-2000:].decode("utf-8", "replace")
                 if tail:

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 
-from nodes import Cluster, ask_all, metadump, preference_lists
+from nodes import Cluster, ask_all, metadump, node_lines, preference_lists
 
 PREFIX = "ccpart"
 BRIDGE = f"{PREFIX}br"
@@ -119,7 +119,7 @@ def inside_cut(host, port):
 def node_view(sock):
     """(states by node, whether it sees a majority) from `cluster nodes` and `stats cluster`."""
     nodes, stats = ask_all(sock, [b"cluster nodes\r\n", b"stats cluster\r\n"])
-    states = [line.split()[3] for line in nodes.decode().splitlines()]
+    states = [line.split()[3] for line in node_lines(nodes)]
     stat = dict(line.split()[1:3] for line in stats.decode().splitlines() if line.startswith("STAT "))
     return states, stat["majority"] == "1"
 

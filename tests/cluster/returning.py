@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 
-from nodes import Cluster, ask_all, connect, metadump, preference_lists
+from nodes import Cluster, ask_all, connect, metadump, node_lines, preference_lists
 
 VICTIM = 1
 KEYS = [f"ret{i}" for i in range(600)]
@@ -137,7 +137,7 @@ def check(cluster, load):
 
     def settled():
         (nodes,) = ask_all(sock, [b"cluster nodes\r\n"])
-        return all(line.split()[3] == "alive" for line in nodes.decode().splitlines())
+        return all(line.split()[3] == "alive" for line in node_lines(nodes))
 
     end = time.time() + BOUND
     while not settled():
