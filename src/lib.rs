@@ -36,13 +36,14 @@
 //!                  (+ flush generations, `stats detail` prefix counts)
 //! replication/     per-shard logs, the replication core (backlogs, primary
 //!                  and replica links, filtered per cluster node), applying
-//!                  records on a replica, the failure detector's UDP socket
-//!                  (gossip.rs)
-//! cluster/         several hosts as one cache: the ketama ring (ring.rs),
-//!                  each key's preference list and acting node (mod.rs),
-//!                  who is alive and the partition policy (membership.rs),
-//!                  SWIM as plain code (swim.rs), the forwarding frames
-//!                  (wire.rs)
+//!                  records on a replica, the failure detector's and the
+//!                  node list's UDP socket (gossip.rs)
+//! cluster/         several hosts as one cache: the node list and how its
+//!                  changes merge (node_list.rs), the ketama ring (ring.rs),
+//!                  each key's preference list and acting node, and the
+//!                  handoffs of a list change (mod.rs), who is alive and
+//!                  who may act, the partition policy (membership.rs), SWIM
+//!                  as plain code (swim.rs), the forwarding frames (wire.rs)
 //! stats.rs         `stats` output: shard reports + server counters
 //! ```
 //!

@@ -5,6 +5,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::cluster::membership::Handoff;
+
 use crate::global::Global;
 pub use crate::report::{CommandLatency, CoreReport, LATENCY_COMMANDS};
 
@@ -167,15 +169,18 @@ pub fn cluster(global: &Global) -> Vec<(String, String)> {
         ("majority".into(), u8::from(membership.has_majority()).to_string()),
         ("stale".into(), u8::from(membership.is_stale()).to_string()),
         ("acting".into(), u8::from(membership.is_acting()).to_string()),
-        // Nodes this one still owes a handover (a node that left may stop
-        // once it is 0).
+        // Nodes this one still owes a handover or a handoff of keys (a
+        // node that left may stop once it is 0), and whether it still
+        // leaves keys it takes to the nodes giving them.
         (
             "handing_over".into(),
             (0..list.len())
-                .filter(|&node| !cluster.is_me(node) && membership.awaits_handover(node).is_some())
+                .filter(|&node| !cluster.is_me(node))
+                .filter(|&node| membership.awaits_handover(node).is_some() || membership.handoff(node) != Handoff::None)
                 .count()
                 .to_string(),
         ),
+        ("taking".into(), u8::from(membership.is_taking()).to_string()),
         (
             "forwarded_out".into(),
             cluster.forwarded_out.load(Ordering::Relaxed).to_string(),

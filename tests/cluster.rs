@@ -94,6 +94,55 @@ fn cluster_commands_need_cluster_mode_and_a_key() {
 }
 
 #[test]
+fn node_list_changes_are_checked_and_reach_every_node() {
+    let nodes = Server::start_cluster(&HOSTS, &[]);
+    let names: Vec<String> = nodes.iter().map(|n| format!("{}:{}", n.host, n.port)).collect();
+    let mut client = nodes[0].client();
+    for (command, reply) in [
+        ("cluster add 127.0.0.9", "CLIENT_ERROR bad node address (host:port[:weight])"),
+        (
+            "cluster add 127.0.0.9:0",
+            "CLIENT_ERROR bad node address (host:port[:weight])",
+        ),
+        (
+            "cluster add 127.0.0.9:5000:0",
+            "CLIENT_ERROR bad node address (host:port[:weight])",
+        ),
+        (
+            "cluster remove 127.0.0.9:5000",
+            "SERVER_ERROR 127.0.0.9:5000 is not in the node list",
+        ),
+        (
+            "cluster weight 127.0.0.9:5000 2",
+            "SERVER_ERROR 127.0.0.9:5000 is not in the node list",
+        ),
+        ("cluster weight x", "CLIENT_ERROR bad command line format"),
+    ] {
+        client.roundtrip(format!("{command}\r\n").as_bytes(), format!("{reply}\r\n").as_bytes());
+    }
+    client.roundtrip(
+        format!("cluster add {}\r\n", names[1]).as_bytes(),
+        format!("SERVER_ERROR {} is already in the node list\r\n", names[1]).as_bytes(),
+    );
+    // A weight change made on one node reaches the others' `cluster nodes`.
+    client.roundtrip(format!("cluster weight {} 3\r\n", names[2]).as_bytes(), b"OK\r\n");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for (index, node) in nodes.iter().enumerate() {
+        loop {
+            let mut watcher = node.client();
+            let epoch = lines_until_end(&mut watcher, "cluster nodes").remove(0);
+            let listed = node_lines(&mut watcher);
+            let weight = listed[2].split(' ').nth(2).map(str::to_string);
+            if epoch.starts_with("EPOCH 1 ") && weight.as_deref() == Some("3") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "node {index}: {epoch} {listed:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+#[test]
 fn a_node_missing_from_its_list_does_not_start() {
     let (code, stderr) = start_failure(&["-l", "127.0.0.2", "-p", "23000", "--cluster-nodes", "127.0.0.3:23000"]);
     assert_ne!(code, 0);

@@ -38,6 +38,19 @@
 //!   it refuses them as not acting (`NotActing`); a grant that never comes
 //!   is undone only by failure detection (a node seen down says again).
 //!   A node failure detection never heard from is not waited for.
+//!
+//! A change of the node list moves keys by handoff, per (giver, receiver)
+//! pair of nodes (`Cluster::apply_list` finds them): the giver goes on
+//! acting for the keys it gives (`Handoff::Handing`), every node that knows
+//! of the pair forwards them to it (a third node, while the receiver says
+//! it is `taking`), and the receiver leaves them to it (`taking`). Once the
+//! receiver acts and has applied a full resync from the giver made since
+//! the change, the giver stops (`Cut`: they are forwarded to the receiver,
+//! which refuses them for the moment); once the receiver has applied the
+//! giver's log up to where it stood just after the cut, the giver says it
+//! has handed them over (`Said::handed`, under the same list), and the
+//! receiver acts for them. Grants are untouched: a list change stops no
+//! node acting for the keys it keeps.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
@@ -139,6 +152,55 @@ impl View {
     }
 }
 
+/// Where this node stands in handing keys to another after a list change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Handoff {
+    None = 0,
+    /// It still acts for the keys it gives.
+    Handing = 1,
+    /// It stopped (they are forwarded to the other); the other has yet to
+    /// apply its log up to the cut.
+    Cut = 2,
+}
+
+/// What a node tells another on the replication link it follows it by
+/// (a STATE frame, replication/wire.rs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Said {
+    /// It is stale (has not taken fresh copies since it started or lost
+    /// the majority).
+    pub stale: bool,
+    /// It takes the other as acting for its keys.
+    pub grants: bool,
+    /// It has no handoff to the other going on.
+    pub handed: bool,
+    /// It still takes keys from some node.
+    pub taking: bool,
+    /// It acts for its keys.
+    pub acting: bool,
+}
+
+impl Said {
+    pub fn to_bits(self) -> u64 {
+        u64::from(self.stale)
+            | u64::from(self.grants) << 1
+            | u64::from(self.handed) << 2
+            | u64::from(self.taking) << 3
+            | u64::from(self.acting) << 4
+    }
+
+    pub fn from_bits(bits: u64) -> Said {
+        Said {
+            stale: bits & 1 != 0,
+            grants: bits & 2 != 0,
+            handed: bits & 4 != 0,
+            taking: bits & 8 != 0,
+            acting: bits & 16 != 0,
+        }
+    }
+}
+
 /// What another node last said of its own copies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -156,15 +218,28 @@ pub struct Membership {
     slots: AtomicUsize,
     /// Per slot: on the ring now (node_list.rs).
     members: Vec<AtomicBool>,
-    /// Per slot: not a member, but a node that acted for keys this node
-    /// acts for now and has not handed them over yet (it left the list).
-    leaving: Vec<AtomicBool>,
-    /// Per slot: the handover it waits for from here follows a change of
-    /// the list, so it is a merge (the node acted for its other keys all
-    /// along, and a copy here may be older than its own).
-    merge_handover: Vec<AtomicBool>,
-    /// The digest of the node list: a grant counts only when said under
-    /// the same list (one said before a change would be taken as after).
+    /// Per slot, the handoffs of the last list change (module doc):
+    /// `handoff_to`, keys this node gives that node (Handoff); the epoch a
+    /// full resync to it must have started at to count (`handoff_epoch`
+    /// is the grant's); `taking`, keys this node takes from that node and
+    /// still leaves to it; `peer_taking` and `peer_acting`, what that node
+    /// says of itself.
+    handoff_to: Vec<AtomicU8>,
+    handing_epoch: Vec<AtomicU64>,
+    taking: Vec<AtomicBool>,
+    peer_taking: Vec<AtomicBool>,
+    peer_acting: Vec<AtomicBool>,
+    /// Per slot: what it last said (`Said` bits) and the digest of the
+    /// list it said it under. Taken in again when this node's list
+    /// changes: a node that heard of a change first says so under it.
+    said_bits: Vec<AtomicU64>,
+    said_digest: Vec<AtomicU64>,
+    /// Any of the above set: requests are placed with the ring before the
+    /// change too (one more walk), until every handoff has ended.
+    handoffs: AtomicBool,
+    /// The digest of the node list: what a node says of handoffs counts
+    /// only when said under the same list (one said before a change would
+    /// be taken as after).
     list_digest: AtomicU64,
     states: Vec<AtomicU8>,
     /// Per node: `Reported`, as it last said, and whether it said it takes
@@ -207,8 +282,14 @@ impl Membership {
             me,
             slots: AtomicUsize::new(0),
             members: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
-            leaving: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
-            merge_handover: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            handoff_to: (0..nodes).map(|_| AtomicU8::new(Handoff::None as u8)).collect(),
+            handing_epoch: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            taking: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            peer_taking: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            peer_acting: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+            said_bits: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            said_digest: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+            handoffs: AtomicBool::new(false),
             list_digest: AtomicU64::new(0),
             states: (0..nodes).map(|_| AtomicU8::new(NodeState::Unknown as u8)).collect(),
             reported: (0..nodes).map(|_| AtomicU8::new(Reported::Unknown as u8)).collect(),
@@ -240,39 +321,30 @@ impl Membership {
         self.update_majority();
     }
 
-    /// The node list changed (`Cluster::apply_list`): a node that became a
-    /// member comes in as one returning (this node acts for its keys until
-    /// it has had them); `handoffs` are the (giver, receiver) pairs of the
-    /// ring change: a receiver waits for the giver's grant, a giver hands
-    /// the receiver over (membership.rs). Every grant is said again, under
-    /// the new list. `settle_list` follows, once the new ring is in place.
+    /// The node list changed (`Cluster::apply_list`); `handoffs` are the
+    /// (giver, receiver) pairs of the ring change: this node, as a giver,
+    /// goes on acting for the keys it gives until it has handed them over;
+    /// as a receiver it leaves them to the giver until then. Everything
+    /// said under the old list is said again. `settle_list` follows, once
+    /// the new ring is in place.
     pub fn list_changed(&self, list: &NodeList, handoffs: &[(usize, usize)]) {
         let could_act: Vec<bool> = (0..list.len()).map(|node| self.may_act(node)).collect();
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         for slot in 0..list.len() {
             let (was, is) = (self.is_member(slot), list.is_member(slot));
             self.members[slot].store(is, Ordering::Relaxed);
-            if is && !was {
-                if slot == self.me {
-                    // Its copies (if any) are from before it left.
-                    self.stale.store(true, Ordering::Relaxed);
-                } else if !self.is_stale() {
-                    self.returning[slot].store(true, Ordering::Relaxed);
-                    self.returning_epoch[slot].store(epoch, Ordering::Relaxed);
-                }
+            if slot == self.me && is && !was {
+                // Its copies (if any) are from before it left.
+                self.stale.store(true, Ordering::Relaxed);
             }
         }
         for &(giver, receiver) in handoffs {
-            if receiver == self.me && giver != self.me {
-                self.granted[giver].store(false, Ordering::Relaxed);
-                if !list.is_member(giver) && !self.is_down(giver) {
-                    self.leaving[giver].store(true, Ordering::Relaxed);
-                }
-            }
             if giver == self.me && receiver != self.me {
-                self.handed_over[receiver].store(false, Ordering::Relaxed);
-                self.handoff_epoch[receiver].store(epoch, Ordering::Relaxed);
-                self.merge_handover[receiver].store(true, Ordering::Relaxed);
+                self.handoff_to[receiver].store(Handoff::Handing as u8, Ordering::Relaxed);
+                self.handing_epoch[receiver].store(epoch, Ordering::Relaxed);
+            }
+            if receiver == self.me && giver != self.me && !self.is_down(giver) {
+                self.taking[giver].store(true, Ordering::Relaxed);
             }
         }
         for (node, could) in could_act.into_iter().enumerate() {
@@ -283,6 +355,80 @@ impl Membership {
         }
         self.list_digest.store(list.digest(), Ordering::Release);
         self.slots.store(list.len(), Ordering::Release);
+        for node in (0..list.len()).filter(|&node| node != self.me) {
+            self.take_said(node);
+        }
+        self.recount_handoffs();
+    }
+
+    /// Whether a handoff `giver` -> `receiver` of the last list change has
+    /// not ended, as this node knows: its own as giver until it cut, as
+    /// receiver until the giver says it handed over; another pair's while
+    /// the receiver says it is taking (`listed`: the pair is one of the
+    /// change's).
+    #[inline]
+    pub fn handing_off(&self, giver: usize, receiver: usize, listed: bool) -> bool {
+        if giver == self.me {
+            self.handoff(receiver) == Handoff::Handing
+        } else if receiver == self.me {
+            self.taking[giver].load(Ordering::Relaxed)
+        } else {
+            listed && self.peer_taking[receiver].load(Ordering::Relaxed)
+        }
+    }
+
+    /// Whether any handoff may be going on (`handing_off`).
+    #[inline]
+    pub fn handoffs(&self) -> bool {
+        self.handoffs.load(Ordering::Relaxed)
+    }
+
+    pub fn handoff(&self, node: usize) -> Handoff {
+        match self.handoff_to[node].load(Ordering::Relaxed) {
+            1 => Handoff::Handing,
+            2 => Handoff::Cut,
+            _ => Handoff::None,
+        }
+    }
+
+    /// The epoch a full resync to `node` must have started at for the
+    /// handoff to it to be cut.
+    pub fn handing_epoch(&self, node: usize) -> u64 {
+        self.handing_epoch[node].load(Ordering::Relaxed)
+    }
+
+    /// Whether `node` says it acts for its keys.
+    pub fn says_acting(&self, node: usize) -> bool {
+        self.peer_acting[node].load(Ordering::Relaxed)
+    }
+
+    /// This node stops acting for the keys it gives `node` (they are
+    /// forwarded to it from now on) and waits for it to apply the log up
+    /// to the cut.
+    pub fn cut(&self, node: usize) {
+        self.handoff_to[node].store(Handoff::Cut as u8, Ordering::Relaxed);
+        tracing::info!("membership: handoff to node {node} cut (epoch {})", self.epoch());
+    }
+
+    /// `node` has applied this node's log up to the cut: the handoff ended.
+    pub fn handed_off(&self, node: usize) {
+        self.handoff_to[node].store(Handoff::None as u8, Ordering::Relaxed);
+        self.recount_handoffs();
+        tracing::info!("membership: handoff to node {node} ended (epoch {})", self.epoch());
+    }
+
+    /// Whether this node still takes keys from any node.
+    pub fn is_taking(&self) -> bool {
+        (0..self.slots()).any(|node| self.taking[node].load(Ordering::Relaxed))
+    }
+
+    fn recount_handoffs(&self) {
+        let any = (0..self.slots()).any(|node| {
+            self.handoff(node) != Handoff::None
+                || self.taking[node].load(Ordering::Relaxed)
+                || self.peer_taking[node].load(Ordering::Relaxed)
+        });
+        self.handoffs.store(any, Ordering::Relaxed);
     }
 
     /// After `list_changed`: who acts, and the majority, under the new list.
@@ -309,11 +455,6 @@ impl Membership {
 
     pub fn list_digest(&self) -> u64 {
         self.list_digest.load(Ordering::Acquire)
-    }
-
-    /// Whether the handover `node` waits for from here is a merge.
-    pub fn merges_handover(&self, node: usize) -> bool {
-        self.merge_handover[node].load(Ordering::Relaxed)
     }
 
     fn update_majority(&self) {
@@ -360,7 +501,12 @@ impl Membership {
                 // It may come back stale; until it says, it acts for nothing.
                 self.reported[node].store(Reported::Unknown as u8, Ordering::Relaxed);
                 self.granted[node].store(false, Ordering::Relaxed);
-                self.leaving[node].store(false, Ordering::Relaxed);
+                // A handoff to or from it ends with it (its keys go by failover).
+                self.taking[node].store(false, Ordering::Relaxed);
+                self.peer_taking[node].store(false, Ordering::Relaxed);
+                self.peer_acting[node].store(false, Ordering::Relaxed);
+                self.said_bits[node].store(0, Ordering::Relaxed);
+                self.recount_handoffs();
                 if self.is_stale() {
                     self.missed[node].store(true, Ordering::Relaxed);
                 }
@@ -413,31 +559,63 @@ impl Membership {
         }
     }
 
-    /// Another node says whether it is stale and whether it takes this
-    /// node as acting, under the node list of `digest` (a grant under
-    /// another list is none). Returns whether that changed who may act (a
-    /// new epoch; a node still returning here acts for nothing either way,
-    /// and the resync it is having goes on).
-    pub fn set_said(&self, node: usize, stale: bool, grants: bool, digest: u64) -> bool {
+    /// What another node says (`Said`), under the node list of `digest`
+    /// (what it says of a handoff under another list counts as nothing). Returns whether that changed who may act (a new epoch; a
+    /// node still returning here acts for nothing either way, and the
+    /// resync it is having goes on).
+    pub fn set_said(&self, node: usize, said: Said, digest: u64) -> bool {
         if node == self.me {
             return false;
         }
-        let grants = grants && digest == self.list_digest();
         let could_act = self.may_act(node);
-        self.granted[node].store(grants, Ordering::Relaxed);
-        let now = if stale { Reported::Stale } else { Reported::Fresh };
+        let was_taking = self.peer_taking[node].load(Ordering::Relaxed);
+        self.said_bits[node].store(said.to_bits(), Ordering::Relaxed);
+        self.said_digest[node].store(digest, Ordering::Relaxed);
+        let handed = self.take_said(node);
+        let grants = self.granted[node].load(Ordering::Relaxed);
+        self.recount_handoffs();
+        let now = if said.stale { Reported::Stale } else { Reported::Fresh };
         self.reported[node].store(now as u8, Ordering::Release);
-        if !self.update_acting() && self.may_act(node) == could_act {
+        let taking = self.peer_taking[node].load(Ordering::Relaxed);
+        if !self.update_acting() && self.may_act(node) == could_act && !handed && was_taking == taking {
             return false;
         }
         let epoch = self.bump(node, could_act);
         tracing::info!(
             "membership: node {node} says it is {}{} (epoch {epoch}, acting {})",
-            if stale { "stale" } else { "fresh" },
+            if said.stale { "stale" } else { "fresh" },
             if grants { " and takes this node as acting" } else { "" },
             self.is_acting()
         );
         true
+    }
+
+    /// Takes in what `node` last said, under the list it said it under: a
+    /// handoff's end or taking said under another list count for nothing
+    /// (a grant is not of the list: a list change moves keys by handoff).
+    /// Returns whether this ended a handoff from it.
+    fn take_said(&self, node: usize) -> bool {
+        let said = Said::from_bits(self.said_bits[node].load(Ordering::Relaxed));
+        let same_list = self.said_digest[node].load(Ordering::Relaxed) == self.list_digest();
+        self.granted[node].store(said.grants, Ordering::Relaxed);
+        self.peer_acting[node].store(said.acting, Ordering::Relaxed);
+        self.peer_taking[node].store(said.taking && same_list, Ordering::Relaxed);
+        let handed = said.handed && same_list && self.taking[node].swap(false, Ordering::Relaxed);
+        if handed {
+            tracing::info!("membership: node {node} handed this node the keys it gave it");
+        }
+        handed
+    }
+
+    /// What this node says to `node` (`Said`).
+    pub fn said_to(&self, node: usize) -> Said {
+        Said {
+            stale: self.is_stale(),
+            grants: self.grants(node),
+            handed: self.handoff(node) == Handoff::None,
+            taking: self.is_taking(),
+            acting: self.is_acting(),
+        }
     }
 
     /// This node's view now.
@@ -464,7 +642,7 @@ impl Membership {
             // A node off the list acts for nothing, unless it is leaving
             // and has yet to hand over what it acted for.
             self.is_down(node)
-                || !(self.is_member(node) || self.leaving[node].load(Ordering::Relaxed))
+                || !self.is_member(node)
                 || self.state(node) == NodeState::Unknown
                 || self.is_returning(node)
                 || self.reported(node) == Reported::Stale
@@ -500,6 +678,8 @@ impl Membership {
         if node != self.me && self.may_act(node) != could_act {
             self.handed_over[node].store(false, Ordering::Relaxed);
             self.handoff_epoch[node].store(epoch, Ordering::Relaxed);
+            // What a resync sends it changed: one from now on counts.
+            self.handing_epoch[node].store(epoch, Ordering::Relaxed);
         }
         epoch
     }
@@ -520,7 +700,6 @@ impl Membership {
     /// A full resync started at or after `awaits_handover`'s epoch has
     /// been applied by `node`.
     pub fn handed_over(&self, node: usize) {
-        self.merge_handover[node].store(false, Ordering::Relaxed);
         if !self.handed_over[node].swap(true, Ordering::AcqRel) {
             tracing::info!("membership: handed node {node} its keys (epoch {})", self.epoch());
         }
@@ -593,9 +772,21 @@ impl Membership {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cluster::ring::NodeAddress;
+
+    /// `node` says it is stale or not and grants this node or not.
+    pub(crate) fn say(membership: &Membership, node: usize, stale: bool, grants: bool) -> bool {
+        let said = Said {
+            stale,
+            grants,
+            handed: true,
+            taking: false,
+            acting: !stale,
+        };
+        membership.set_said(node, said, membership.list_digest())
+    }
 
     /// A membership of three nodes, as node `me`.
     fn three(me: usize, policy: PartitionPolicy) -> Membership {
@@ -647,16 +838,13 @@ mod tests {
         assert!(!membership.may_act(1), "not before it says it is fresh");
         assert_eq!(membership.describe(1), "syncing");
         let epoch = membership.epoch();
-        assert!(
-            membership.set_said(1, false, true, membership.list_digest())
-                && !membership.set_said(1, false, true, membership.list_digest())
-        );
+        assert!(say(&membership, 1, false, true) && !say(&membership, 1, false, true));
         assert_eq!(membership.epoch(), epoch + 1, "a new say is a new epoch");
         assert!(membership.may_act(1), "first sight is not a return");
         assert!(!membership.may_act(0), "node 2 has not said yet");
-        membership.set_said(2, true, false, membership.list_digest());
+        say(&membership, 2, true, false);
         assert!(membership.may_act(0), "what a stale node says is not waited for");
-        membership.set_said(2, false, true, membership.list_digest());
+        say(&membership, 2, false, true);
         assert!(membership.may_act(0) && membership.may_act(2));
 
         membership.set(1, NodeState::Down);
@@ -665,7 +853,7 @@ mod tests {
         membership.set(1, NodeState::Alive);
         assert_eq!(membership.returning_epoch(1), membership.epoch());
         assert!(membership.may_act(0), "a returning node acted for nothing meanwhile");
-        membership.set_said(1, false, true, membership.list_digest());
+        say(&membership, 1, false, true);
         assert!(!membership.may_act(1) && membership.is_returning(1) && membership.may_act(0));
         assert_eq!(membership.describe(1), "syncing");
         membership.returned(1);
@@ -677,16 +865,16 @@ mod tests {
         assert!(membership.is_stale() && !membership.may_act(0));
         // Back: the others are not returning to a stale node, it is.
         membership.set(1, NodeState::Alive);
-        membership.set_said(1, false, false, membership.list_digest());
+        say(&membership, 1, false, false);
         assert!(membership.may_act(1) && !membership.may_act(0));
         // Refreshed, it acts once node 1 has stopped acting in its place.
         membership.refreshed();
         assert!(!membership.may_act(0), "node 1 still acts for its keys");
-        membership.set_said(1, false, true, membership.list_digest());
+        say(&membership, 1, false, true);
         assert!(membership.may_act(0));
         // That one's return makes it stale again: it may have refreshed without it.
         membership.set(2, NodeState::Alive);
-        membership.set_said(2, false, true, membership.list_digest());
+        say(&membership, 2, false, true);
         assert!(
             membership.is_stale() && membership.may_act(2) && !membership.may_act(0),
             "node 2 acted meanwhile: refresh again"
@@ -701,7 +889,7 @@ mod tests {
         membership.refreshed();
         membership.set(1, NodeState::Alive);
         assert_eq!(membership.awaits_handover(1), None, "it may not act yet");
-        membership.set_said(1, false, false, membership.list_digest());
+        say(&membership, 1, false, false);
         let since = membership.epoch();
         assert!(membership.may_act(1) && !membership.grants(1));
         assert_eq!(
@@ -709,7 +897,7 @@ mod tests {
             Some(since),
             "a resync from this epoch on hands over"
         );
-        membership.set_said(2, true, false, membership.list_digest());
+        say(&membership, 2, true, false);
         assert_eq!(
             membership.awaits_handover(1),
             Some(since),
@@ -720,7 +908,7 @@ mod tests {
         membership.set(1, NodeState::Down);
         assert!(!membership.grants(1));
         membership.set(1, NodeState::Alive);
-        membership.set_said(1, false, false, membership.list_digest());
+        say(&membership, 1, false, false);
         membership.returned(1);
         let since = membership.epoch();
         assert!(!membership.grants(1), "back from down: handed over again");

@@ -1,10 +1,17 @@
-//! Several hosts as one cache (DESIGN.md "Cluster"): the ketama ring that
-//! places keys on nodes, each key's preference list and the node acting
-//! for it; who is alive (membership.rs, kept by SWIM in swim.rs); the
-//! frames key operations are forwarded in (wire.rs; the links that carry
-//! them are the server's, server/node_links.rs). Per-key copies travel on
-//! the replication machinery (replication/primary.rs filters each record
-//! by `replicates_to`).
+//! Several hosts as one cache (DESIGN.md "Cluster"): the node list
+//! (node_list.rs; it changes, and spreads by gossip, replication/gossip.rs),
+//! the ketama ring of its members that places keys on nodes, each key's
+//! preference list and the node acting for it; who is alive
+//! (membership.rs, kept by SWIM in swim.rs); the frames key operations are
+//! forwarded in (wire.rs; the links that carry them are the server's,
+//! server/node_links.rs). Per-key copies travel on the replication
+//! machinery (replication/primary.rs filters each record by
+//! `replicates_to`).
+//!
+//! A list change moves the keys whose acting node changes, by handoff:
+//! `apply_list` works out (giver, receiver) pairs from the rings before and
+//! after; until a pair's handoff ends (membership.rs), the giver acts for
+//! those keys, placed by the ring from before the change.
 
 pub mod membership;
 pub mod node_list;
@@ -67,12 +74,22 @@ pub enum Placement {
 pub struct Layout {
     pub list: NodeList,
     pub ring: Ring,
+    /// The ring before the last change, and that change's handoffs
+    /// (giver, receiver): while one goes on, the giver acts for the keys
+    /// it gives (membership.rs).
+    previous: Option<Ring>,
+    handoffs: Vec<(usize, usize)>,
 }
 
 impl Layout {
     fn new(list: NodeList) -> Layout {
         let ring = Ring::of_slots(list.members());
-        Layout { list, ring }
+        Layout {
+            list,
+            ring,
+            previous: None,
+            handoffs: Vec::new(),
+        }
     }
 }
 
@@ -154,9 +171,30 @@ impl Cluster {
         if old.list == list {
             return false;
         }
-        let new = Layout::new(list);
-        let handoffs = self.handoffs(&old.ring, &new.ring);
+        let mut new = Layout::new(list);
+        let joining: Vec<usize> = (0..new.list.len())
+            .filter(|&node| new.list.is_member(node) && !old.list.is_member(node))
+            .collect();
+        let handoffs = self.handoffs(&old, &new.ring, &joining);
+        // Handoffs of an earlier change still going on stay, placed by the
+        // ring from before it (a change soon after another, as when two
+        // are made at once and heard of one by one).
+        let earlier: Vec<(usize, usize)> = match (&old.previous, self.membership.handoffs()) {
+            (Some(_), true) => old
+                .handoffs
+                .iter()
+                .copied()
+                .filter(|&(giver, receiver)| self.membership.handing_off(giver, receiver, true))
+                .filter(|pair| !handoffs.contains(pair))
+                .collect(),
+            _ => Vec::new(),
+        };
         self.membership.list_changed(&new.list, &handoffs);
+        new.previous = match earlier.is_empty() {
+            true => Some(old.ring.clone()),
+            false => old.previous.clone(),
+        };
+        new.handoffs = handoffs.iter().copied().chain(earlier).collect();
         tracing::info!(
             "node list epoch {} ({:016x}): {} (handoffs {handoffs:?})",
             new.list.epoch(),
@@ -170,16 +208,23 @@ impl Cluster {
     }
 
     /// The (giver, receiver) pairs of a ring change: per ring segment, the
-    /// node acting for it on the old ring and the one on the new.
-    fn handoffs(&self, old: &Ring, new: &Ring) -> Vec<(usize, usize)> {
-        let mut probes: Vec<Point> = old.points().iter().chain(new.points()).map(|&(point, _)| point).collect();
+    /// node acting for it now and the one that will on the new ring (a
+    /// node joining counts as one that may: it takes its keys by handoff).
+    fn handoffs(&self, old: &Layout, new: &Ring, joining: &[usize]) -> Vec<(usize, usize)> {
+        let mut probes: Vec<Point> = old
+            .ring
+            .points()
+            .iter()
+            .chain(new.points())
+            .map(|&(point, _)| point)
+            .collect();
         probes.sort_unstable();
         probes.dedup();
-        let may_act = |node: usize| self.membership.may_act(node);
+        let will_act = |node: usize| self.membership.may_act(node) || joining.contains(&node) && !self.membership.is_down(node);
         let mut pairs = Vec::new();
         for point in probes {
             // The segment ending at `point` has one owner in each ring.
-            if let (Some(giver), Some(receiver)) = (acting_on(old, point, may_act), acting_on(new, point, may_act))
+            if let (Some(giver), Some(receiver)) = (self.acting_in(old, point), acting_on(new, point, will_act))
                 && giver != receiver
                 && !pairs.contains(&(giver, receiver))
             {
@@ -211,7 +256,9 @@ impl Cluster {
             // The segment after the previous point up to this one (wrapping).
             let length = point.wrapping_sub(previous);
             previous = point;
-            shares[self.acting_in(&layout.ring, point)] += f64::from(length) / 4_294_967_296.0;
+            if let Some(share) = shares.get_mut(self.acting_in(&layout, point).unwrap_or(self.config.me)) {
+                *share += f64::from(length) / 4_294_967_296.0;
+            }
         }
         shares
     }
@@ -244,18 +291,43 @@ impl Cluster {
     /// the key's writes, answers its reads, and sends its copies on. A node
     /// that sees none acts itself (a minority serving reads).
     pub fn acting_for(&self, key: &[u8]) -> usize {
-        self.acting_in(&self.layout.load().ring, point_of(key))
+        self.acting_in(&self.layout.load(), point_of(key)).unwrap_or(self.config.me)
     }
 
-    fn acting_in(&self, ring: &Ring, point: Point) -> usize {
-        acting_on(ring, point, |node| self.membership.may_act(node)).unwrap_or(self.config.me)
+    /// The node acting at a point, None if no node may: the first that may
+    /// on the ring, unless a handoff of that point's keys to it has not
+    /// ended: then the giver, the node acting there before the change.
+    #[inline]
+    fn acting_in(&self, layout: &Layout, point: Point) -> Option<usize> {
+        let membership = &self.membership;
+        let acting = acting_on(&layout.ring, point, |node| membership.may_act(node));
+        let (Some(previous), true) = (&layout.previous, membership.handoffs()) else {
+            return acting;
+        };
+        let listed = |giver: usize, receiver: usize| layout.handoffs.contains(&(giver, receiver));
+        let handing = |giver: usize| {
+            layout
+                .handoffs
+                .iter()
+                .any(|&(from, to)| from == giver && membership.handing_off(from, to, true))
+        };
+        // A giver that left the list may not act, but acts for what it gives.
+        let before = acting_on(previous, point, |node| membership.may_act(node) || handing(node));
+        match (before, acting) {
+            (Some(giver), Some(receiver))
+                if giver != receiver && membership.handing_off(giver, receiver, listed(giver, receiver)) =>
+            {
+                Some(giver)
+            }
+            _ => acting,
+        }
     }
 
     /// Where a request for `key` runs, as this node sees it.
     #[inline]
     pub fn place(&self, key: &[u8], mutates: bool) -> Placement {
         let layout = self.layout.load();
-        match acting_on(&layout.ring, point_of(key), |node| self.membership.may_act(node)) {
+        match self.acting_in(&layout, point_of(key)) {
             Some(node) if self.is_me(node) => Placement::Here,
             Some(node) => Placement::Node(node),
             // No node may act: a minority serves what it holds (its policy
@@ -282,7 +354,8 @@ impl Cluster {
         let me = self.config.me;
         let layout = self.layout.load();
         node != me
-            && acting_on(&layout.ring, point, |node| self.membership.may_act(node))
+            && self
+                .acting_in(&layout, point)
                 .is_some_and(|acting| acting == me || handing_over && acting == node)
             && self
                 .preference_in(&layout.ring, point, |node| self.membership.is_down(node))
@@ -294,14 +367,17 @@ impl Cluster {
     /// this node should hold of it, and nothing if this node should hold
     /// none). Never a key this node acts for now (or, seeing no node that
     /// may, could): the view may be older than the say that made it act,
-    /// and its own writes are newest.
+    /// and its own writes are newest. Nor one being handed off (the view
+    /// does not say who still acts for it).
     pub fn replicated_from(&self, view: &View, source: usize, key: &[u8]) -> bool {
         // One MD5 per key dropped, on the worker applying the resync.
         let point = point_of(key);
         let layout = self.layout.load();
+        let acting = acting_on(&layout.ring, point, |node| self.membership.may_act(node));
         source != self.config.me
             && acting_on(&layout.ring, point, |node| view.may_act(node)).unwrap_or(source) == source
-            && self.acting_in(&layout.ring, point) != self.config.me
+            && acting.is_some_and(|acting| acting != self.config.me)
+            && self.acting_in(&layout, point) == acting
     }
 
     /// Whether `node` holds a copy of `key` (is in its preference list),
@@ -378,9 +454,7 @@ mod tests {
         );
         cluster.membership.refreshed();
         for node in [0, 2] {
-            cluster
-                .membership
-                .set_said(node, false, true, cluster.membership.list_digest());
+            membership::tests::say(&cluster.membership, node, false, true);
         }
         let keys: Vec<String> = (0..1000).map(|i| format!("key:{i}")).collect();
         let before: Vec<Vec<usize>> = keys.iter().map(|k| cluster.preference_list(k.as_bytes())).collect();
@@ -397,7 +471,7 @@ mod tests {
             assert!(after.iter().all(|&node| cluster.holds_copy(key.as_bytes(), node)));
         }
         // A node that says it is stale acts for nothing; the next one acts.
-        cluster.membership.set_said(2, true, false, cluster.membership.list_digest());
+        membership::tests::say(&cluster.membership, 2, true, false);
         for key in &keys {
             let list: Vec<usize> = cluster.preference_list(key.as_bytes());
             assert_eq!(cluster.acting_for(key.as_bytes()), 1, "{key}: {list:?}");

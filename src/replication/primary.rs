@@ -27,11 +27,18 @@ use super::backlog::Backlog;
 use super::core::ReplicationCore;
 use super::record::Record;
 use super::wire::{self, FrameReader, Kind, WireError};
+use crate::cluster::membership::{Handoff, Said};
 
 /// Log bytes per frame, and per shard per writer turn.
 const FRAME_BYTES: usize = 256 * 1024;
 /// A silent link is pinged this often, and dropped after LINK_TIMEOUT.
 const PING_INTERVAL: Duration = Duration::from_millis(500);
+/// After a handoff's cut, how long a write placed here before it may take
+/// to reach this core's backlog: the offsets the other node must apply are
+/// taken this long after the cut.
+const CUT_GRACE: Duration = Duration::from_millis(20);
+/// How often a follower's acks are looked at while a cut waits for them.
+const CUT_POLL: Duration = Duration::from_millis(1);
 pub const LINK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where a follower stands with one shard.
@@ -75,6 +82,9 @@ struct Follower {
     /// come back, preference lists change, and every shard is resent.
     epoch: Cell<u64>,
     shards: RefCell<Vec<FollowerShard>>,
+    /// A handoff to it was cut (membership.rs): when the log offsets to
+    /// wait for are taken (CUT_GRACE after the cut), and then those offsets.
+    cut: RefCell<Option<(Instant, Option<Vec<u64>>)>>,
 }
 
 /// Which records a follower is sent (None: all of them, as they are); the
@@ -197,6 +207,7 @@ async fn follower(core: &Rc<ReplicationCore>, stream: glommio::net::TcpStream) -
         node,
         epoch: Cell::new(epoch),
         shards: RefCell::new(shards),
+        cut: RefCell::new(None),
     });
     core.primary.followers.borrow_mut().insert(id, follower.clone());
     tracing::info!("replica {address} connected");
@@ -258,7 +269,9 @@ async fn write_loop(
             out.clear();
             last_send = Instant::now();
         }
-        futures_lite::future::or(core.changed.changed_since(epoch), glommio::timer::sleep(PING_INTERVAL)).await;
+        let cutting = follower.cut.borrow().is_some();
+        let wait = if cutting { CUT_POLL } else { PING_INTERVAL };
+        futures_lite::future::or(core.changed.changed_since(epoch), glommio::timer::sleep(wait)).await;
     }
 }
 
@@ -307,7 +320,7 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         // Otherwise only what this node acts for: a copy of a key the
         // follower acts for could bring back what it deleted. Any change of
         // view is a new epoch, which restarts the resync under the new one.
-        let merge = !cluster.membership.may_act(node) || cluster.membership.merges_handover(node);
+        let merge = !cluster.membership.may_act(node);
         selection = Selection {
             log: Some(&keep),
             snapshot: Some(if merge { &every_copy } else { &keep }),
@@ -343,8 +356,53 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
             membership.handed_over(node);
             core.membership_moved();
         }
+        hand_off(core, follower, node, caught_up(&follower.shards.borrow()));
     }
     requests
+}
+
+/// A handoff of keys to the follower after a list change (membership.rs):
+/// once it acts and holds a copy of them made since the change, this node
+/// stops acting for them (the cut); once it has applied this node's log up
+/// to where it stood CUT_GRACE after the cut, the handoff has ended and it
+/// is told so (it then acts for them).
+fn hand_off(core: &ReplicationCore, follower: &Follower, node: usize, caught_up: bool) {
+    let Some(cluster) = &core.global.cluster else {
+        return;
+    };
+    let membership = &cluster.membership;
+    match membership.handoff(node) {
+        Handoff::None => {
+            follower.cut.replace(None);
+        }
+        Handoff::Handing => {
+            if caught_up
+                && follower.epoch.get() >= membership.handing_epoch(node)
+                && membership.may_act(node)
+                && membership.says_acting(node)
+            {
+                membership.cut(node);
+                follower.cut.replace(Some((Instant::now() + CUT_GRACE, None)));
+            }
+        }
+        Handoff::Cut => {
+            let mut cut = follower.cut.borrow_mut();
+            // A link made after the cut waits the grace from now.
+            let (at, offsets) = cut.get_or_insert_with(|| (Instant::now() + CUT_GRACE, None));
+            if offsets.is_none() && Instant::now() >= *at {
+                *offsets = Some(core.backlogs.borrow().iter().map(Backlog::end).collect());
+            }
+            let applied = offsets.as_ref().is_some_and(|offsets| {
+                let shards = follower.shards.borrow();
+                shards.iter().zip(offsets).all(|(shard, &offset)| shard.acked >= offset)
+            });
+            if applied {
+                *cut = None;
+                membership.handed_off(node);
+                core.membership_moved();
+            }
+        }
+    }
 }
 
 /// `fill` for given backlogs, follower states and filter; also returns how
@@ -511,7 +569,7 @@ async fn read_acks(
             if let (Some(node), Some(cluster)) = (follower.node, &core.global.cluster)
                 && cluster
                     .membership
-                    .set_said(node, header.offset & 1 != 0, header.offset & 2 != 0, list_digest(payload))
+                    .set_said(node, Said::from_bits(header.offset), list_digest(payload))
             {
                 core.membership_moved();
             }

@@ -379,7 +379,7 @@ async fn send_acks(core: &ReplicationCore, source: usize, output: &mut (impl Asy
         let epoch = core.applied.epoch();
         let heartbeat = last_sent.elapsed() >= ACK_HEARTBEAT;
         if let Some(membership) = core.global.cluster.as_ref().map(|cluster| &cluster.membership) {
-            let said = u64::from(membership.is_stale()) | u64::from(membership.grants(source)) << 1;
+            let said = membership.said_to(source).to_bits();
             let digest = membership.list_digest();
             let now = (membership.epoch(), said, digest);
             if heartbeat || said_at != Some(now) {

@@ -262,7 +262,7 @@ fn cluster_admin(core: &Core, admin: ClusterAdmin<'_>, out: &mut Vec<u8>) {
         ClusterAdmin::Add(entry) => std::str::from_utf8(entry)
             .ok()
             .and_then(|entry| crate::config::parse_node_list(entry).ok())
-            .filter(|nodes| nodes.len() == 1)
+            .filter(|nodes| nodes.len() == 1 && nodes[0].port != 0)
             .map(|mut nodes| Change::Add(nodes.remove(0))),
         ClusterAdmin::Remove(address) => parse_address(address).map(|(host, port)| Change::Remove { host, port }),
         ClusterAdmin::Weight(address, weight) => parse_address(address).map(|(host, port)| Change::Weight { host, port, weight }),

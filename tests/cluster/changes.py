@@ -199,9 +199,8 @@ def settle_copies(cluster, members, keys):
         if not wrong:
             return lists, holders, time.time() - start
         if time.time() - start > SETTLE:
-            for key, listed, held in list(zip(keys, lists, holders))[:5]:
-                if sorted(listed) != held:
-                    print(f"  {key}: preference list {listed}, held by {held}")
+            for key, listed, held in [row for row in zip(keys, lists, holders) if sorted(row[1]) != row[2]][:5]:
+                print(f"  {key}: preference list {listed}, held by {held}")
             raise RuntimeError(f"{len(wrong)} keys not on exactly their preference lists")
         time.sleep(0.3)
 
