@@ -323,6 +323,19 @@ impl Cluster {
         }
     }
 
+    /// Whether a handoff to this node of the key's keys has not ended: it
+    /// will act for the key once it has (the giver acts meanwhile).
+    pub fn taking_over(&self, key: &[u8]) -> bool {
+        if !self.membership.handoffs() {
+            return false;
+        }
+        let layout = self.layout.load();
+        let point = point_of(key);
+        let me = self.config.me;
+        acting_on(&layout.ring, point, |node| self.membership.may_act(node)) == Some(me)
+            && self.acting_in(&layout, point) != Some(me)
+    }
+
     /// Where a request for `key` runs, as this node sees it.
     #[inline]
     pub fn place(&self, key: &[u8], mutates: bool) -> Placement {

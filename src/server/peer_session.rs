@@ -2,12 +2,15 @@
 //! operation it forwards (cluster::wire), each reply frame its outcome, in
 //! order. A link opens with `PEER_MAGIC`; only a node in cluster mode
 //! accepts one. An op for a key this node does not act for is refused
-//! (`Refusal::NotActing`), never forwarded again, so a request cannot loop;
+//! (`Refusal::NotActing`), never forwarded again, so a request cannot loop
+//! (one for a key being handed to this node waits, up to HANDOFF_WAIT, for
+//! the handoff to end: the giver forwards what reaches it after its cut);
 //! a flush_all from another node flushes this node only; `wait`'s questions
 //! about a key's copies are answered at once; a quorum read's question for
 //! this node's own copy of a key is answered whoever acts for it.
 
 use std::cell::Cell;
+use std::time::{Duration, Instant};
 
 use super::Core;
 use super::router::{self, ReplySlot};
@@ -29,12 +32,20 @@ pub enum Step<'a> {
         key: &'a [u8],
         at: Option<u64>,
     },
+    /// An op for a key being handed to this node: run once the handoff has
+    /// ended, refused (`NotActing`) if it has not within HANDOFF_WAIT.
+    AfterHandoff(KeyOp<&'a [u8]>),
     /// An op for a key another node acts for (`NotActing`), or a write no
     /// node may take in the switch (`Handover`).
     Refused(Refusal),
     /// An undecodable frame: the link is closed.
     Malformed,
 }
+
+/// How long an op for a key being handed to this node waits for the
+/// handoff to end (it ends a few ms after the giver's cut).
+const HANDOFF_WAIT: Duration = Duration::from_millis(200);
+const HANDOFF_POLL: Duration = Duration::from_millis(1);
 
 pub struct PeerSession<'c> {
     pub cluster: &'c Cluster,
@@ -85,6 +96,7 @@ impl Session for PeerSession<'_> {
         let step = match wire::decode_request(body) {
             Ok(Request::Key(op)) => match self.cluster.place(op.key(), op.mutates()) {
                 Placement::Here => Step::Op(op),
+                Placement::Node(_) if self.cluster.taking_over(op.key()) => Step::AfterHandoff(op),
                 Placement::Node(_) => Step::Refused(Refusal::NotActing),
                 Placement::Handover => Step::Refused(Refusal::Handover),
             },
@@ -112,7 +124,10 @@ impl Session for PeerSession<'_> {
     }
 
     fn is_barrier(step: &Step<'_>) -> bool {
-        matches!(step, Step::Malformed | Step::FlushAll { .. } | Step::Copies { .. })
+        matches!(
+            step,
+            Step::Malformed | Step::FlushAll { .. } | Step::Copies { .. } | Step::AfterHandoff(_)
+        )
     }
 
     fn key_ops<'s>(step: &'s Step<'_>, ops: &mut Vec<KeyOp<&'s [u8]>>) -> usize {
@@ -121,7 +136,12 @@ impl Session for PeerSession<'_> {
                 ops.push(op.clone());
                 1
             }
-            Step::Magic | Step::Refused(_) | Step::FlushAll { .. } | Step::Copies { .. } | Step::Malformed => 0,
+            Step::Magic
+            | Step::Refused(_)
+            | Step::FlushAll { .. }
+            | Step::Copies { .. }
+            | Step::AfterHandoff(_)
+            | Step::Malformed => 0,
         }
     }
 
@@ -155,6 +175,21 @@ impl Session for PeerSession<'_> {
                     previous_ttl: 0,
                 };
                 wire::encode_outcome(out, &outcome);
+                After::Continue
+            }
+            Step::AfterHandoff(ref op) => {
+                let deadline = Instant::now() + HANDOFF_WAIT;
+                while self.cluster.taking_over(op.key()) && Instant::now() < deadline {
+                    glommio::timer::sleep(HANDOFF_POLL).await;
+                }
+                if self.acts_for(op.key()) {
+                    router::execute(core, reply_slot, std::slice::from_ref(op), Self::FORWARDS, |_, outcome| {
+                        wire::encode_outcome(out, outcome)
+                    })
+                    .await;
+                } else {
+                    wire::encode_outcome(out, &Outcome::Refused(Refusal::NotActing));
+                }
                 After::Continue
             }
             Step::Malformed => After::Close,

@@ -28,6 +28,7 @@ p99 latency before, during and after the change are printed.
     tests/cluster/changes.py --corecache target/debug/corecache
 """
 import argparse
+import os
 import random
 import sys
 import threading
@@ -37,7 +38,7 @@ from nodes import Cluster, ask_all, connect, list_epoch, metadump, node_lines
 
 NODES = [("127.0.0.2", 21401, 1, 1), ("127.0.0.3", 21402, 1, 2), ("127.0.0.4", 21403, 1, 1),
          ("127.0.0.5", 21404, 1, 1), ("127.0.0.6", 21405, 1, 1)]
-PRELOAD = 100_000
+PRELOAD = int(os.environ.get("PRELOAD", "100000"))
 HOT = [f"hot{i}" for i in range(1000)]
 SETTLE = 30.0
 PHASE = 1.5
@@ -56,6 +57,7 @@ class Load:
         self.read_max = {}
         self.violations = []
         self.samples = []     # (start time, latency, ok)
+        self.errors = {}      # failed op's reply (or exception) -> count
         self.stop = threading.Event()
 
     def sock(self, rng):
@@ -103,16 +105,20 @@ class Load:
                         self.doubtful.pop(key, None)
                     else:
                         self.doubtful.setdefault(key, set()).add(sequence)
+                        self.errors[reply] = self.errors.get(reply, 0) + 1
                 else:
                     (reply,) = ask_all(sock, [f"get {key}\r\n".encode()])
                     ok = not reply.startswith(b"SERVER_ERROR")
+                    if not ok:
+                        self.errors[reply] = self.errors.get(reply, 0) + 1
                     if reply.startswith(b"VALUE "):
                         read = int(reply.split(b"\r\n")[1])
                         seen = self.read_max.get(key, 0)
                         if read < seen:
                             self.violations.append((key, read, seen))
                         self.read_max[key] = max(seen, read)
-            except (OSError, RuntimeError):
+            except (OSError, RuntimeError) as error:
+                self.errors[repr(error)] = self.errors.get(repr(error), 0) + 1
                 if pending is not None:
                     self.doubtful.setdefault(key, set()).add(pending)
                 self.drop(index)
@@ -335,6 +341,7 @@ def main():
             load.stop.set()
             thread.join()
         print(f"reads older than one already read: {len(load.violations)} ({load.violations[:3]})")
+        print(f"failed ops by reply: {load.errors}")
         failures += bool(load.violations)
     if failures:
         print(f"FAIL: {failures} checks failed")
