@@ -491,4 +491,90 @@ mod tests {
             assert!(cluster.holds_copy(key.as_bytes(), 2) == list.contains(&2));
         }
     }
+
+    #[test]
+    fn keys_a_joining_node_takes_stay_with_their_giver_until_the_handoff_ends() {
+        use membership::{Handoff, NodeState, Said};
+        let cluster = Cluster::new(
+            ClusterConfig {
+                nodes: three_nodes(),
+                me: 0,
+                joining: false,
+                copies: 2,
+                cluster_port_offset: 10000,
+                partition_policy: PartitionPolicy::ReadOnly,
+                swim: swim::Timing::default(),
+            },
+            1,
+        );
+        cluster.membership.refreshed();
+        for node in [1, 2] {
+            cluster.membership.set(node, NodeState::Alive);
+            membership::tests::say(&cluster.membership, node, false, true);
+        }
+        assert!(cluster.membership.is_acting());
+        let keys: Vec<String> = (0..2000).map(|i| format!("key:{i}")).collect();
+        let before: Vec<usize> = keys.iter().map(|key| cluster.acting_for(key.as_bytes())).collect();
+        let added = cluster
+            .layout()
+            .list
+            .changed(
+                &node_list::Change::Add(NodeAddress {
+                    host: "127.0.0.5".into(),
+                    port: 11211,
+                    weight: 1,
+                }),
+                "127.0.0.2:11211",
+            )
+            .unwrap();
+        assert!(cluster.apply_list(added.clone()) && !cluster.apply_list(added));
+        assert!(
+            cluster.membership.is_acting(),
+            "a join stops no node acting for the keys it keeps"
+        );
+        assert_eq!(cluster.membership.handoff(3), Handoff::Handing);
+        let unchanged = |cluster: &Cluster| {
+            keys.iter()
+                .zip(&before)
+                .all(|(key, &was)| cluster.acting_for(key.as_bytes()) == was)
+        };
+        assert!(unchanged(&cluster), "node 3 is not heard from yet");
+        // Node 3 is up, fresh and acting, and says it still takes keys.
+        cluster.membership.set(3, NodeState::Alive);
+        let said = |taking| Said {
+            stale: false,
+            grants: true,
+            handed: true,
+            taking,
+            acting: true,
+        };
+        let digest = cluster.membership.list_digest();
+        cluster.membership.set_said(3, said(true), digest);
+        assert!(unchanged(&cluster), "every giver still acts for what it gives");
+        let moving = |giver: usize| -> Vec<&String> {
+            keys.iter()
+                .zip(&before)
+                .filter(|&(key, &was)| was == giver && cluster.layout().ring.owner(point_of(key.as_bytes())) == 3)
+                .map(|(key, _)| key)
+                .collect()
+        };
+        let (mine, theirs) = (moving(0), moving(1));
+        assert!(!mine.is_empty() && !theirs.is_empty());
+        // Cut: what this node gives goes to node 3 (which waits for the end).
+        cluster.membership.cut(3);
+        assert!(
+            mine.iter()
+                .all(|key| cluster.place(key.as_bytes(), true) == Placement::Node(3))
+        );
+        cluster.membership.handed_off(3);
+        assert_eq!(cluster.membership.handoff(3), Handoff::None);
+        // Node 1's handoff: this node forwards those keys to node 1 while
+        // node 3 says it is taking; then to node 3.
+        assert!(theirs.iter().all(|key| cluster.acting_for(key.as_bytes()) == 1));
+        cluster.membership.set_said(3, said(false), digest);
+        assert!(theirs.iter().all(|key| cluster.acting_for(key.as_bytes()) == 3));
+        // What node 3 says under another list is not taken as said of this one.
+        cluster.membership.set_said(3, said(true), digest ^ 1);
+        assert!(theirs.iter().all(|key| cluster.acting_for(key.as_bytes()) == 3));
+    }
 }
