@@ -2,9 +2,10 @@
 //! operation it forwards (cluster::wire), each reply frame its outcome, in
 //! order. A link opens with `PEER_MAGIC`; only a node in cluster mode
 //! accepts one. An op for a key this node does not act for is refused
-//! (`Refusal::NotActing`), never forwarded again, so a request cannot loop
-//! (one for a key being handed to this node waits, up to HANDOFF_WAIT, for
-//! the handoff to end: the giver forwards what reaches it after its cut);
+//! (`Refusal::NotActing`), never forwarded again, so a request cannot loop;
+//! one for a key being handed to this node goes on once more, to the giver,
+//! and if the giver has cut already (it refuses), waits up to HANDOFF_WAIT
+//! for the handoff to end and runs here;
 //! a flush_all from another node flushes this node only; `wait`'s questions
 //! about a key's copies are answered at once; a quorum read's question for
 //! this node's own copy of a key is answered whoever acts for it.
@@ -32,8 +33,9 @@ pub enum Step<'a> {
         key: &'a [u8],
         at: Option<u64>,
     },
-    /// An op for a key being handed to this node: run once the handoff has
-    /// ended, refused (`NotActing`) if it has not within HANDOFF_WAIT.
+    /// An op for a key being handed to this node: sent to the giver, or
+    /// run here once the handoff has ended (`NotActing` if it has not
+    /// within HANDOFF_WAIT).
     AfterHandoff(KeyOp<&'a [u8]>),
     /// An op for a key another node acts for (`NotActing`), or a write no
     /// node may take in the switch (`Handover`).
@@ -178,6 +180,20 @@ impl Session for PeerSession<'_> {
                 After::Continue
             }
             Step::AfterHandoff(ref op) => {
+                // The giver still acts for it, unless it cut (a few ms
+                // before the handoff ends): then it refuses, and the op
+                // waits here. Two hops at most: the giver never forwards it.
+                let mut cut = false;
+                let mut answer = Vec::new();
+                router::execute(core, reply_slot, std::slice::from_ref(op), true, |_, outcome| match outcome {
+                    Outcome::Refused(Refusal::NotActing) => cut = true,
+                    outcome => wire::encode_outcome(&mut answer, outcome),
+                })
+                .await;
+                if !cut {
+                    out.extend_from_slice(&answer);
+                    return After::Continue;
+                }
                 let deadline = Instant::now() + HANDOFF_WAIT;
                 while self.cluster.taking_over(op.key()) && Instant::now() < deadline {
                     glommio::timer::sleep(HANDOFF_POLL).await;
