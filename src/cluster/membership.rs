@@ -560,15 +560,17 @@ impl Membership {
     }
 
     /// What another node says (`Said`), under the node list of `digest`
-    /// (what it says of a handoff under another list counts as nothing). Returns whether that changed who may act (a new epoch; a
-    /// node still returning here acts for nothing either way, and the
-    /// resync it is having goes on).
+    /// (what it says of a handoff under another list counts as nothing).
+    /// Returns whether the links should look again: who may act changed (a
+    /// new epoch; a node still returning here acts for nothing either way,
+    /// and the resync it is having goes on), or whether it acts.
     pub fn set_said(&self, node: usize, said: Said, digest: u64) -> bool {
         if node == self.me {
             return false;
         }
         let could_act = self.may_act(node);
         let was_taking = self.peer_taking[node].load(Ordering::Relaxed);
+        let was_acting = self.peer_acting[node].load(Ordering::Relaxed);
         self.said_bits[node].store(said.to_bits(), Ordering::Relaxed);
         self.said_digest[node].store(digest, Ordering::Relaxed);
         let handed = self.take_said(node);
@@ -578,7 +580,9 @@ impl Membership {
         self.reported[node].store(now as u8, Ordering::Release);
         let taking = self.peer_taking[node].load(Ordering::Relaxed);
         if !self.update_acting() && self.may_act(node) == could_act && !handed && was_taking == taking {
-            return false;
+            // Whether it acts matters only to a handoff to it (its cut
+            // waits for that): the links look again, no new epoch.
+            return was_acting != said.acting;
         }
         let epoch = self.bump(node, could_act);
         tracing::info!(

@@ -428,12 +428,12 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn preference_lists_hold_copies_distinct_nodes_owner_first() {
-        let cluster = Cluster::new(
+    /// Three nodes, as node `me`, copies 2, one shard.
+    fn cluster_as(me: usize) -> Cluster {
+        Cluster::new(
             ClusterConfig {
                 nodes: three_nodes(),
-                me: 0,
+                me,
                 joining: false,
                 copies: 2,
                 cluster_port_offset: 10000,
@@ -441,7 +441,12 @@ mod tests {
                 swim: swim::Timing::default(),
             },
             1,
-        );
+        )
+    }
+
+    #[test]
+    fn preference_lists_hold_copies_distinct_nodes_owner_first() {
+        let cluster = cluster_as(0);
         for i in 0..1000 {
             let key = format!("key:{i}");
             let list: Vec<usize> = cluster.preference_list(key.as_bytes());
@@ -453,18 +458,7 @@ mod tests {
 
     #[test]
     fn a_down_node_is_skipped_and_the_next_acts_for_its_keys() {
-        let cluster = Cluster::new(
-            ClusterConfig {
-                nodes: three_nodes(),
-                me: 1,
-                joining: false,
-                copies: 2,
-                cluster_port_offset: 10000,
-                partition_policy: PartitionPolicy::ReadOnly,
-                swim: swim::Timing::default(),
-            },
-            1,
-        );
+        let cluster = cluster_as(1);
         cluster.membership.refreshed();
         for node in [0, 2] {
             membership::tests::say(&cluster.membership, node, false, true);
@@ -495,18 +489,7 @@ mod tests {
     #[test]
     fn keys_a_joining_node_takes_stay_with_their_giver_until_the_handoff_ends() {
         use membership::{Handoff, NodeState, Said};
-        let cluster = Cluster::new(
-            ClusterConfig {
-                nodes: three_nodes(),
-                me: 0,
-                joining: false,
-                copies: 2,
-                cluster_port_offset: 10000,
-                partition_policy: PartitionPolicy::ReadOnly,
-                swim: swim::Timing::default(),
-            },
-            1,
-        );
+        let cluster = cluster_as(0);
         cluster.membership.refreshed();
         for node in [1, 2] {
             cluster.membership.set(node, NodeState::Alive);

@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 
-from nodes import Cluster, ask_all, connect, list_epoch, metadump, node_lines
+from nodes import Cluster, Pool, ask_all, connect, list_epoch, metadump, node_lines
 
 NODES = [("127.0.0.2", 21401, 1, 1), ("127.0.0.3", 21402, 1, 2), ("127.0.0.4", 21403, 1, 1),
          ("127.0.0.5", 21404, 1, 1), ("127.0.0.6", 21405, 1, 1)]
@@ -45,13 +45,10 @@ PHASE = 1.5
 
 
 class Load:
-    """One client thread over the nodes in `self.nodes` (changed as the list changes)."""
+    """One client thread over the nodes of its pool (changed as the list changes)."""
 
     def __init__(self, cluster, nodes):
-        self.cluster = cluster
-        self.nodes = list(nodes)
-        self.socks = {}
-        self.down_until = {}
+        self.pool = Pool(cluster, nodes, pause=0.3)
         self.acked = {}       # key -> last acknowledged sequence
         self.doubtful = {}    # key -> sequences of failed writes after it
         self.read_max = {}
@@ -60,33 +57,11 @@ class Load:
         self.errors = {}      # failed op's reply (or exception) -> count
         self.stop = threading.Event()
 
-    def sock(self, rng):
-        now = time.time()
-        live = [i for i in self.nodes if self.down_until.get(i, 0) <= now]
-        if not live:
-            time.sleep(0.01)
-            return None, None
-        index = rng.choice(live)
-        if index not in self.socks:
-            try:
-                self.socks[index] = connect(*self.cluster.address(index), deadline=0.2)
-                self.socks[index].settimeout(2)
-            except OSError:
-                self.down_until[index] = now + 0.3
-                return None, None
-        return index, self.socks[index]
-
-    def drop(self, index):
-        sock = self.socks.pop(index, None)
-        if sock:
-            sock.close()
-        self.down_until[index] = time.time() + 0.3
-
     def run(self):
         rng = random.Random(16)
         sequence = 0
         while not self.stop.is_set():
-            index, sock = self.sock(rng)
+            index, sock = self.pool.sock(rng)
             if sock is None:
                 continue
             key = rng.choice(HOT)
@@ -121,7 +96,7 @@ class Load:
                 self.errors[repr(error)] = self.errors.get(repr(error), 0) + 1
                 if pending is not None:
                     self.doubtful.setdefault(key, set()).add(pending)
-                self.drop(index)
+                self.pool.drop(index)
             self.samples.append((start, time.time() - start, ok))
 
     def phase(self, start, end):
@@ -267,7 +242,7 @@ def main():
             # Join.
             time.sleep(PHASE)
             cluster.start(3, join=True)
-            load.nodes.append(3)
+            load.pool.nodes.append(3)
             time.sleep(0.3)
             join_start = time.time()
             assert ask(cluster, 0, "cluster add 127.0.0.5:21404:1") == "OK"
@@ -302,7 +277,7 @@ def main():
             wait_for("node 1 handed over and left",
                      lambda: stats(cluster, 1).get("member") == "0" and stats(cluster, 1).get("handing_over") == "0")
             handed = time.time()
-            load.nodes.remove(1)
+            load.pool.nodes.remove(1)
             cluster.kill(1)
             leave_end = wait_for("the leave settled", lambda: settled(cluster, members) is not None)
             time.sleep(PHASE)
@@ -329,7 +304,7 @@ def main():
                 t.join()
             assert replies == ["OK", "OK"], replies
             members = [0, 1, 2, 3, 4]
-            load.nodes += [1, 4]
+            load.pool.nodes += [1, 4]
             wait_for("one list with both adds on every node", lambda: settled(cluster, members) is not None)
             epoch = settled(cluster, members)
             print(f"concurrent adds: every node on epoch {epoch[0]} digest {epoch[1]} with 5 members")

@@ -47,6 +47,42 @@ def ask_all(sock, lines, end=b"END\r\n"):
     return replies
 
 
+class Pool:
+    """A load client's connections, one per node, over the nodes `nodes`
+    (changed as the list changes); a node whose connection failed is left
+    alone for `pause` seconds."""
+
+    def __init__(self, cluster, nodes, pause=0.5):
+        self.cluster = cluster
+        self.nodes = list(nodes)
+        self.pause = pause
+        self.socks = {}
+        self.down_until = {}
+
+    def sock(self, rng):
+        """(index, socket) of a random node not left alone, or (None, None)."""
+        now = time.time()
+        live = [i for i in self.nodes if self.down_until.get(i, 0) <= now]
+        if not live:
+            time.sleep(0.01)
+            return None, None
+        index = rng.choice(live)
+        if index not in self.socks:
+            try:
+                self.socks[index] = connect(*self.cluster.address(index), deadline=0.2)
+                self.socks[index].settimeout(2)
+            except OSError:
+                self.down_until[index] = now + self.pause
+                return None, None
+        return index, self.socks[index]
+
+    def drop(self, index):
+        sock = self.socks.pop(index, None)
+        if sock:
+            sock.close()
+        self.down_until[index] = time.time() + self.pause
+
+
 def node_lines(reply):
     """The NODE lines of a `cluster nodes` reply (its first line is EPOCH)."""
     return [line for line in reply.decode().splitlines() if line.startswith("NODE ")]

@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 
-from nodes import Cluster, ask_all, connect, metadump, node_lines, preference_lists
+from nodes import Cluster, Pool, ask_all, connect, metadump, node_lines, preference_lists
 
 VICTIM = 1
 KEYS = [f"ret{i}" for i in range(600)]
@@ -35,9 +35,7 @@ BOUND = 20.0
 
 class Load:
     def __init__(self, cluster):
-        self.cluster = cluster
-        self.socks = {}
-        self.down_until = {}
+        self.pool = Pool(cluster, range(len(cluster.nodes)))
         self.acked = {}       # key -> last acknowledged sequence
         self.history = {}     # key -> [(time, node written through, sequence, reply)]
         self.doubtful = {}    # key -> sequences of failed writes after it
@@ -46,30 +44,11 @@ class Load:
         self.ops = self.failures = 0
         self.stop = threading.Event()
 
-    def sock(self, rng):
-        now = time.time()
-        live = [i for i in range(len(self.cluster.nodes)) if self.down_until.get(i, 0) <= now]
-        index = rng.choice(live)
-        if index not in self.socks:
-            try:
-                self.socks[index] = connect(*self.cluster.address(index), deadline=0.2)
-                self.socks[index].settimeout(2)
-            except OSError:
-                self.down_until[index] = now + 0.5
-                return None, None
-        return index, self.socks[index]
-
-    def drop(self, index):
-        sock = self.socks.pop(index, None)
-        if sock:
-            sock.close()
-        self.down_until[index] = time.time() + 0.5
-
     def run(self):
         rng = random.Random(16)
         sequence = 0
         while not self.stop.is_set():
-            index, sock = self.sock(rng)
+            index, sock = self.pool.sock(rng)
             if sock is None:
                 continue
             key = rng.choice(KEYS)
@@ -102,7 +81,7 @@ class Load:
                 self.failures += 1
                 if pending is not None:
                     self.doubtful.setdefault(key, set()).add(pending)
-                self.drop(index)
+                self.pool.drop(index)
 
 
 def main():
