@@ -328,7 +328,6 @@ impl Membership {
     /// said under the old list is said again. `settle_list` follows, once
     /// the new ring is in place.
     pub fn list_changed(&self, list: &NodeList, handoffs: &[(usize, usize)]) {
-        let could_act: Vec<bool> = (0..list.len()).map(|node| self.may_act(node)).collect();
         let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
         for slot in 0..list.len() {
             let (was, is) = (self.is_member(slot), list.is_member(slot));
@@ -336,6 +335,10 @@ impl Membership {
             if slot == self.me && is && !was {
                 // Its copies (if any) are from before it left.
                 self.stale.store(true, Ordering::Relaxed);
+            } else if is && !was {
+                // A new member is handed over by a resync from now on.
+                self.handed_over[slot].store(false, Ordering::Relaxed);
+                self.handoff_epoch[slot].store(epoch, Ordering::Relaxed);
             }
         }
         for &(giver, receiver) in handoffs {
@@ -345,12 +348,6 @@ impl Membership {
             }
             if receiver == self.me && giver != self.me && !self.is_down(giver) {
                 self.taking[giver].store(true, Ordering::Relaxed);
-            }
-        }
-        for (node, could) in could_act.into_iter().enumerate() {
-            if node != self.me && self.may_act(node) != could {
-                self.handed_over[node].store(false, Ordering::Relaxed);
-                self.handoff_epoch[node].store(epoch, Ordering::Relaxed);
             }
         }
         self.list_digest.store(list.digest(), Ordering::Release);
@@ -543,11 +540,19 @@ impl Membership {
         if node == self.me {
             self.acting.load(Ordering::Relaxed)
         } else {
-            !self.is_down(node)
-                && self.members[node].load(Ordering::Relaxed)
-                && !self.returning[node].load(Ordering::Relaxed)
-                && self.reported[node].load(Ordering::Relaxed) == Reported::Fresh as u8
+            self.members[node].load(Ordering::Relaxed) && self.could_act(node)
         }
+    }
+
+    /// Whether another node could act, wherever it is on the list: not
+    /// down, not returning, fresh as it said. (A grant is given on this: a
+    /// node taken off the list goes on acting for what it hands off, and
+    /// must not stop before it has heard of the change itself.)
+    #[inline]
+    fn could_act(&self, node: usize) -> bool {
+        !self.is_down(node)
+            && !self.returning[node].load(Ordering::Relaxed)
+            && self.reported[node].load(Ordering::Relaxed) == Reported::Fresh as u8
     }
 
     /// What another node last said of its copies.
@@ -688,10 +693,11 @@ impl Membership {
         epoch
     }
 
-    /// Whether this node takes another as acting for its keys: it may act,
-    /// and has been handed over what this node took in its place.
+    /// Whether this node takes another as acting for its keys: it could
+    /// act (`could_act`), and has been handed over what this node took in
+    /// its place.
     pub fn grants(&self, node: usize) -> bool {
-        self.may_act(node) && self.handed_over[node].load(Ordering::Relaxed)
+        node != self.me && self.could_act(node) && self.handed_over[node].load(Ordering::Relaxed)
     }
 
     /// The epoch a full resync of `node` must have started at to hand it

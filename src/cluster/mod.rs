@@ -560,4 +560,54 @@ mod tests {
         cluster.membership.set_said(3, said(true), digest ^ 1);
         assert!(theirs.iter().all(|key| cluster.acting_for(key.as_bytes()) == 3));
     }
+
+    #[test]
+    fn a_node_taken_off_the_list_stays_granted_and_hands_off_its_keys() {
+        use membership::{Handoff, NodeState};
+        for me in [0, 1] {
+            let cluster = cluster_as(me);
+            cluster.membership.refreshed();
+            for node in (0..3).filter(|&node| node != me) {
+                cluster.membership.set(node, NodeState::Alive);
+                membership::tests::say(&cluster.membership, node, false, true);
+                cluster.membership.handed_over(node);
+            }
+            assert!(cluster.membership.is_acting() && cluster.membership.grants(1 - me));
+            let removed = cluster
+                .layout()
+                .list
+                .changed(
+                    &node_list::Change::Remove {
+                        host: "127.0.0.3".into(),
+                        port: 11211,
+                    },
+                    "127.0.0.4:11211",
+                )
+                .unwrap();
+            assert!(cluster.apply_list(removed));
+            if me == 0 {
+                // It learnt of the change before node 1 did: node 1 must not
+                // stop acting for its keys before it has heard of it.
+                assert!(cluster.membership.grants(1), "a grant is not withdrawn by a list change");
+                assert!(cluster.membership.is_acting());
+            } else {
+                // Node 1 itself: it acts for nothing of its own, but goes on
+                // acting for every key it gives until it has handed them off.
+                assert!(!cluster.membership.is_acting());
+                assert_eq!(cluster.membership.handoff(0), Handoff::Handing);
+                assert_eq!(cluster.membership.handoff(2), Handoff::Handing);
+                let keys: Vec<String> = (0..500).map(|i| format!("key:{i}")).collect();
+                let given: Vec<&String> = keys
+                    .iter()
+                    .filter(|key| cluster.layout().ring.owner(point_of(key.as_bytes())) != 1)
+                    .filter(|key| {
+                        let before = Ring::new(&three_nodes());
+                        before.owner(point_of(key.as_bytes())) == 1
+                    })
+                    .collect();
+                assert!(!given.is_empty());
+                assert!(given.iter().all(|key| cluster.place(key.as_bytes(), true) == Placement::Here));
+            }
+        }
+    }
 }
