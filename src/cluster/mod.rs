@@ -211,11 +211,15 @@ impl Cluster {
     /// node acting for it now and the one that will on the new ring (a
     /// node joining counts as one that may: it takes its keys by handoff).
     fn handoffs(&self, old: &Layout, new: &Ring, joining: &[usize]) -> Vec<(usize, usize)> {
+        // Every ring's segment boundaries, the ring placing an earlier
+        // change's handoffs included.
+        let previous = old.previous.iter().flat_map(|ring| ring.points());
         let mut probes: Vec<Point> = old
             .ring
             .points()
             .iter()
             .chain(new.points())
+            .chain(previous)
             .map(|&(point, _)| point)
             .collect();
         probes.sort_unstable();
