@@ -295,7 +295,7 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         _ => false,
     };
     let mut selection = Selection::default();
-    let view = cluster.map(|cluster| cluster.membership.view().to_wire(&cluster.layout().list));
+    let mut view = Vec::new();
     if let (Some(cluster), Some(node)) = (cluster, follower.node) {
         if cluster.membership.is_down(node) {
             // Nothing goes to a node this one sees down: what it is sent
@@ -321,11 +321,16 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         // follower acts for could bring back what it deleted. Any change of
         // view is a new epoch, which restarts the resync under the new one.
         let merge = !cluster.membership.may_act(node);
+        // Only a FULL_BEGIN carries the view: encoded when one may go out.
+        let beginning = |shard: &FollowerShard| matches!(shard.sync, Sync::NeedSnapshot | Sync::Snapshot { begun: false });
+        if !merge && follower.shards.borrow().iter().any(beginning) {
+            view = cluster.membership.view().to_wire(&cluster.layout().list);
+        }
         selection = Selection {
             log: Some(&keep),
             snapshot: Some(if merge { &every_copy } else { &keep }),
             merge,
-            view: view.as_deref().unwrap_or(&[]),
+            view: &view,
         };
     }
     let (requests, snapshots) = fill_shards(&core.backlogs.borrow(), &mut follower.shards.borrow_mut(), selection, out);

@@ -29,12 +29,11 @@ p99 latency before, during and after the change are printed.
 """
 import argparse
 import os
-import random
 import sys
 import threading
 import time
 
-from nodes import Cluster, Pool, ask_all, connect, list_epoch, metadump, node_lines
+from nodes import Cluster, SequenceLoad, ask_all, connect, list_epoch, metadump, node_lines
 
 NODES = [("127.0.0.2", 21401, 1, 1), ("127.0.0.3", 21402, 1, 2), ("127.0.0.4", 21403, 1, 1),
          ("127.0.0.5", 21404, 1, 1), ("127.0.0.6", 21405, 1, 1)]
@@ -42,71 +41,6 @@ PRELOAD = int(os.environ.get("PRELOAD", "100000"))
 HOT = [f"hot{i}" for i in range(1000)]
 SETTLE = 30.0
 PHASE = 1.5
-
-
-class Load:
-    """One client thread over the nodes of its pool (changed as the list changes)."""
-
-    def __init__(self, cluster, nodes):
-        self.pool = Pool(cluster, nodes, pause=0.3)
-        self.acked = {}       # key -> last acknowledged sequence
-        self.doubtful = {}    # key -> sequences of failed writes after it
-        self.read_max = {}
-        self.violations = []
-        self.samples = []     # (start time, latency, ok)
-        self.errors = {}      # failed op's reply (or exception) -> count
-        self.stop = threading.Event()
-
-    def run(self):
-        rng = random.Random(16)
-        sequence = 0
-        while not self.stop.is_set():
-            index, sock = self.pool.sock(rng)
-            if sock is None:
-                continue
-            key = rng.choice(HOT)
-            pending = None
-            start = time.time()
-            ok = False
-            try:
-                if rng.random() < 0.75:
-                    sequence += 1
-                    pending = sequence
-                    value = str(sequence)
-                    (reply,) = ask_all(sock, [f"set {key} 0 0 {len(value)}\r\n{value}\r\n".encode()], b"\r\n")
-                    if reply == b"STORED":
-                        ok = True
-                        self.acked[key] = sequence
-                        self.doubtful.pop(key, None)
-                    else:
-                        self.doubtful.setdefault(key, set()).add(sequence)
-                        self.errors[reply] = self.errors.get(reply, 0) + 1
-                else:
-                    (reply,) = ask_all(sock, [f"get {key}\r\n".encode()])
-                    ok = not reply.startswith(b"SERVER_ERROR")
-                    if not ok:
-                        self.errors[reply] = self.errors.get(reply, 0) + 1
-                    if reply.startswith(b"VALUE "):
-                        read = int(reply.split(b"\r\n")[1])
-                        seen = self.read_max.get(key, 0)
-                        if read < seen:
-                            self.violations.append((key, read, seen))
-                        self.read_max[key] = max(seen, read)
-            except (OSError, RuntimeError) as error:
-                self.errors[repr(error)] = self.errors.get(repr(error), 0) + 1
-                if pending is not None:
-                    self.doubtful.setdefault(key, set()).add(pending)
-                self.pool.drop(index)
-            self.samples.append((start, time.time() - start, ok))
-
-    def phase(self, start, end):
-        """ops/s, p99 latency (ms) and failed ops of the ops started in [start, end)."""
-        rows = [(latency, ok) for at, latency, ok in self.samples if start <= at < end]
-        if not rows or end <= start:
-            return 0.0, 0.0, 0
-        latencies = sorted(latency for latency, _ in rows)
-        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-        return len(rows) / (end - start), p99 * 1000, sum(1 for _, ok in rows if not ok)
 
 
 def ask(cluster, index, line):
@@ -235,7 +169,7 @@ def main():
         members = [0, 1, 2]
         before_lists, before_holders, _ = settle_copies(cluster, members, keys)
 
-        load = Load(cluster, members)
+        load = SequenceLoad(cluster, members, HOT, pause=0.3)
         thread = threading.Thread(target=load.run)
         thread.start()
         try:

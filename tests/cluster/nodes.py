@@ -5,9 +5,11 @@
         sock = connect(*cluster.address(0))
 """
 import os
+import random
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.parse
 
@@ -81,6 +83,82 @@ class Pool:
         if sock:
             sock.close()
         self.down_until[index] = time.time() + self.pause
+
+
+class SequenceLoad:
+    """One client thread writing and reading (3:1) `keys` through the nodes
+    of its pool (`pool.nodes`, changed as the cluster changes); each write's
+    value is the next sequence number. Run `run` in a thread, set `stop`."""
+
+    def __init__(self, cluster, nodes, keys, pause=0.5):
+        self.pool = Pool(cluster, nodes, pause)
+        self.keys = keys
+        self.acked = {}       # key -> last acknowledged sequence
+        self.history = {}     # key -> [(time, node written through, sequence, reply)]
+        self.doubtful = {}    # key -> sequences of failed writes after it
+        self.read_max = {}    # key -> largest sequence read
+        self.violations = []  # (key, read, already read)
+        self.samples = []     # (start time, latency, ok)
+        self.errors = {}      # failed op's reply (or exception) -> count
+        self.ops = self.failures = 0
+        self.stop = threading.Event()
+
+    def failed(self, why):
+        self.failures += 1
+        self.errors[why] = self.errors.get(why, 0) + 1
+
+    def run(self):
+        rng = random.Random(16)
+        sequence = 0
+        while not self.stop.is_set():
+            index, sock = self.pool.sock(rng)
+            if sock is None:
+                continue
+            key = rng.choice(self.keys)
+            self.ops += 1
+            pending = None
+            start = time.time()
+            ok = False
+            try:
+                if rng.random() < 0.75:
+                    sequence += 1
+                    pending = sequence
+                    value = str(sequence)
+                    (reply,) = ask_all(sock, [f"set {key} 0 0 {len(value)}\r\n{value}\r\n".encode()], b"\r\n")
+                    self.history.setdefault(key, []).append((time.time(), index, sequence, reply))
+                    if reply == b"STORED":
+                        ok = True
+                        self.acked[key] = sequence
+                        self.doubtful.pop(key, None)
+                    else:
+                        self.failed(reply)
+                        self.doubtful.setdefault(key, set()).add(sequence)
+                else:
+                    (reply,) = ask_all(sock, [f"get {key}\r\n".encode()])
+                    ok = not reply.startswith(b"SERVER_ERROR")
+                    if not ok:
+                        self.failed(reply)
+                    if reply.startswith(b"VALUE "):
+                        read = int(reply.split(b"\r\n")[1])
+                        seen = self.read_max.get(key, 0)
+                        if read < seen:
+                            self.violations.append((key, read, seen))
+                        self.read_max[key] = max(seen, read)
+            except (OSError, RuntimeError) as error:
+                self.failed(repr(error))
+                if pending is not None:
+                    self.doubtful.setdefault(key, set()).add(pending)
+                self.pool.drop(index)
+            self.samples.append((start, time.time() - start, ok))
+
+    def phase(self, start, end):
+        """ops/s, p99 latency (ms) and failed ops of the ops started in [start, end)."""
+        rows = [(latency, ok) for at, latency, ok in self.samples if start <= at < end]
+        if not rows or end <= start:
+            return 0.0, 0.0, 0
+        latencies = sorted(latency for latency, _ in rows)
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        return len(rows) / (end - start), p99 * 1000, sum(1 for _, ok in rows if not ok)
 
 
 def node_lines(reply):

@@ -20,12 +20,11 @@ LOAD_AFTER s more while it takes its copies back. Then:
     tests/cluster/returning.py --corecache target/debug/corecache
 """
 import argparse
-import random
 import sys
 import threading
 import time
 
-from nodes import Cluster, Pool, ask_all, connect, metadump, node_lines, preference_lists
+from nodes import Cluster, SequenceLoad, ask_all, connect, metadump, node_lines, preference_lists
 
 VICTIM = 1
 KEYS = [f"ret{i}" for i in range(600)]
@@ -33,63 +32,12 @@ LOAD_BEFORE, LOAD_DOWN, LOAD_AFTER = 1.5, 2.5, 3.0
 BOUND = 20.0
 
 
-class Load:
-    def __init__(self, cluster):
-        self.pool = Pool(cluster, range(len(cluster.nodes)))
-        self.acked = {}       # key -> last acknowledged sequence
-        self.history = {}     # key -> [(time, node written through, sequence, reply)]
-        self.doubtful = {}    # key -> sequences of failed writes after it
-        self.read_max = {}    # key -> largest sequence read
-        self.violations = []  # (key, read, already read)
-        self.ops = self.failures = 0
-        self.stop = threading.Event()
-
-    def run(self):
-        rng = random.Random(16)
-        sequence = 0
-        while not self.stop.is_set():
-            index, sock = self.pool.sock(rng)
-            if sock is None:
-                continue
-            key = rng.choice(KEYS)
-            self.ops += 1
-            pending = None
-            try:
-                if rng.random() < 0.75:
-                    sequence += 1
-                    pending = sequence
-                    value = str(sequence)
-                    (reply,) = ask_all(sock, [f"set {key} 0 0 {len(value)}\r\n{value}\r\n".encode()], b"\r\n")
-                    self.history.setdefault(key, []).append((time.time(), index, sequence, reply))
-                    if reply == b"STORED":
-                        self.acked[key] = sequence
-                        self.doubtful.pop(key, None)
-                    else:
-                        self.failures += 1
-                        self.doubtful.setdefault(key, set()).add(sequence)
-                else:
-                    (reply,) = ask_all(sock, [f"get {key}\r\n".encode()])
-                    if reply.startswith(b"VALUE "):
-                        read = int(reply.split(b"\r\n")[1])
-                        seen = self.read_max.get(key, 0)
-                        if read < seen:
-                            self.violations.append((key, read, seen))
-                        self.read_max[key] = max(seen, read)
-                    elif reply.startswith(b"SERVER_ERROR"):
-                        self.failures += 1
-            except (OSError, RuntimeError):
-                self.failures += 1
-                if pending is not None:
-                    self.doubtful.setdefault(key, set()).add(pending)
-                self.pool.drop(index)
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--corecache", required=True)
     args = parser.parse_args()
     with Cluster(args.corecache) as cluster:
-        load = Load(cluster)
+        load = SequenceLoad(cluster, range(len(cluster.nodes)), KEYS)
         thread = threading.Thread(target=load.run)
         thread.start()
         try:
