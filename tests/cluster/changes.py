@@ -25,7 +25,7 @@ acknowledged write of a hot key reads back with its value or a later one,
 no read saw an older value than one already read, and the load's ops/s and
 p99 latency before, during and after the change are printed.
 
-    tests/cluster/changes.py --corecache target/debug/corecache
+    tests/cluster/changes.py --corecache target/release/corecache
 """
 import argparse
 import os

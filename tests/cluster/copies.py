@@ -11,7 +11,7 @@ replication lag) or a deadline passes, and checks each key against the
 ring. Values are compared by size here; tests/cluster/failover.py reads
 the copies' values after their owner is killed.
 
-    tests/cluster/copies.py --corecache target/debug/corecache
+    tests/cluster/copies.py --corecache target/release/corecache
 """
 import argparse
 import random

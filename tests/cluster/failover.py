@@ -21,7 +21,7 @@ the load goes on for LOAD_AFTER seconds more. Then:
 Prints the figures (kill to down, kill to writes resuming, ops, failures,
 lost keys, time until copies were whole) and exits non-zero on a loss.
 
-    tests/cluster/failover.py --corecache target/debug/corecache
+    tests/cluster/failover.py --corecache target/release/corecache
 """
 import argparse
 import random

@@ -13,7 +13,7 @@ Then checks that the keys really were spread: every node holds some, and
 each key is held by the nodes `cluster owner` names (its owner and copy),
 and by no other.
 
-    tests/cluster/forwarding.py --corecache target/debug/corecache --memcached PATH
+    tests/cluster/forwarding.py --corecache target/release/corecache --memcached PATH
 
 Needs pymemcache (pip) and memccapable (Debian's libmemcached-tools).
 """

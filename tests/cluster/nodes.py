@@ -262,7 +262,25 @@ class Cluster:
             self.wait_until_fresh(index)
         return self
 
+    def state(self, index):
+        """What a running node says of the cluster: `cluster nodes` and
+        `stats cluster` (for a failing test's report)."""
+        try:
+            sock = self.connect(*self.address(index), deadline=2.0)
+            sock.settimeout(2.0)
+            try:
+                replies = ask_all(sock, [b"cluster nodes\r\n", b"stats cluster\r\n"])
+            finally:
+                sock.close()
+        except (OSError, RuntimeError) as e:
+            return f"(no answer: {e!r})"
+        return b"".join(replies).decode("utf-8", "replace")
+
     def __exit__(self, *exc):
+        if exc[0] is not None:
+            for index in range(len(self.nodes)):
+                if self.procs[index] is not None:
+                    print(f"--- node {index} state:\n{self.state(index)}")
         for index in range(len(self.nodes)):
             self.kill(index)
         if exc[0] is not None:
@@ -271,7 +289,10 @@ class Cluster:
                 if not os.path.exists(path):
                     continue
                 with open(path, "rb") as f:
-                    tail = f.read()[-2000:].decode("utf-8", "replace")
+                    # The host checks' warnings say nothing of the failure.
+                    lines = [line for line in f.read().decode("utf-8", "replace").splitlines()
+                             if " host: " not in line]
+                tail = "\n".join(lines[-30:])
                 if tail:
                     print(f"--- node {index} log ({path}):\n{tail}")
         return False

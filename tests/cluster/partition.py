@@ -18,7 +18,7 @@ to reach the cut node, in the cut node's own. The cut is `ip link set
      for its keys again; every key read through it gives v2, and every key
      of its preference lists is in its metadump with the majority's CAS.
 
-    tests/cluster/partition.py --corecache target/debug/corecache   (as root)
+    tests/cluster/partition.py --corecache target/release/corecache   (as root)
 """
 import argparse
 import ctypes

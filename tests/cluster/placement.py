@@ -8,7 +8,7 @@ twemproxy (nutcracker, hash: md5, distribution: ketama) sends the key to
 (the node it reached is the one that forwarded it, if any did: `stats
 cluster` forwarded_out).
 
-    tests/cluster/placement.py --corecache target/debug/corecache [--keys N]
+    tests/cluster/placement.py --corecache target/release/corecache [--keys N]
 
 Needs uhashring (pip) and nutcracker (Debian); .ci/run installs both.
 """

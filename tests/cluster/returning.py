@@ -17,7 +17,7 @@ LOAD_AFTER s more while it takes its copies back. Then:
   * copies: every key whose preference list holds the restarted node is in
     its metadump with the CAS and size the other holders have.
 
-    tests/cluster/returning.py --corecache target/debug/corecache
+    tests/cluster/returning.py --corecache target/release/corecache
 """
 import argparse
 import sys
