@@ -46,7 +46,7 @@
 //! it is `taking`), and the receiver leaves them to it (`taking`). Once the
 //! receiver acts and has applied a full resync from the giver made since
 //! the change, the giver stops (`Cut`: they are forwarded to the receiver,
-//! which refuses them for the moment); once the receiver has applied the
+//! which holds them until the end); once the receiver has applied the
 //! giver's log up to where it stood just after the cut, the giver says it
 //! has handed them over (`Said::handed`, under the same list), and the
 //! receiver acts for them. Grants are untouched: a list change stops no
@@ -103,16 +103,19 @@ pub enum PartitionPolicy {
     Unavailable,
 }
 
-/// Who may act and who is down, as one node sees it. A full resync's
-/// FULL_BEGIN carries the sender's, so that the node receiving it drops
-/// exactly the keys the sender is about to send: views differ while they
-/// change, and by its own view the receiver would drop keys nobody sends.
+/// Who may act, who is down and who still takes keys, as one node sees
+/// it. A full resync's FULL_BEGIN carries the sender's, so that the node
+/// receiving it drops exactly the keys the sender is about to send: views
+/// differ while they change, and by its own view the receiver would drop
+/// keys nobody sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct View(Vec<u8>);
 
 impl View {
     const MAY_ACT: u8 = 1;
     const DOWN: u8 = 2;
+    /// It still takes keys from some node (a handoff to it has not ended).
+    const TAKING: u8 = 4;
 
     /// The view as it travels: per node, its name (`host:port`) and bits,
     /// since each node numbers slots its own way.
@@ -149,6 +152,12 @@ impl View {
     /// A node the view does not name is down in it.
     pub fn is_down(&self, node: usize) -> bool {
         self.0.get(node).is_none_or(|bits| bits & View::DOWN != 0)
+    }
+
+    /// Whether a handoff to the node has not ended, as the view's owner
+    /// knows (its own, or what the node last said to it).
+    pub fn is_taking(&self, node: usize) -> bool {
+        self.0.get(node).is_some_and(|bits| bits & View::TAKING != 0)
     }
 }
 
@@ -631,7 +640,16 @@ impl Membership {
     pub fn view(&self) -> View {
         View(
             (0..self.slots())
-                .map(|node| (u8::from(self.may_act(node)) * View::MAY_ACT) | (u8::from(self.is_down(node)) * View::DOWN))
+                .map(|node| {
+                    let taking = if node == self.me {
+                        self.is_taking()
+                    } else {
+                        self.peer_taking[node].load(Ordering::Relaxed)
+                    };
+                    (u8::from(self.may_act(node)) * View::MAY_ACT)
+                        | (u8::from(self.is_down(node)) * View::DOWN)
+                        | (u8::from(taking) * View::TAKING)
+                })
                 .collect(),
         )
     }

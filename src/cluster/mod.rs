@@ -384,17 +384,22 @@ impl Cluster {
     /// this node should hold of it, and nothing if this node should hold
     /// none). Never a key this node acts for now (or, seeing no node that
     /// may, could): the view may be older than the say that made it act,
-    /// and its own writes are newest. Nor one being handed off (the view
-    /// does not say who still acts for it).
+    /// and its own writes are newest. Nor one being handed off, unless to
+    /// the source and the source's view says it takes nothing any more
+    /// (its handoffs ended: this node may not have heard yet, and no later
+    /// resync from it would sweep the key).
     pub fn replicated_from(&self, view: &View, source: usize, key: &[u8]) -> bool {
         // One MD5 per key dropped, on the worker applying the resync.
         let point = point_of(key);
         let layout = self.layout.load();
+        let me = self.config.me;
         let acting = acting_on(&layout.ring, point, |node| self.membership.may_act(node));
-        source != self.config.me
+        let acting_now = self.acting_in(&layout, point);
+        let handed_to_source = acting == Some(source) && !view.is_taking(source) && acting_now != Some(me);
+        source != me
             && acting_on(&layout.ring, point, |node| view.may_act(node)).unwrap_or(source) == source
-            && acting.is_some_and(|acting| acting != self.config.me)
-            && self.acting_in(&layout, point) == acting
+            && acting.is_some_and(|acting| acting != me)
+            && (acting_now == acting || handed_to_source)
     }
 
     /// Whether `node` holds a copy of `key` (is in its preference list),
@@ -558,6 +563,36 @@ mod tests {
         // Node 1's handoff: this node forwards those keys to node 1 while
         // node 3 says it is taking; then to node 3.
         assert!(theirs.iter().all(|key| cluster.acting_for(key.as_bytes()) == 1));
+        // A full resync from node 3 replaces node 1's keys here once node
+        // 3's view says it takes nothing any more (this node may hear so
+        // only later), not before.
+        let view_of_3 = |taking: bool| {
+            let list = &cluster.layout().list;
+            let mut wire = Vec::new();
+            for slot in 0..list.len() {
+                let name = list.node(slot).to_string();
+                wire.push(name.len() as u8);
+                wire.extend_from_slice(name.as_bytes());
+                // May act; node 3 taking, or not.
+                wire.push(if taking && slot == 3 { 1 | 4 } else { 1 });
+            }
+            View::from_wire(&wire, list).unwrap()
+        };
+        assert!(
+            !theirs
+                .iter()
+                .any(|key| cluster.replicated_from(&view_of_3(true), 3, key.as_bytes()))
+        );
+        assert!(
+            theirs
+                .iter()
+                .all(|key| cluster.replicated_from(&view_of_3(false), 3, key.as_bytes()))
+        );
+        assert!(
+            !theirs
+                .iter()
+                .any(|key| cluster.replicated_from(&view_of_3(false), 1, key.as_bytes()))
+        );
         cluster.membership.set_said(3, said(false), digest);
         assert!(theirs.iter().all(|key| cluster.acting_for(key.as_bytes()) == 3));
         // What node 3 says under another list is not taken as said of this one.

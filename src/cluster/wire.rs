@@ -32,6 +32,10 @@ pub enum WireError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request<'a> {
     Key(KeyOp<&'a [u8]>),
+    /// A key op the sending node took from another node's link and sent
+    /// on to the node it sees acting for the key (its sender's view was
+    /// behind): the receiver runs it or refuses it, never sends it on.
+    Relayed(KeyOp<&'a [u8]>),
     /// flush_all on the receiving node only (the sender flushes the
     /// others). Acknowledged with the outcome `Deleted`, or `Refused`.
     FlushAll {
@@ -55,6 +59,14 @@ pub enum Request<'a> {
 /// Appends a request frame holding `op`.
 pub fn encode_op(out: &mut Vec<u8>, op: &KeyOp<&[u8]>) {
     let start = begin_frame(out);
+    put_op(out, op);
+    end_frame(out, start);
+}
+
+/// Appends a request frame holding `op`, relayed (Request::Relayed).
+pub fn encode_relayed_op(out: &mut Vec<u8>, op: &KeyOp<&[u8]>) {
+    let start = begin_frame(out);
+    out.push(RELAYED);
     put_op(out, op);
     end_frame(out, start);
 }
@@ -122,6 +134,10 @@ pub fn decode_request(body: &[u8]) -> Result<Request<'_>, WireError> {
         Some(&COPY_OF) => {
             reader.u8()?;
             Request::CopyOf { key: reader.bytes()? }
+        }
+        Some(&RELAYED) => {
+            reader.u8()?;
+            Request::Relayed(reader.op()?)
         }
         _ => Request::Key(reader.op()?),
     };
@@ -196,6 +212,7 @@ const TOUCH: u8 = 4;
 const FLUSH_ALL: u8 = 5;
 const COPIES: u8 = 6;
 const COPY_OF: u8 = 7;
+const RELAYED: u8 = 8;
 
 fn put_op(out: &mut Vec<u8>, op: &KeyOp<&[u8]>) {
     match op {
@@ -699,6 +716,13 @@ mod tests {
             rest = &rest[used..];
         }
         assert!(rest.is_empty());
+        for op in &sample_ops() {
+            let mut bytes = Vec::new();
+            encode_relayed_op(&mut bytes, op);
+            let (body, _) = frame(&bytes).unwrap().unwrap();
+            assert_eq!(decode_request(body).unwrap(), Request::Relayed(op.clone()));
+            assert!(decode_request(&body[..body.len() - 1]).is_err());
+        }
         let mut bytes = Vec::new();
         encode_flush_all(&mut bytes, -5);
         let (body, _) = frame(&bytes).unwrap().unwrap();

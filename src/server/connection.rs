@@ -359,9 +359,14 @@ async fn execute_run<S: Session>(
             .forwarded_in
             .fetch_add(ops.len() as u64, std::sync::atomic::Ordering::Relaxed);
     }
+    let forward = if S::FORWARDS {
+        router::Forward::Client
+    } else {
+        router::Forward::Never
+    };
     for (slice, slice_ops) in ops.chunks(OPS_PER_ROUTE).enumerate() {
         let base = slice * OPS_PER_ROUTE;
-        router::execute(core, reply_slot, slice_ops, S::FORWARDS, |index, outcome| {
+        router::execute(core, reply_slot, slice_ops, forward, |index, outcome| {
             S::write_outcome(&steps[current], ops[base + index].key(), outcome, out);
             left -= 1;
             advance(out, &mut current, &mut left);

@@ -89,20 +89,27 @@ impl NodeLinks {
         Some(link.clone())
     }
 
-    /// Queues `ops` for `node`, with the batch their outcomes come back in
-    /// (delivered to `slot`). Gives the batch back when the node cannot be
-    /// reached now: nothing was sent and no reply will come.
+    /// Queues `ops` for `node` (`relayed`: as ops this node took from
+    /// another node's link, which `node` never sends on), with the batch
+    /// their outcomes come back in (delivered to `slot`). Gives the batch
+    /// back when the node cannot be reached now: nothing was sent and no
+    /// reply will come.
     pub fn send<'o>(
         &self,
         node: usize,
         slot: u32,
         ops: impl Iterator<Item = &'o KeyOp<&'o [u8]>>,
+        relayed: bool,
         batch: OpBatch,
     ) -> Result<(), OpBatch> {
         self.queue(node, slot, batch, |out| {
             let mut count = 0;
             for op in ops {
-                wire::encode_op(out, op);
+                if relayed {
+                    wire::encode_relayed_op(out, op);
+                } else {
+                    wire::encode_op(out, op);
+                }
                 count += 1;
             }
             count

@@ -1,11 +1,15 @@
 //! Another cluster node's link, as a Session: each frame is one key
 //! operation it forwards (cluster::wire), each reply frame its outcome, in
 //! order. A link opens with `PEER_MAGIC`; only a node in cluster mode
-//! accepts one. An op for a key this node does not act for is refused
-//! (`Refusal::NotActing`), never forwarded again, so a request cannot loop;
-//! one for a key being handed to this node goes on once more, to the giver,
-//! and if the giver has cut already (it refuses), waits up to HANDOFF_WAIT
-//! for the handoff to end and runs here;
+//! accepts one. An op for a key this node does not act for goes on once
+//! more, marked relayed, to the node this node sees acting for it: the
+//! sender's view was behind (a list change it has not heard of yet, or a
+//! handoff this node has cut since). A relayed op is run or refused
+//! (`Refusal::NotActing`), never sent on, so a request makes two hops at
+//! most and cannot loop. An op for a key being handed to this node goes
+//! to the giver (relayed), and if the giver has cut already (it refuses),
+//! waits up to HANDOFF_WAIT for the handoff to end and runs here (a
+//! relayed one only waits);
 //! a flush_all from another node flushes this node only; `wait`'s questions
 //! about a key's copies are answered at once; a quorum read's question for
 //! this node's own copy of a key is answered whoever acts for it.
@@ -14,7 +18,7 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use super::Core;
-use super::router::{self, ReplySlot};
+use super::router::{self, Forward, ReplySlot};
 use super::session::{After, Parse, Session};
 use crate::cluster::wire::{self, PEER_MAGIC, Request};
 use crate::cluster::{Cluster, Placement};
@@ -33,12 +37,17 @@ pub enum Step<'a> {
         key: &'a [u8],
         at: Option<u64>,
     },
-    /// An op for a key being handed to this node: sent to the giver, or
-    /// run here once the handoff has ended (`NotActing` if it has not
-    /// within HANDOFF_WAIT).
-    AfterHandoff(KeyOp<&'a [u8]>),
-    /// An op for a key another node acts for (`NotActing`), or a write no
-    /// node may take in the switch (`Handover`).
+    /// An op for a key being handed to this node: sent to the giver
+    /// (unless `relayed`), or run here once the handoff has ended
+    /// (`NotActing` if it has not within HANDOFF_WAIT).
+    AfterHandoff {
+        op: KeyOp<&'a [u8]>,
+        relayed: bool,
+    },
+    /// An op for a key another node acts for, sent on to it once.
+    Relay(KeyOp<&'a [u8]>),
+    /// A relayed op for a key another node acts for (`NotActing`), or a
+    /// write no node may take in the switch (`Handover`).
     Refused(Refusal),
     /// An undecodable frame: the link is closed.
     Malformed,
@@ -95,13 +104,16 @@ impl Session for PeerSession<'_> {
                 return Parse::Close { step: Step::Malformed };
             }
         };
+        let placed = |op: KeyOp<&'a [u8]>, relayed: bool| match self.cluster.place(op.key(), op.mutates()) {
+            Placement::Here => Step::Op(op),
+            Placement::Node(_) if self.cluster.taking_over(op.key()) => Step::AfterHandoff { op, relayed },
+            Placement::Node(_) if !relayed => Step::Relay(op),
+            Placement::Node(_) => Step::Refused(Refusal::NotActing),
+            Placement::Handover => Step::Refused(Refusal::Handover),
+        };
         let step = match wire::decode_request(body) {
-            Ok(Request::Key(op)) => match self.cluster.place(op.key(), op.mutates()) {
-                Placement::Here => Step::Op(op),
-                Placement::Node(_) if self.cluster.taking_over(op.key()) => Step::AfterHandoff(op),
-                Placement::Node(_) => Step::Refused(Refusal::NotActing),
-                Placement::Handover => Step::Refused(Refusal::Handover),
-            },
+            Ok(Request::Key(op)) => placed(op, false),
+            Ok(Request::Relayed(op)) => placed(op, true),
             Ok(Request::FlushAll { delay }) => Step::FlushAll { delay },
             Ok(Request::Copies { key, at }) if self.acts_for(key) => Step::Copies { key, at },
             Ok(Request::Copies { .. }) => Step::Refused(Refusal::NotActing),
@@ -128,7 +140,7 @@ impl Session for PeerSession<'_> {
     fn is_barrier(step: &Step<'_>) -> bool {
         matches!(
             step,
-            Step::Malformed | Step::FlushAll { .. } | Step::Copies { .. } | Step::AfterHandoff(_)
+            Step::Malformed | Step::FlushAll { .. } | Step::Copies { .. } | Step::AfterHandoff { .. } | Step::Relay(_)
         )
     }
 
@@ -142,7 +154,8 @@ impl Session for PeerSession<'_> {
             | Step::Refused(_)
             | Step::FlushAll { .. }
             | Step::Copies { .. }
-            | Step::AfterHandoff(_)
+            | Step::AfterHandoff { .. }
+            | Step::Relay(_)
             | Step::Malformed => 0,
         }
     }
@@ -179,27 +192,39 @@ impl Session for PeerSession<'_> {
                 wire::encode_outcome(out, &outcome);
                 After::Continue
             }
-            Step::AfterHandoff(ref op) => {
-                // The giver still acts for it, unless it cut (a few ms
-                // before the handoff ends): then it refuses, and the op
-                // waits here. Two hops at most: the giver never forwards it.
-                let mut cut = false;
-                let mut answer = Vec::new();
-                router::execute(core, reply_slot, std::slice::from_ref(op), true, |_, outcome| match outcome {
-                    Outcome::Refused(Refusal::NotActing) => cut = true,
-                    outcome => wire::encode_outcome(&mut answer, outcome),
+            Step::Relay(ref op) => {
+                // Placed again as it runs: by then this node may act itself.
+                router::execute(core, reply_slot, std::slice::from_ref(op), Forward::Relay, |_, outcome| {
+                    wire::encode_outcome(out, outcome)
                 })
                 .await;
-                if !cut {
-                    out.extend_from_slice(&answer);
-                    return After::Continue;
+                After::Continue
+            }
+            Step::AfterHandoff { ref op, relayed } => {
+                // The giver still acts for it, unless it cut (a few ms
+                // before the handoff ends): then it refuses, and the op
+                // waits here. A relayed op came from a node that does not
+                // act for it (the giver, once it cut): it only waits.
+                if !relayed {
+                    let mut cut = false;
+                    let mut answer = Vec::new();
+                    let op = std::slice::from_ref(op);
+                    router::execute(core, reply_slot, op, Forward::Relay, |_, outcome| match outcome {
+                        Outcome::Refused(Refusal::NotActing) => cut = true,
+                        outcome => wire::encode_outcome(&mut answer, outcome),
+                    })
+                    .await;
+                    if !cut {
+                        out.extend_from_slice(&answer);
+                        return After::Continue;
+                    }
                 }
                 let deadline = Instant::now() + HANDOFF_WAIT;
                 while self.cluster.taking_over(op.key()) && Instant::now() < deadline {
                     glommio::timer::sleep(HANDOFF_POLL).await;
                 }
                 if self.acts_for(op.key()) {
-                    router::execute(core, reply_slot, std::slice::from_ref(op), Self::FORWARDS, |_, outcome| {
+                    router::execute(core, reply_slot, std::slice::from_ref(op), Forward::Never, |_, outcome| {
                         wire::encode_outcome(out, outcome)
                     })
                     .await;

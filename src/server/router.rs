@@ -470,16 +470,30 @@ enum Route {
     Node(usize),
 }
 
+/// Whether `execute` sends ops of keys another cluster node acts for to
+/// that node.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Forward {
+    /// Never: ops another node sent here run here (or are refused).
+    Never,
+    /// A client's ops: to the node acting for them, which may send one on
+    /// once more if its view is ahead of this node's (peer_session.rs).
+    Client,
+    /// Ops another node sent here, sent on once (marked relayed): the node
+    /// they reach runs them or refuses them, never sends them on.
+    Relay,
+}
+
 /// Executes key operations wherever their keys live and calls `each` with
 /// every outcome in the order of `ops`. Remote operations go out as one
 /// message per owning core and one batch of frames per node acting for
-/// them (cluster mode, when `forward`: ops that came from another node are
-/// never forwarded again); local ones run on this core's shard.
+/// them (cluster mode, unless `Forward::Never`); local ones run on this
+/// core's shard.
 pub async fn execute(
     core: &Core,
     reply_slot: &ReplySlot,
     ops: &[KeyOp<&[u8]>],
-    forward: bool,
+    forward: Forward,
     mut each: impl FnMut(usize, &Outcome<&[u8]>),
 ) {
     // A replica refuses writes from clients, and a cluster node without a
@@ -498,10 +512,11 @@ pub async fn execute(
         minority.and_then(|membership| membership.refusal(op.mutates()))
     };
     let cluster = match (&core.global.cluster, &core.links) {
-        (Some(cluster), Some(links)) if forward => Some((cluster, links)),
+        (Some(cluster), Some(links)) if forward != Forward::Never => Some((cluster, links)),
         _ => None,
     };
-    if cluster.is_some()
+    if forward == Forward::Client
+        && cluster.is_some()
         && let Some(op) = ops.iter().rev().find(|op| op.mutates())
     {
         // One copy per batch, into a buffer the connection keeps.
@@ -590,7 +605,7 @@ pub async fn execute(
                 .filter(move |(_, route)| matches!(route, Route::Node(n) if *n == node))
                 .map(|(op, _)| op);
             let batch = std::mem::take(&mut batches[core.cores + node]);
-            match links.send(node, reply_slot.slot, for_node, batch) {
+            match links.send(node, reply_slot.slot, for_node, forward == Forward::Relay, batch) {
                 Ok(()) => sent += 1,
                 Err(batch) => batches[core.cores + node] = batch,
             }
@@ -841,7 +856,7 @@ pub async fn quorum_get(core: &Core, reply_slot: &ReplySlot, key: &[u8]) -> Opti
             },
         };
         let mut answer = Err(());
-        execute(core, reply_slot, std::slice::from_ref(&look), false, |_, outcome| {
+        execute(core, reply_slot, std::slice::from_ref(&look), Forward::Never, |_, outcome| {
             answer = found(outcome)
         })
         .await;
@@ -889,7 +904,7 @@ pub async fn quorum_get(core: &Core, reply_slot: &ReplySlot, key: &[u8]) -> Opti
                 ..GetOptions::default()
             },
         };
-        execute(core, reply_slot, std::slice::from_ref(&resend), true, |_, _| {}).await;
+        execute(core, reply_slot, std::slice::from_ref(&resend), Forward::Client, |_, _| {}).await;
         cluster.quorum_repairs.fetch_add(1, Ordering::Relaxed);
     }
     cluster.quorum_reads.fetch_add(1, Ordering::Relaxed);

@@ -13,7 +13,8 @@ sequence number per write) the whole time; each op's latency is recorded.
     owned by node 3; no key whose preference list kept its nodes changed
     holders.
   * Leave: `cluster remove` (on node 2) of node 1; once it says it has
-    handed over everything (`handing_over 0`) it is killed (-9). Every key
+    handed over everything (`handing_over 0`) and no node says it still
+    takes keys (`taking 0`) it is killed (-9). Every key
     is then on exactly its preference list among the three left.
   * Concurrent adds: node 1 (restarted empty) and node 4 start with
     --cluster-join; `cluster add` of each is sent at the same moment to two
@@ -208,10 +209,13 @@ def main():
             leave_start = time.time()
             assert ask(cluster, 2, "cluster remove 127.0.0.3:21402") == "OK"
             members = [0, 2, 3]
+            # Stopped once it has handed everything over and no node takes
+            # keys any more (until then a node may still send it some).
             wait_for("node 1 handed over and left",
-                     lambda: stats(cluster, 1).get("member") == "0" and stats(cluster, 1).get("handing_over") == "0")
+                     lambda: stats(cluster, 1).get("member") == "0" and stats(cluster, 1).get("handing_over") == "0"
+                     and all(stats(cluster, index).get("taking") == "0" for index in members))
             handed = time.time()
-            load.pool.nodes.remove(1)
+            load.pool.remove(1)
             cluster.kill(1)
             leave_end = wait_for("the leave settled", lambda: settled(cluster, members) is not None)
             time.sleep(PHASE)
@@ -228,6 +232,7 @@ def main():
             cluster.start(1, join=True)
             cluster.start(4, join=True)
             time.sleep(0.3)
+            adds_start = time.time()
             adds = [(0, "cluster add 127.0.0.3:21402:1"), (2, "cluster add 127.0.0.6:21405:1")]
             replies = [None, None]
             threads = [threading.Thread(target=lambda i=i, a=a: replies.__setitem__(i, ask(cluster, *a)))
@@ -239,13 +244,17 @@ def main():
             assert replies == ["OK", "OK"], replies
             members = [0, 1, 2, 3, 4]
             load.pool.nodes += [1, 4]
-            wait_for("one list with both adds on every node", lambda: settled(cluster, members) is not None)
+            adds_end = wait_for("one list with both adds on every node", lambda: settled(cluster, members) is not None)
+            time.sleep(PHASE)
+            adds_after = time.time()
             epoch = settled(cluster, members)
-            print(f"concurrent adds: every node on epoch {epoch[0]} digest {epoch[1]} with 5 members")
+            print(f"concurrent adds: every node on epoch {epoch[0]} digest {epoch[1]} with 5 members, "
+                  f"settled {adds_end - adds_start:.2f} s after the adds")
             _, _, copies_after = settle_copies(cluster, members, keys)
             lost = check_values(cluster, 4, load, keys)
             print(f"  copies in place {copies_after:.2f} s after; lost after the adds: {lost}")
             failures += lost != 0
+            report(load, "adds", adds_start - PHASE, adds_start, adds_end, adds_after)
         finally:
             load.stop.set()
             thread.join()

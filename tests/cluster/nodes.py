@@ -60,6 +60,14 @@ class Pool:
         self.pause = pause
         self.socks = {}
         self.down_until = {}
+        # Nodes taken out whose connections the load's thread is to close.
+        self.forget = set()
+
+    def remove(self, index):
+        """Takes a node out (a node killed and started again later is
+        reached on a new connection, not its old one)."""
+        self.nodes.remove(index)
+        self.forget.add(index)
 
     def sock(self, rng):
         """(index, socket) of a random node not left alone, or (None, None)."""
@@ -69,6 +77,11 @@ class Pool:
             time.sleep(0.01)
             return None, None
         index = rng.choice(live)
+        if index in self.forget:
+            self.forget.discard(index)
+            old = self.socks.pop(index, None)
+            if old:
+                old.close()
         if index not in self.socks:
             try:
                 self.socks[index] = connect(*self.cluster.address(index), deadline=0.2)
