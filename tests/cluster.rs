@@ -162,11 +162,7 @@ fn forward(stream: &mut std::net::TcpStream, ops: &[KeyOp<&[u8]>], relayed: bool
     use std::io::{Read, Write};
     let mut bytes = Vec::new();
     for op in ops {
-        if relayed {
-            wire::encode_relayed_op(&mut bytes, op);
-        } else {
-            wire::encode_op(&mut bytes, op);
-        }
+        wire::encode_op(&mut bytes, op, relayed);
     }
     stream.write_all(&bytes).unwrap();
     let mut input = Vec::new();

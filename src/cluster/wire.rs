@@ -56,17 +56,12 @@ pub enum Request<'a> {
     },
 }
 
-/// Appends a request frame holding `op`.
-pub fn encode_op(out: &mut Vec<u8>, op: &KeyOp<&[u8]>) {
+/// Appends a request frame holding `op` (`relayed`: Request::Relayed).
+pub fn encode_op(out: &mut Vec<u8>, op: &KeyOp<&[u8]>, relayed: bool) {
     let start = begin_frame(out);
-    put_op(out, op);
-    end_frame(out, start);
-}
-
-/// Appends a request frame holding `op`, relayed (Request::Relayed).
-pub fn encode_relayed_op(out: &mut Vec<u8>, op: &KeyOp<&[u8]>) {
-    let start = begin_frame(out);
-    out.push(RELAYED);
+    if relayed {
+        out.push(RELAYED);
+    }
     put_op(out, op);
     end_frame(out, start);
 }
@@ -707,7 +702,7 @@ mod tests {
     fn ops_and_outcomes_come_back_as_sent() {
         let mut bytes = Vec::new();
         for op in &sample_ops() {
-            encode_op(&mut bytes, op);
+            encode_op(&mut bytes, op, false);
         }
         let mut rest = &bytes[..];
         for op in &sample_ops() {
@@ -718,7 +713,7 @@ mod tests {
         assert!(rest.is_empty());
         for op in &sample_ops() {
             let mut bytes = Vec::new();
-            encode_relayed_op(&mut bytes, op);
+            encode_op(&mut bytes, op, true);
             let (body, _) = frame(&bytes).unwrap().unwrap();
             assert_eq!(decode_request(body).unwrap(), Request::Relayed(op.clone()));
             assert!(decode_request(&body[..body.len() - 1]).is_err());
@@ -753,7 +748,7 @@ mod tests {
     fn a_frame_split_at_any_byte_waits_for_the_rest() {
         for op in &sample_ops() {
             let mut bytes = Vec::new();
-            encode_op(&mut bytes, op);
+            encode_op(&mut bytes, op, false);
             for cut in 0..bytes.len() {
                 assert_eq!(frame(&bytes[..cut]).unwrap(), None, "cut at {cut}");
             }

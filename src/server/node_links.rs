@@ -105,11 +105,7 @@ impl NodeLinks {
         self.queue(node, slot, batch, |out| {
             let mut count = 0;
             for op in ops {
-                if relayed {
-                    wire::encode_relayed_op(out, op);
-                } else {
-                    wire::encode_op(out, op);
-                }
+                wire::encode_op(out, op, relayed);
                 count += 1;
             }
             count
