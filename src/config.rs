@@ -132,6 +132,10 @@ pub struct Args {
     /// before it is declared down
     #[arg(long = "suspect-timeout-ms", default_value_t = 800)]
     pub suspect_timeout_ms: u64,
+    /// Milliseconds a change of who is alive or acting waits before the
+    /// full resyncs it calls for start: the changes of that time share one
+    #[arg(long = "resync-delay-ms", default_value_t = 100)]
+    pub resync_delay_ms: u64,
 }
 
 /// memcached's `-B`: which protocols the client port speaks.
@@ -518,6 +522,7 @@ impl Args {
                 probe_timeout: millis(self.probe_timeout_ms),
                 suspect_timeout: millis(self.suspect_timeout_ms),
             },
+            resync_delay: millis(self.resync_delay_ms),
         }))
     }
 }

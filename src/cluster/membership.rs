@@ -383,6 +383,26 @@ impl Membership {
         }
     }
 
+    /// Whether this node knows the handoff `giver` -> `receiver` of the
+    /// last list change ended: its own as giver once it has, as receiver
+    /// once the giver said so; another pair's once the receiver, speaking
+    /// under this list, says it takes nothing (a node that hears of a
+    /// change takes its keys from then on: until it has said so under the
+    /// list, its handoffs have not begun, which is not `!handing_off`). A
+    /// handoff to or from a down node ended with it.
+    pub fn handoff_ended(&self, giver: usize, receiver: usize) -> bool {
+        if self.is_down(giver) || self.is_down(receiver) {
+            true
+        } else if giver == self.me {
+            self.handoff(receiver) == Handoff::None
+        } else if receiver == self.me {
+            !self.taking[giver].load(Ordering::Relaxed)
+        } else {
+            self.said_digest[receiver].load(Ordering::Relaxed) == self.list_digest()
+                && !self.peer_taking[receiver].load(Ordering::Relaxed)
+        }
+    }
+
     /// Whether any handoff may be going on (`handing_off`).
     #[inline]
     pub fn handoffs(&self) -> bool {

@@ -11,8 +11,9 @@
 //! A list change moves the keys whose acting node changes, by handoff:
 //! `apply_list` works out (giver, receiver) pairs from the rings before and
 //! after; until a pair's handoff ends (membership.rs), the giver acts for
-//! those keys, placed by the ring from before the change.
+//! those keys, placed by the ring from before the change (givers.rs).
 
+pub mod givers;
 pub mod membership;
 pub mod node_list;
 pub mod ring;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+use givers::Givers;
 use membership::{Membership, PartitionPolicy, View};
 use node_list::NodeList;
 use ring::{MAX_NODES, NodeAddress, Point, Ring, point_of};
@@ -42,6 +44,9 @@ pub struct ClusterConfig {
     pub cluster_port_offset: i32,
     pub partition_policy: PartitionPolicy,
     pub swim: swim::Timing,
+    /// How long a membership change waits before the full resyncs it calls
+    /// for start (replication/primary.rs): the changes of that time share them.
+    pub resync_delay: std::time::Duration,
 }
 
 impl ClusterConfig {
@@ -74,10 +79,10 @@ pub enum Placement {
 pub struct Layout {
     pub list: NodeList,
     pub ring: Ring,
-    /// The ring before the last change, and that change's handoffs
-    /// (giver, receiver): while one goes on, the giver acts for the keys
-    /// it gives (membership.rs).
-    previous: Option<Ring>,
+    /// The ring before the last change (per segment: givers.rs), and that
+    /// change's handoffs (giver, receiver): while one goes on, the giver
+    /// acts for the keys it gives (membership.rs).
+    previous: Option<Givers>,
     handoffs: Vec<(usize, usize)>,
 }
 
@@ -175,10 +180,23 @@ impl Cluster {
         let joining: Vec<usize> = (0..new.list.len())
             .filter(|&node| new.list.is_member(node) && !old.list.is_member(node))
             .collect();
-        let handoffs = self.handoffs(&old, &new.ring, &joining);
-        // Handoffs of an earlier change still going on stay, placed by the
-        // ring from before it (a change soon after another, as when two
-        // are made at once and heard of one by one).
+        // Every ring's segment boundaries, those placing an earlier change's
+        // handoffs included: each segment has one owner in each ring.
+        let mut probes: Vec<Point> = old
+            .ring
+            .points()
+            .iter()
+            .chain(new.ring.points())
+            .map(|&(point, _)| point)
+            .chain(old.previous.iter().flat_map(Givers::boundaries))
+            .collect();
+        probes.sort_unstable();
+        probes.dedup();
+        let handoffs = self.handoffs(&old, &new.ring, &probes, &joining);
+        // Handoffs of an earlier change still going on stay, their givers
+        // placed by the ring from before it (a change soon after another,
+        // as when two are made at once and heard of one by one); where one
+        // has ended, the receiver holds the keys and gives them on.
         let earlier: Vec<(usize, usize)> = match (&old.previous, self.membership.handoffs()) {
             (Some(_), true) => old
                 .handoffs
@@ -189,11 +207,11 @@ impl Cluster {
                 .collect(),
             _ => Vec::new(),
         };
+        new.previous = Some(match &old.previous {
+            Some(givers) => givers.for_change(&old.ring, &probes, |point| self.holder_in(&old, point).1),
+            None => Givers::of(old.ring.clone()),
+        });
         self.membership.list_changed(&new.list, &handoffs);
-        new.previous = match earlier.is_empty() {
-            true => Some(old.ring.clone()),
-            false => old.previous.clone(),
-        };
         new.handoffs = handoffs.iter().copied().chain(earlier).collect();
         tracing::info!(
             "node list epoch {} ({:016x}): {} (handoffs {handoffs:?})",
@@ -210,25 +228,12 @@ impl Cluster {
     /// The (giver, receiver) pairs of a ring change: per ring segment, the
     /// node acting for it now and the one that will on the new ring (a
     /// node joining counts as one that may: it takes its keys by handoff).
-    fn handoffs(&self, old: &Layout, new: &Ring, joining: &[usize]) -> Vec<(usize, usize)> {
-        // Every ring's segment boundaries, the ring placing an earlier
-        // change's handoffs included.
-        let previous = old.previous.iter().flat_map(|ring| ring.points());
-        let mut probes: Vec<Point> = old
-            .ring
-            .points()
-            .iter()
-            .chain(new.points())
-            .chain(previous)
-            .map(|&(point, _)| point)
-            .collect();
-        probes.sort_unstable();
-        probes.dedup();
+    fn handoffs(&self, old: &Layout, new: &Ring, probes: &[Point], joining: &[usize]) -> Vec<(usize, usize)> {
         let will_act = |node: usize| self.membership.may_act(node) || joining.contains(&node) && !self.membership.is_down(node);
         let mut pairs = Vec::new();
-        for point in probes {
+        for &point in probes {
             // The segment ending at `point` has one owner in each ring.
-            if let (Some(giver), Some(receiver)) = (self.acting_in(old, point), acting_on(new, point, will_act))
+            if let (Some(giver), Some(receiver)) = (self.holder_in(old, point).0, acting_on(new, point, will_act))
                 && giver != receiver
                 && !pairs.contains(&(giver, receiver))
             {
@@ -309,15 +314,7 @@ impl Cluster {
             return acting;
         };
         let listed = |giver: usize, receiver: usize| layout.handoffs.contains(&(giver, receiver));
-        let handing = |giver: usize| {
-            layout
-                .handoffs
-                .iter()
-                .any(|&(from, to)| from == giver && membership.handing_off(from, to, true))
-        };
-        // A giver that left the list may not act, but acts for what it gives.
-        let before = acting_on(previous, point, |node| membership.may_act(node) || handing(node));
-        match (before, acting) {
+        match (self.giver_in(layout, previous, point), acting) {
             (Some(giver), Some(receiver))
                 if giver != receiver && membership.handing_off(giver, receiver, listed(giver, receiver)) =>
             {
@@ -325,6 +322,42 @@ impl Cluster {
             }
             _ => acting,
         }
+    }
+
+    /// The node acting at a point by the ring from before the last change.
+    fn giver_in(&self, layout: &Layout, previous: &Givers, point: Point) -> Option<usize> {
+        let membership = &self.membership;
+        let handing = |giver: usize| {
+            layout
+                .handoffs
+                .iter()
+                .any(|&(from, to)| from == giver && membership.handing_off(from, to, true))
+        };
+        // A giver that left the list may not act, but acts for what it gives.
+        acting_on(previous.ring_at(point), point, |node| {
+            membership.may_act(node) || handing(node)
+        })
+    }
+
+    /// Who holds the keys at a point, for a new list change to move them
+    /// on from (the giver of its handoff there): the giver of the last
+    /// change's handoff there unless this node knows that handoff ended
+    /// (one not begun yet, as for a change heard just before this one, has
+    /// not), else the node acting there. The bool says it is that giver.
+    fn holder_in(&self, layout: &Layout, point: Point) -> (Option<usize>, bool) {
+        let membership = &self.membership;
+        if let Some(previous) = &layout.previous {
+            // A receiver acts once it has taken the keys, whether or not it may yet.
+            let receiving = |node: usize| layout.handoffs.iter().any(|&(_, to)| to == node) && !membership.is_down(node);
+            let receiver = acting_on(&layout.ring, point, |node| membership.may_act(node) || receiving(node));
+            if let (Some(giver), Some(receiver)) = (self.giver_in(layout, previous, point), receiver)
+                && giver != receiver
+                && !membership.handoff_ended(giver, receiver)
+            {
+                return (Some(giver), true);
+            }
+        }
+        (self.acting_in(layout, point), false)
     }
 
     /// Whether a handoff to this node of the key's keys has not ended: it
@@ -448,6 +481,7 @@ mod tests {
                 cluster_port_offset: 10000,
                 partition_policy: PartitionPolicy::ReadOnly,
                 swim: swim::Timing::default(),
+                resync_delay: std::time::Duration::ZERO,
             },
             1,
         )
@@ -598,6 +632,105 @@ mod tests {
         // What node 3 says under another list is not taken as said of this one.
         cluster.membership.set_said(3, said(true), digest ^ 1);
         assert!(theirs.iter().all(|key| cluster.acting_for(key.as_bytes()) == 3));
+    }
+
+    #[test]
+    fn a_change_during_earlier_handoffs_has_the_keys_given_on_by_whoever_holds_them() {
+        use membership::{NodeState, Said};
+        let cluster = cluster_as(0);
+        cluster.membership.refreshed();
+        for node in [1, 2] {
+            cluster.membership.set(node, NodeState::Alive);
+            membership::tests::say(&cluster.membership, node, false, true);
+        }
+        let add = |cluster: &Cluster, host: &str| {
+            let list = cluster.layout().list.clone();
+            let change = node_list::Change::Add(NodeAddress {
+                host: host.into(),
+                port: 11211,
+                weight: 1,
+            });
+            assert!(cluster.apply_list(list.changed(&change, "127.0.0.2:11211").unwrap()));
+        };
+        let taking = |cluster: &Cluster, node: usize, taking: bool| {
+            let said = Said {
+                stale: false,
+                grants: true,
+                handed: true,
+                taking,
+                acting: true,
+            };
+            cluster.membership.set(node, NodeState::Alive);
+            cluster.membership.set_said(node, said, cluster.membership.list_digest());
+        };
+        let keys: Vec<String> = (0..4000).map(|i| format!("key:{i}")).collect();
+        let owners = |cluster: &Cluster| -> Vec<usize> {
+            keys.iter()
+                .map(|key| cluster.layout().ring.owner(point_of(key.as_bytes())))
+                .collect()
+        };
+        let first = owners(&cluster);
+        // Node 3 joins: this node hands its keys over (ended), node 1's go on.
+        add(&cluster, "127.0.0.5");
+        taking(&cluster, 3, true);
+        cluster.membership.cut(3);
+        cluster.membership.handed_off(3);
+        let second = owners(&cluster);
+        // Node 4 joins before node 1's handoff to node 3 ended, and takes keys.
+        add(&cluster, "127.0.0.6");
+        taking(&cluster, 3, true);
+        taking(&cluster, 4, true);
+        let third = owners(&cluster);
+        let path = |path: [usize; 3]| -> Vec<&String> {
+            keys.iter()
+                .enumerate()
+                .filter(|&(i, _)| [first[i], second[i], third[i]] == path)
+                .map(|(_, key)| key)
+                .collect()
+        };
+        let acting_in = |cluster: &Cluster, keys: &[&String]| -> Vec<usize> {
+            let mut acting: Vec<usize> = keys.iter().map(|key| cluster.acting_for(key.as_bytes())).collect();
+            acting.sort_unstable();
+            acting.dedup();
+            acting
+        };
+        let acting = |keys: &[&String]| acting_in(&cluster, keys);
+        // Handed from this node to node 3, now moving on to node 4: node 3
+        // holds them and gives them on; this node does not act for them.
+        let (given_on, still_giving) = (path([0, 3, 4]), path([1, 3, 4]));
+        assert!(!given_on.is_empty() && !still_giving.is_empty() && !path([1, 3, 3]).is_empty());
+        assert_eq!(acting(&given_on), vec![3]);
+        // Node 1's handoff to node 3 had not ended: node 1 still gives them.
+        assert_eq!(acting(&still_giving), vec![1]);
+        assert_eq!(acting(&path([1, 3, 3])), vec![1]);
+        assert!(cluster.layout().handoffs.contains(&(3, 4)) && cluster.layout().handoffs.contains(&(1, 4)));
+        // Once node 4 takes nothing any more, it acts for all of them.
+        taking(&cluster, 4, false);
+        assert_eq!(acting(&given_on), vec![4]);
+        assert_eq!(acting(&still_giving), vec![4]);
+        assert_eq!(acting(&path([1, 3, 3])), vec![1], "node 3 still takes from node 1");
+
+        // Two changes heard one right after the other: node 3 has not said
+        // it takes keys yet, so its handoffs have not begun, not ended: the
+        // keys move on from the nodes that hold them (as on a node that
+        // heard of both changes at once).
+        let cluster = cluster_as(0);
+        cluster.membership.refreshed();
+        for node in [1, 2] {
+            cluster.membership.set(node, NodeState::Alive);
+            membership::tests::say(&cluster.membership, node, false, true);
+        }
+        add(&cluster, "127.0.0.5");
+        add(&cluster, "127.0.0.6");
+        taking(&cluster, 3, true);
+        taking(&cluster, 4, true);
+        let handoffs = &cluster.layout().handoffs;
+        assert!(
+            handoffs.contains(&(1, 4)) && handoffs.contains(&(0, 4)) && !handoffs.contains(&(3, 4)),
+            "{handoffs:?}"
+        );
+        assert_eq!(acting_in(&cluster, &path([1, 3, 4])), vec![1]);
+        assert_eq!(acting_in(&cluster, &path([0, 3, 4])), vec![0]);
     }
 
     #[test]

@@ -81,6 +81,9 @@ struct Follower {
     /// The membership epoch its copies were chosen at: when nodes go down or
     /// come back, preference lists change, and every shard is resent.
     epoch: Cell<u64>,
+    /// When the resend for a newer epoch starts (the cluster's resync
+    /// delay after the first change since `epoch`; None: no change waits).
+    resync_at: Cell<Option<Instant>>,
     shards: RefCell<Vec<FollowerShard>>,
     /// A handoff to it was cut (membership.rs): when the log offsets to
     /// wait for are taken (CUT_GRACE after the cut), and then those offsets.
@@ -101,6 +104,8 @@ struct Selection<'a> {
     merge: bool,
     /// This node's view, as FULL_BEGIN carries it (View::to_wire).
     view: &'a [u8],
+    /// No snapshot starts: a resync waits for the resync delay.
+    hold: bool,
 }
 
 /// Everything about the replicas this host serves.
@@ -206,6 +211,7 @@ async fn follower(core: &Rc<ReplicationCore>, stream: glommio::net::TcpStream) -
         address,
         node,
         epoch: Cell::new(epoch),
+        resync_at: Cell::new(None),
         shards: RefCell::new(shards),
         cut: RefCell::new(None),
     });
@@ -270,7 +276,10 @@ async fn write_loop(
             last_send = Instant::now();
         }
         let cutting = follower.cut.borrow().is_some();
-        let wait = if cutting { CUT_POLL } else { PING_INTERVAL };
+        let mut wait = if cutting { CUT_POLL } else { PING_INTERVAL };
+        if let Some(at) = follower.resync_at.get() {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
         futures_lite::future::or(core.changed.changed_since(epoch), glommio::timer::sleep(wait)).await;
     }
 }
@@ -303,14 +312,8 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
             return Vec::new();
         }
         let epoch = cluster.membership.epoch();
-        if follower.epoch.replace(epoch) != epoch {
-            // The keys this follower should hold changed: a full resync of
-            // each shard (unless a merge, it drops what this node sends it, then reloads).
-            tracing::info!("node {node}: full resync for epoch {epoch}");
-            for shard in follower.shards.borrow_mut().iter_mut() {
-                shard.sync = Sync::NeedSnapshot;
-                shard.slices.clear();
-            }
+        if follower.epoch.get() != epoch {
+            resync_for_epoch(follower, node, epoch, cluster.config.resync_delay, Instant::now());
         }
         // A node that may not act is sent every copy of its keys held here,
         // not only those acted for, and drops nothing first (a merge,
@@ -331,6 +334,7 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
             snapshot: Some(if merge { &every_copy } else { &keep }),
             merge,
             view: &view,
+            hold: follower.resync_at.get().is_some(),
         };
     }
     let (requests, snapshots) = fill_shards(&core.backlogs.borrow(), &mut follower.shards.borrow_mut(), selection, out);
@@ -364,6 +368,42 @@ fn fill(core: &ReplicationCore, follower: &Follower, out: &mut Vec<u8>) -> Vec<(
         hand_off(core, follower, node, caught_up(&follower.shards.borrow()));
     }
     requests
+}
+
+/// The keys the follower should hold changed (a new membership epoch): a
+/// full resync of each shard (unless a merge, it drops what this node
+/// sends it, then reloads). It starts `delay` after the first change seen,
+/// so that the changes of a failover or a return (several epochs within
+/// milliseconds) share one; a resync running meanwhile is given up at once
+/// (its filter is out of date), and the log goes on under the new one.
+fn resync_for_epoch(follower: &Follower, node: usize, epoch: u64, delay: Duration, now: Instant) {
+    let at = match follower.resync_at.get() {
+        Some(at) => at,
+        None => {
+            for shard in follower.shards.borrow_mut().iter_mut() {
+                if let Sync::Snapshot { begun } = shard.sync {
+                    // Nothing of it counts: it is not caught up until the
+                    // next one ends. Begun, its log offset is good: the log
+                    // goes on meanwhile.
+                    shard.sync = if begun { Sync::Streaming } else { Sync::NeedSnapshot };
+                    shard.slices.clear();
+                    shard.resynced_to = None;
+                }
+            }
+            follower.resync_at.set(Some(now + delay));
+            now + delay
+        }
+    };
+    if now < at {
+        return;
+    }
+    follower.resync_at.set(None);
+    follower.epoch.set(epoch);
+    tracing::info!("node {node}: full resync for epoch {epoch}");
+    for shard in follower.shards.borrow_mut().iter_mut() {
+        shard.sync = Sync::NeedSnapshot;
+        shard.slices.clear();
+    }
 }
 
 /// A handoff of keys to the follower after a list change (membership.rs):
@@ -430,6 +470,7 @@ fn fill_shards(
             shard.slices.clear();
         }
         match shard.sync {
+            Sync::NeedSnapshot if selection.hold => {}
             Sync::NeedSnapshot => {
                 snapshots += 1;
                 shard.sync = Sync::Snapshot { begun: false };
@@ -680,6 +721,7 @@ mod tests {
             snapshot: Some(keep),
             merge: false,
             view: &[3, 1],
+            hold: false,
         }
     }
 
@@ -747,6 +789,56 @@ mod tests {
         // Then it streams.
         fill_shards(&backlogs, &mut shards, Selection::default(), &mut out);
         assert_eq!(frames(&mut out), vec![(Kind::Log, 200, vec![b'd'; 20])]);
+    }
+
+    #[test]
+    fn a_new_epoch_gives_up_running_snapshots_at_once_and_resyncs_after_the_delay() {
+        let now = std::time::Instant::now();
+        let mut backlogs = vec![Backlog::new(1 << 20), Backlog::new(1 << 20)];
+        backlogs[0].append(0, &[b'a'; 100], now);
+        backlogs[1].append(0, &[b'b'; 100], now);
+        let mut running = FollowerShard::new(0, Sync::Snapshot { begun: true });
+        running.slices.push_back(slice(100, b"S1", Some(3)));
+        running.resynced_to = Some(0);
+        let follower = Follower {
+            id: 1,
+            address: "127.0.0.1:1".parse().unwrap(),
+            node: Some(1),
+            epoch: Cell::new(4),
+            resync_at: Cell::new(None),
+            shards: RefCell::new(vec![running, FollowerShard::new(0, Sync::Snapshot { begun: false })]),
+            cut: RefCell::new(None),
+        };
+        let delay = Duration::from_millis(100);
+        resync_for_epoch(&follower, 1, 5, delay, now);
+        {
+            let shards = follower.shards.borrow();
+            assert!(matches!(shards[0].sync, Sync::Streaming) && shards[0].slices.is_empty());
+            assert_eq!(shards[0].resynced_to, None, "a given-up resync does not count as caught up");
+            assert!(matches!(shards[1].sync, Sync::NeedSnapshot));
+        }
+        assert_eq!((follower.epoch.get(), follower.resync_at.get()), (4, Some(now + delay)));
+        // Meanwhile the log goes on where it can, and no snapshot starts.
+        let hold = Selection {
+            hold: true,
+            ..Selection::default()
+        };
+        let mut out = Vec::new();
+        let (requests, started) = fill_shards(&backlogs, &mut follower.shards.borrow_mut(), hold, &mut out);
+        assert_eq!((requests, started), (vec![], 0));
+        assert_eq!(frames(&mut out), vec![(Kind::Log, 0, vec![b'a'; 100])]);
+        // A later change within the delay shares the resync; once it is over, every shard resyncs.
+        resync_for_epoch(&follower, 1, 6, delay, now + delay / 2);
+        assert_eq!(follower.resync_at.get(), Some(now + delay));
+        resync_for_epoch(&follower, 1, 6, delay, now + delay);
+        assert_eq!((follower.epoch.get(), follower.resync_at.get()), (6, None));
+        assert!(
+            follower
+                .shards
+                .borrow()
+                .iter()
+                .all(|shard| matches!(shard.sync, Sync::NeedSnapshot))
+        );
     }
 
     #[test]
@@ -838,6 +930,7 @@ mod tests {
             snapshot: Some(&every),
             merge: true,
             view: &[3, 1],
+            hold: false,
         };
         shards[0] = FollowerShard::new(0, Sync::Snapshot { begun: false });
         shards[0].slices.push_back(slice(log.len() as u64, &slice_records, None));

@@ -6,10 +6,11 @@
 //! sender's view was behind (a list change it has not heard of yet, or a
 //! handoff this node has cut since). A relayed op is run or refused
 //! (`Refusal::NotActing`), never sent on, so a request makes two hops at
-//! most and cannot loop. An op for a key being handed to this node goes
+//! most and cannot loop; refused, it was not run, and this node sends it
+//! again (placed again: views move on) for up to HANDOFF_WAIT. An op for a key being handed to this node goes
 //! to the giver (relayed), and if the giver has cut already (it refuses),
-//! waits up to HANDOFF_WAIT for the handoff to end and runs here (a
-//! relayed one only waits);
+//! waits up to HANDOFF_WAIT for the handoff to end and runs here, or
+//! relays it if another node acts by then (a relayed one only waits);
 //! a flush_all from another node flushes this node only; `wait`'s questions
 //! about a key's copies are answered at once; a quorum read's question for
 //! this node's own copy of a key is answered whoever acts for it.
@@ -57,6 +58,8 @@ pub enum Step<'a> {
 /// handoff to end (it ends a few ms after the giver's cut).
 const HANDOFF_WAIT: Duration = Duration::from_millis(200);
 const HANDOFF_POLL: Duration = Duration::from_millis(1);
+/// How soon a relayed op that was refused goes again.
+const RELAY_POLL: Duration = Duration::from_millis(2);
 
 pub struct PeerSession<'c> {
     pub cluster: &'c Cluster,
@@ -193,11 +196,7 @@ impl Session for PeerSession<'_> {
                 After::Continue
             }
             Step::Relay(ref op) => {
-                // Placed again as it runs: by then this node may act itself.
-                router::execute(core, reply_slot, std::slice::from_ref(op), Forward::Relay, |_, outcome| {
-                    wire::encode_outcome(out, outcome)
-                })
-                .await;
+                relay(core, reply_slot, op, out).await;
                 After::Continue
             }
             Step::AfterHandoff { ref op, relayed } => {
@@ -228,6 +227,9 @@ impl Session for PeerSession<'_> {
                         wire::encode_outcome(out, outcome)
                     })
                     .await;
+                } else if !relayed {
+                    // The handoff ended, and another node acts (a later change).
+                    relay(core, reply_slot, op, out).await;
                 } else {
                     wire::encode_outcome(out, &Outcome::Refused(Refusal::NotActing));
                 }
@@ -236,5 +238,34 @@ impl Session for PeerSession<'_> {
             Step::Malformed => After::Close,
             Step::Magic | Step::Op(_) | Step::Refused(_) => After::Continue,
         }
+    }
+}
+
+/// Runs an op, or sends it on (relayed) to the node this node sees acting
+/// for its key. That node runs it or refuses it (its view is ahead of this
+/// one's, or behind: a handoff just cut or just ended); refused, it was
+/// not run, and goes again once this node's view may have moved, for up
+/// to HANDOFF_WAIT.
+async fn relay(core: &Core, reply_slot: &ReplySlot, op: &KeyOp<&[u8]>, out: &mut Vec<u8>) {
+    let deadline = Instant::now() + HANDOFF_WAIT;
+    loop {
+        let mut refused = false;
+        let mut answer = Vec::new();
+        router::execute(
+            core,
+            reply_slot,
+            std::slice::from_ref(op),
+            Forward::Relay,
+            |_, outcome| match outcome {
+                Outcome::Refused(Refusal::NotActing) if Instant::now() < deadline => refused = true,
+                outcome => wire::encode_outcome(&mut answer, outcome),
+            },
+        )
+        .await;
+        if !refused {
+            out.extend_from_slice(&answer);
+            return;
+        }
+        glommio::timer::sleep(RELAY_POLL).await;
     }
 }

@@ -152,6 +152,16 @@ def report(load, name, before, start, end, after):
         print(f"  {name} load {label}: {ops:.0f} ops/s, p99 {p99:.2f} ms, {failed} failed ({b - a:.2f} s)")
 
 
+def full_resyncs(cluster, index):
+    sock = connect(*cluster.address(index))
+    try:
+        (reply,) = ask_all(sock, [b"stats cluster\r\n"])
+    finally:
+        sock.close()
+    (line,) = [line for line in reply.decode().splitlines() if line.startswith("STAT resyncs_full ")]
+    return int(line.split()[2])
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--corecache", required=True)
@@ -255,6 +265,8 @@ def main():
             print(f"  copies in place {copies_after:.2f} s after; lost after the adds: {lost}")
             failures += lost != 0
             report(load, "adds", adds_start - PHASE, adds_start, adds_end, adds_after)
+            print(f"full resyncs started (resyncs_full per node, node 1 counted since its restart): "
+                  f"{ {index: full_resyncs(cluster, index) for index in members} }")
         finally:
             load.stop.set()
             thread.join()
