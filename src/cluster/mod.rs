@@ -226,10 +226,13 @@ impl Cluster {
     }
 
     /// The (giver, receiver) pairs of a ring change: per ring segment, the
-    /// node acting for it now and the one that will on the new ring (a
-    /// node joining counts as one that may: it takes its keys by handoff).
+    /// node holding its keys now and the one that will act on the new ring
+    /// (a node joining, or still receiving keys, counts as one that may: it
+    /// takes its keys by handoff).
     fn handoffs(&self, old: &Layout, new: &Ring, probes: &[Point], joining: &[usize]) -> Vec<(usize, usize)> {
-        let will_act = |node: usize| self.membership.may_act(node) || joining.contains(&node) && !self.membership.is_down(node);
+        // A node still receiving an earlier change's keys will act too.
+        let receiving = |node: usize| joining.contains(&node) || old.handoffs.iter().any(|&(_, to)| to == node);
+        let will_act = |node: usize| self.membership.may_act(node) || receiving(node) && !self.membership.is_down(node);
         let mut pairs = Vec::new();
         for &point in probes {
             // The segment ending at `point` has one owner in each ring.
@@ -304,8 +307,9 @@ impl Cluster {
     }
 
     /// The node acting at a point, None if no node may: the first that may
-    /// on the ring, unless a handoff of that point's keys to it has not
-    /// ended: then the giver, the node acting there before the change.
+    /// on the ring, unless a handoff of that point's keys to their
+    /// receiver has not ended: then the giver, the node acting there
+    /// before the change.
     #[inline]
     fn acting_in(&self, layout: &Layout, point: Point) -> Option<usize> {
         let membership = &self.membership;
@@ -314,7 +318,7 @@ impl Cluster {
             return acting;
         };
         let listed = |giver: usize, receiver: usize| layout.handoffs.contains(&(giver, receiver));
-        match (self.giver_in(layout, previous, point), acting) {
+        match (self.giver_in(layout, previous, point), self.receiver_in(layout, point)) {
             (Some(giver), Some(receiver))
                 if giver != receiver && membership.handing_off(giver, receiver, listed(giver, receiver)) =>
             {
@@ -322,6 +326,15 @@ impl Cluster {
             }
             _ => acting,
         }
+    }
+
+    /// The node taking the keys at a point by the last change's handoffs:
+    /// the first on the ring that may act or receives keys (a node that
+    /// joins, or returns, receives them before it may act).
+    fn receiver_in(&self, layout: &Layout, point: Point) -> Option<usize> {
+        let membership = &self.membership;
+        let receiving = |node: usize| layout.handoffs.iter().any(|&(_, to)| to == node) && !membership.is_down(node);
+        acting_on(&layout.ring, point, |node| membership.may_act(node) || receiving(node))
     }
 
     /// The node acting at a point by the ring from before the last change.
@@ -345,17 +358,12 @@ impl Cluster {
     /// (one not begun yet, as for a change heard just before this one, has
     /// not), else the node acting there. The bool says it is that giver.
     fn holder_in(&self, layout: &Layout, point: Point) -> (Option<usize>, bool) {
-        let membership = &self.membership;
-        if let Some(previous) = &layout.previous {
-            // A receiver acts once it has taken the keys, whether or not it may yet.
-            let receiving = |node: usize| layout.handoffs.iter().any(|&(_, to)| to == node) && !membership.is_down(node);
-            let receiver = acting_on(&layout.ring, point, |node| membership.may_act(node) || receiving(node));
-            if let (Some(giver), Some(receiver)) = (self.giver_in(layout, previous, point), receiver)
-                && giver != receiver
-                && !membership.handoff_ended(giver, receiver)
-            {
-                return (Some(giver), true);
-            }
+        if let Some(previous) = &layout.previous
+            && let (Some(giver), Some(receiver)) = (self.giver_in(layout, previous, point), self.receiver_in(layout, point))
+            && giver != receiver
+            && !self.membership.handoff_ended(giver, receiver)
+        {
+            return (Some(giver), true);
         }
         (self.acting_in(layout, point), false)
     }
@@ -369,8 +377,7 @@ impl Cluster {
         let layout = self.layout.load();
         let point = point_of(key);
         let me = self.config.me;
-        acting_on(&layout.ring, point, |node| self.membership.may_act(node)) == Some(me)
-            && self.acting_in(&layout, point) != Some(me)
+        self.receiver_in(&layout, point) == Some(me) && self.acting_in(&layout, point) != Some(me)
     }
 
     /// Where a request for `key` runs, as this node sees it.
@@ -731,6 +738,20 @@ mod tests {
         );
         assert_eq!(acting_in(&cluster, &path([1, 3, 4])), vec![1]);
         assert_eq!(acting_in(&cluster, &path([0, 3, 4])), vec![0]);
+        // A receiver still taking fresh copies (stale: it may not act yet)
+        // is still the one its givers hand to: they act, not the next node.
+        let stale = Said {
+            stale: true,
+            grants: true,
+            handed: true,
+            taking: true,
+            acting: false,
+        };
+        cluster.membership.set_said(3, stale, cluster.membership.list_digest());
+        taking(&cluster, 4, false);
+        assert!(!cluster.membership.may_act(3));
+        assert_eq!(acting_in(&cluster, &path([1, 3, 3])), vec![1]);
+        assert_eq!(acting_in(&cluster, &path([2, 3, 3])), vec![2]);
     }
 
     #[test]

@@ -14,7 +14,8 @@ sequence number per write) the whole time; each op's latency is recorded.
     holders.
   * Leave: `cluster remove` (on node 2) of node 1; once it says it has
     handed over everything (`handing_over 0`) and no node says it still
-    takes keys (`taking 0`) it is killed (-9). Every key
+    takes keys (`taking 0`) the load stops using it and it is killed (-9)
+    0.2 s later. Every key
     is then on exactly its preference list among the three left.
   * Concurrent adds: node 1 (restarted empty) and node 4 start with
     --cluster-join; `cluster add` of each is sent at the same moment to two
@@ -226,6 +227,9 @@ def main():
                      and all(stats(cluster, index).get("taking") == "0" for index in members))
             handed = time.time()
             load.pool.remove(1)
+            # As an operator takes a node out of its clients before stopping
+            # it: an op the load has in flight to it finishes first.
+            time.sleep(0.2)
             cluster.kill(1)
             leave_end = wait_for("the leave settled", lambda: settled(cluster, members) is not None)
             time.sleep(PHASE)
