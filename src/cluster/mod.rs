@@ -494,6 +494,17 @@ mod tests {
         )
     }
 
+    /// Node 0 of three, acting, the other two alive and fresh.
+    fn acting_as_0() -> Cluster {
+        let cluster = cluster_as(0);
+        cluster.membership.refreshed();
+        for node in [1, 2] {
+            cluster.membership.set(node, membership::NodeState::Alive);
+            membership::tests::say(&cluster.membership, node, false, true);
+        }
+        cluster
+    }
+
     #[test]
     fn preference_lists_hold_copies_distinct_nodes_owner_first() {
         let cluster = cluster_as(0);
@@ -539,12 +550,7 @@ mod tests {
     #[test]
     fn keys_a_joining_node_takes_stay_with_their_giver_until_the_handoff_ends() {
         use membership::{Handoff, NodeState, Said};
-        let cluster = cluster_as(0);
-        cluster.membership.refreshed();
-        for node in [1, 2] {
-            cluster.membership.set(node, NodeState::Alive);
-            membership::tests::say(&cluster.membership, node, false, true);
-        }
+        let cluster = acting_as_0();
         assert!(cluster.membership.is_acting());
         let keys: Vec<String> = (0..2000).map(|i| format!("key:{i}")).collect();
         let before: Vec<usize> = keys.iter().map(|key| cluster.acting_for(key.as_bytes())).collect();
@@ -644,12 +650,7 @@ mod tests {
     #[test]
     fn a_change_during_earlier_handoffs_has_the_keys_given_on_by_whoever_holds_them() {
         use membership::{NodeState, Said};
-        let cluster = cluster_as(0);
-        cluster.membership.refreshed();
-        for node in [1, 2] {
-            cluster.membership.set(node, NodeState::Alive);
-            membership::tests::say(&cluster.membership, node, false, true);
-        }
+        let cluster = acting_as_0();
         let add = |cluster: &Cluster, host: &str| {
             let list = cluster.layout().list.clone();
             let change = node_list::Change::Add(NodeAddress {
@@ -721,12 +722,7 @@ mod tests {
         // it takes keys yet, so its handoffs have not begun, not ended: the
         // keys move on from the nodes that hold them (as on a node that
         // heard of both changes at once).
-        let cluster = cluster_as(0);
-        cluster.membership.refreshed();
-        for node in [1, 2] {
-            cluster.membership.set(node, NodeState::Alive);
-            membership::tests::say(&cluster.membership, node, false, true);
-        }
+        let cluster = acting_as_0();
         add(&cluster, "127.0.0.5");
         add(&cluster, "127.0.0.6");
         taking(&cluster, 3, true);

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 
-from nodes import Cluster, SequenceLoad, ask_all, connect, list_epoch, metadump, node_lines
+from nodes import Cluster, SequenceLoad, ask_all, cluster_stats, connect, list_epoch, metadump, node_lines
 
 NODES = [("127.0.0.2", 21401, 1, 1), ("127.0.0.3", 21402, 1, 2), ("127.0.0.4", 21403, 1, 1),
          ("127.0.0.5", 21404, 1, 1), ("127.0.0.6", 21405, 1, 1)]
@@ -52,15 +52,6 @@ def ask(cluster, index, line):
         return reply.decode()
     finally:
         sock.close()
-
-
-def stats(cluster, index):
-    sock = connect(*cluster.address(index))
-    try:
-        (reply,) = ask_all(sock, [b"stats cluster\r\n"])
-    finally:
-        sock.close()
-    return dict(line.split()[1:3] for line in reply.decode().splitlines() if line.startswith("STAT "))
 
 
 def wait_for(what, condition, bound=SETTLE):
@@ -86,7 +77,7 @@ def settled(cluster, members):
         lines = node_lines(reply)
         if len(lines) != len(members) or any(line.split()[3] != "alive" for line in lines):
             return None
-        if stats(cluster, index).get("acting") != "1":
+        if cluster_stats(cluster, index).get("acting") != "1":
             return None
     return seen.pop() if len(seen) == 1 else None
 
@@ -153,16 +144,6 @@ def report(load, name, before, start, end, after):
         print(f"  {name} load {label}: {ops:.0f} ops/s, p99 {p99:.2f} ms, {failed} failed ({b - a:.2f} s)")
 
 
-def full_resyncs(cluster, index):
-    sock = connect(*cluster.address(index))
-    try:
-        (reply,) = ask_all(sock, [b"stats cluster\r\n"])
-    finally:
-        sock.close()
-    (line,) = [line for line in reply.decode().splitlines() if line.startswith("STAT resyncs_full ")]
-    return int(line.split()[2])
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--corecache", required=True)
@@ -223,8 +204,8 @@ def main():
             # Stopped once it has handed everything over and no node takes
             # keys any more (until then a node may still send it some).
             wait_for("node 1 handed over and left",
-                     lambda: stats(cluster, 1).get("member") == "0" and stats(cluster, 1).get("handing_over") == "0"
-                     and all(stats(cluster, index).get("taking") == "0" for index in members))
+                     lambda: cluster_stats(cluster, 1).get("member") == "0" and cluster_stats(cluster, 1).get("handing_over") == "0"
+                     and all(cluster_stats(cluster, index).get("taking") == "0" for index in members))
             handed = time.time()
             load.pool.remove(1)
             # As an operator takes a node out of its clients before stopping
@@ -270,7 +251,7 @@ def main():
             failures += lost != 0
             report(load, "adds", adds_start - PHASE, adds_start, adds_end, adds_after)
             print(f"full resyncs started (resyncs_full per node, node 1 counted since its restart): "
-                  f"{ {index: full_resyncs(cluster, index) for index in members} }")
+                  f"{ {index: int(cluster_stats(cluster, index)['resyncs_full']) for index in members} }")
         finally:
             load.stop.set()
             thread.join()

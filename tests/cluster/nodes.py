@@ -193,6 +193,16 @@ def preference_lists(sock, names, keys):
     return [[names.index(line.split()[1]) for line in reply.decode().splitlines()] for reply in replies]
 
 
+def cluster_stats(cluster, index):
+    """A node's `stats cluster`, as {name: value}."""
+    sock = cluster.connect(*cluster.address(index))
+    try:
+        (reply,) = ask_all(sock, [b"stats cluster\r\n"])
+    finally:
+        sock.close()
+    return dict(line.split()[1:3] for line in reply.decode().splitlines() if line.startswith("STAT "))
+
+
 def metadump(host, port, connect=connect):
     """The keys a node holds itself (not what it answers by forwarding),
     each with its metadump fields: {key: {"exp": .., "cas": .., ...}}."""

@@ -25,7 +25,7 @@ import argparse
 import sys
 import time
 
-from nodes import NODES, Cluster, ask_all, connect, metadump, node_lines, preference_lists
+from nodes import NODES, Cluster, ask_all, cluster_stats, connect, metadump, node_lines, preference_lists
 
 VICTIM = 0
 KEYS = [f"quorum{i}" for i in range(1000)]
@@ -35,16 +35,7 @@ DOWN_BOUND = 5.0
 
 def repairs(cluster, indexes):
     """quorum_repairs summed over the nodes `indexes` (stats cluster)."""
-    total = 0
-    for index in indexes:
-        sock = connect(*cluster.address(index))
-        try:
-            (reply,) = ask_all(sock, [b"stats cluster\r\n"])
-        finally:
-            sock.close()
-        (line,) = [line for line in reply.decode().splitlines() if line.startswith("STAT quorum_repairs ")]
-        total += int(line.split()[2])
-    return total
+    return sum(int(cluster_stats(cluster, index)["quorum_repairs"]) for index in indexes)
 
 
 def wait_down(cluster, index, deadline):
