@@ -41,7 +41,8 @@
 //! cluster/         several hosts as one cache: the node list and how its
 //!                  changes merge (node_list.rs), the ketama ring (ring.rs),
 //!                  each key's preference list and acting node, and the
-//!                  handoffs of a list change (mod.rs), who is alive and
+//!                  handoffs of a list change (mod.rs; the ring placing
+//!                  each giver, givers.rs), who is alive and
 //!                  who may act, the partition policy (membership.rs), SWIM
 //!                  as plain code (swim.rs), the forwarding frames (wire.rs)
 //! stats.rs         `stats` output: shard reports + server counters

@@ -5,10 +5,10 @@
 //! more, marked relayed, to the node this node sees acting for it: the
 //! sender's view was behind (a list change it has not heard of yet, or a
 //! handoff this node has cut since). A relayed op is run or refused
-//! (`Refusal::NotActing`), never sent on, so a request makes two hops at
-//! most and cannot loop; refused, it was not run, and this node sends it
-//! again (placed again: views move on) for up to HANDOFF_WAIT. An op for a key being handed to this node goes
-//! to the giver (relayed), and if the giver has cut already (it refuses),
+//! (`Refusal::NotActing`), never sent on, so it cannot loop; refused, it
+//! was not run, and this node sends it again (placed again: views move
+//! on) for up to HANDOFF_WAIT. An op for a key being handed to this node
+//! goes to the giver (relayed), and if the giver has cut already (it refuses),
 //! waits up to HANDOFF_WAIT for the handoff to end and runs here, or
 //! relays it if another node acts by then (a relayed one only waits);
 //! a flush_all from another node flushes this node only; `wait`'s questions
