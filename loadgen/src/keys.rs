@@ -62,7 +62,8 @@ impl KeyFormat {
     pub fn write(&self, index: u64, out: &mut Vec<u8>) {
         out.extend_from_slice(self.prefix.as_bytes());
         let digits = self.length.saturating_sub(self.prefix.len()).max(1);
-        let number = index.to_string();
+        let mut number = itoa::Buffer::new();
+        let number = number.format(index);
         for _ in number.len()..digits {
             out.push(b'0');
         }

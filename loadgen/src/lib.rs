@@ -8,7 +8,8 @@
 //! keys.rs       key space and distributions (uniform, zipf, sequential)
 //! workload.rs   the operation mix, value sizes, deterministic values
 //! schedule.rs   open-loop arrival times (Poisson or even)
-//! protocol.rs   request encoders and response decoders: text, meta, binary
+//! protocol.rs   operations on the wire (text, meta, binary) through
+//!               corecache-client's codec; values checked as they are read
 //! results.rs    HdrHistograms per operation, counters, reports
 //! runner.rs     pinned glommio threads, connections, phases
 //! chart.rs      SVG latency-by-percentile chart from JSON reports

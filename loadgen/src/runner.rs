@@ -16,7 +16,9 @@ use rand::rngs::SmallRng;
 
 use crate::keys::KeyChooser;
 use crate::options::Plan;
-use crate::protocol::{Codec, Decoded};
+use corecache_client::codec::Expect;
+
+use crate::protocol::{Codec, Reply};
 use crate::results::{LatencySummary, Recorder, Report};
 use crate::schedule::Schedule;
 use crate::workload::{Op, OpKind, Workload};
@@ -45,7 +47,9 @@ struct Timeline {
 /// A request waiting for its reply.
 struct Pending {
     kind: OpKind,
-    width: usize,
+    /// Its reply's shape, and what has been read of it.
+    expect: Expect,
+    reply: Reply,
     /// When it was sent (closed loop) or meant to be sent (open loop).
     since: Instant,
 }
@@ -194,18 +198,17 @@ fn take_replies(
     let mut at = 0;
     let mut completed = 0;
     let now = Instant::now();
-    while let Some(front) = pending.front() {
-        match codec.decode(front.kind, front.width, &buffer[at..]) {
-            Decoded::Incomplete => break,
-            Decoded::Done { consumed, reply } => {
-                at += consumed;
-                if front.since >= measure_from {
-                    recorder.borrow_mut().record(front.kind, now - front.since, &reply);
-                }
-                pending.pop_front();
-                completed += 1;
-            }
+    while let Some(front) = pending.front_mut() {
+        let (used, done) = codec.decode(&mut front.expect, &mut front.reply, &buffer[at..]);
+        at += used;
+        if !done {
+            break;
         }
+        if front.since >= measure_from {
+            recorder.borrow_mut().record(front.kind, now - front.since, &front.reply);
+        }
+        pending.pop_front();
+        completed += 1;
     }
     buffer.drain(..at);
     progress.operations.fetch_add(completed as u64, Ordering::Relaxed);
@@ -265,10 +268,11 @@ async fn closed_loop(
                 break;
             }
             workload.next(&mut rng, &mut op);
-            plan.codec.encode(&op, &mut out);
+            let expect = plan.codec.encode(&op, &mut out);
             pending.push_back(Pending {
                 kind: op.kind,
-                width: op.keys.len(),
+                expect,
+                reply: Reply::default(),
                 since: now,
             });
         }
@@ -335,10 +339,11 @@ async fn open_loop(
                         break;
                     }
                     workload.next(&mut rng, &mut op);
-                    plan.codec.encode(&op, &mut out);
+                    let expect = plan.codec.encode(&op, &mut out);
                     pending.borrow_mut().push_back(Pending {
                         kind: op.kind,
-                        width: op.keys.len(),
+                        expect,
+                        reply: Reply::default(),
                         since: next,
                     });
                     next += schedule.next_gap(&mut rng);
@@ -444,32 +449,32 @@ async fn prefill_connection(plan: &Plan, connection: usize) -> std::io::Result<(
     let mut out = Vec::new();
     let mut buffer = Vec::new();
     let mut chunk = vec![0u8; READ_BUFFER];
+    let mut expects = VecDeque::new();
     for batch in mine.chunks(BATCH as usize) {
         for &index in batch {
-            plan.codec.encode_set(index, &mut out);
+            expects.push_back(plan.codec.encode_set(index, &mut out));
             if seed_counters {
-                plan.codec.encode_counter_seed(index, &mut out);
+                expects.push_back(plan.codec.encode_counter_seed(index, &mut out));
             }
         }
         stream.write_all(&out).await?;
         out.clear();
-        let mut left = batch.len() * if seed_counters { 2 } else { 1 };
-        while left > 0 {
+        let mut reply = Reply::default();
+        while !expects.is_empty() {
             if !read_some(&mut stream, &mut buffer, &mut chunk).await? {
                 return Err(std::io::Error::other("prefill: no reply"));
             }
             let mut at = 0;
-            while left > 0 {
-                match plan.codec.decode(OpKind::Set, 1, &buffer[at..]) {
-                    Decoded::Incomplete => break,
-                    Decoded::Done { consumed, reply } => {
-                        if let Some(error) = reply.error {
-                            return Err(std::io::Error::other(format!("prefill: {error}")));
-                        }
-                        at += consumed;
-                        left -= 1;
-                    }
+            while let Some(expect) = expects.front_mut() {
+                let (used, done) = plan.codec.decode(expect, &mut reply, &buffer[at..]);
+                at += used;
+                if !done {
+                    break;
                 }
+                if let Some(error) = reply.error.take() {
+                    return Err(std::io::Error::other(format!("prefill: {error}")));
+                }
+                expects.pop_front();
             }
             buffer.drain(..at);
         }

@@ -74,8 +74,17 @@ impl ValueSize {
 /// The bytes stored under key `index`: deterministic, so any reader can
 /// check them.
 pub fn value_of(index: u64, length: usize, out: &mut Vec<u8>) {
+    out.extend(value_bytes(index, length));
+}
+
+/// Whether `data` is what `value_of` stores under key `index`.
+pub fn value_matches(index: u64, length: usize, data: &[u8]) -> bool {
+    data.len() == length && data.iter().copied().eq(value_bytes(index, length))
+}
+
+fn value_bytes(index: u64, length: usize) -> impl Iterator<Item = u8> {
     let start = (index % 26) as u8;
-    out.extend((0..length).map(|i| b'a' + (start + (i % 26) as u8) % 26));
+    (0..length).map(move |i| b'a' + (start + (i % 26) as u8) % 26)
 }
 
 /// One request to send.

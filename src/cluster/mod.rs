@@ -16,7 +16,9 @@
 pub mod givers;
 pub mod membership;
 pub mod node_list;
-pub mod ring;
+/// The ketama ring lives in the client crate: one ring for the server and
+/// its clients.
+pub use corecache_client::ring;
 pub mod swim;
 pub mod wire;
 

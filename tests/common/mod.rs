@@ -156,9 +156,29 @@ impl Server {
         panic!("corecache did not start");
     }
 
+    /// Starts Debian's memcached (`/usr/bin/memcached`) on `host`, as a
+    /// peer: a plain server for the client library's ketama mode.
+    pub fn start_memcached_on(host: &str) -> Server {
+        let mut args: Vec<String> = ["-U", "0", "-t", "1", "-m", "64"].map(String::from).to_vec();
+        // memcached refuses to run as root without -u.
+        if unsafe { libc::geteuid() } == 0 {
+            args.extend(["-u".to_string(), "root".to_string()]);
+        }
+        for _ in 0..5 {
+            if let Some(server) = Server::try_start_program("/usr/bin/memcached", host, free_port(host), None, &args) {
+                return server;
+            }
+        }
+        panic!("memcached did not start");
+    }
+
     fn try_start(host: &str, port: u16, uid: Option<u32>, args: &[String]) -> Option<Server> {
+        Server::try_start_program(BINARY, host, port, uid, args)
+    }
+
+    fn try_start_program(program: &str, host: &str, port: u16, uid: Option<u32>, args: &[String]) -> Option<Server> {
         use std::os::unix::process::CommandExt;
-        let mut command = Command::new(BINARY);
+        let mut command = Command::new(program);
         if let Some(uid) = uid {
             command.uid(uid).gid(uid);
         }
@@ -168,7 +188,7 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start corecache");
+            .unwrap_or_else(|error| panic!("start {program}: {error}"));
         let mut server = Server {
             host: host.to_string(),
             port,
