@@ -13,8 +13,11 @@
 #   OUT=benches/results/2026-11-23 benches/compare.sh
 #   CORECACHE_BEFORE=/tmp/corecache-old benches/compare.sh   # adds that build as
 #                                            # "before" to every round (before/after)
-#   WORKLOADS="text-p1 open-loop" benches/compare.sh   # a subset (open-loop needs
+#   WORKLOADS="text-p1 open-loop" benches/compare.sh   # a subset, or more (meta-p16
+#                                            # is not in the default set; open-loop needs
 #                                            # text-p1, binary-open-loop binary-p1)
+#   LOADGEN=/tmp/loadgen-old benches/compare.sh   # another load generator build
+#                                            # (its own CPU per op, loadgen_cpu_us_per_op)
 #   FLOOR=1 benches/compare.sh               # adds examples/uring_floor (canned text
 #                                            # replies over a direct io_uring loop) to
 #                                            # the text workloads: the floor of CPU per op
@@ -39,7 +42,7 @@ mkdir -p "$OUT"
 cargo build --release --workspace >&2
 [ -n "$FLOOR" ] && cargo build --release --example uring_floor >&2
 CORECACHE=target/release/corecache
-LOADGEN=target/release/corecache-loadgen
+LOADGEN=${LOADGEN:-target/release/corecache-loadgen}
 TICKS=$(getconf CLK_TCK)
 user=()
 [ "$(id -u)" -eq 0 ] && user=(-u root)
@@ -81,6 +84,7 @@ workload_args() {
     binary-p1) echo "${common[@]} --protocol binary --pipeline 1" ;;
     binary-p16) echo "${common[@]} --protocol binary --pipeline 16" ;;
     multiget10) echo "${common[@]} --protocol text --pipeline 1 --multiget 10" ;;
+    meta-p16) echo "${common[@]} --protocol meta --pipeline 16" ;;
     open-loop) echo "${common[@]} --protocol text --rate $RATE" ;;
     binary-open-loop) echo "${common[@]} --protocol binary --rate $BINARY_RATE" ;;
     esac

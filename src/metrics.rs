@@ -185,6 +185,26 @@ pub fn render(global: &Global) -> String {
             &as_samples(&labels),
         );
     }
+    // Only the reported top keys: the label count stays bounded.
+    let hot: Vec<(String, f64)> = total
+        .shard
+        .hot_keys
+        .iter()
+        .map(|hot| {
+            let key = String::from_utf8_lossy(&hot.key).replace('\\', "\\\\").replace('"', "\\\"");
+            (
+                format!("{{key=\"{key}\",kind=\"{}\"}}", hot.kind.name()),
+                hot.ops_per_sec as f64,
+            )
+        })
+        .collect();
+    let hot: Vec<(&str, f64)> = hot.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+    metric(
+        "corecache_hot_key_ops_per_second",
+        "gauge",
+        "The hottest keys' estimated accesses per second (sampled), by key and read or write; at most 10 of each.",
+        &hot,
+    );
     if global.cluster.is_some() {
         let lines = crate::stats::cluster(global);
         metric(

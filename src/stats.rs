@@ -282,6 +282,16 @@ pub fn items(emit: &mut Emit<'_>, report: &CoreReport) {
     }
 }
 
+/// `stats hotkeys`: each shard's hottest keys merged, reads then writes,
+/// hottest first: `STAT <read|write>:<key> <estimated ops/s>`.
+pub fn hot_keys(emit: &mut Emit<'_>, report: &CoreReport) {
+    emit("sample_every", &crate::store::hot_keys::SAMPLE_EVERY.to_string());
+    for hot in &report.shard.hot_keys {
+        let name = format!("{}:{}", hot.kind.name(), String::from_utf8_lossy(&hot.key));
+        emit(&name, &hot.ops_per_sec.to_string());
+    }
+}
+
 /// `stats slabs`: one block per class that has pages, then totals.
 pub fn slabs(emit: &mut Emit<'_>, report: &CoreReport) {
     let mut active = 0;

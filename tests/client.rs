@@ -1,6 +1,7 @@
 //! corecache-client against real servers: a 3-node corecache cluster (every
 //! call in each dialect, fan-out order, consistency levels, a kill -9 under
-//! load), pool limits and timeouts, and Debian's memcached x3 as plain
+//! load, hot keys found and their reads spread, batched and sharded
+//! counters), pool limits and timeouts, and Debian's memcached x3 as plain
 //! ketama servers.
 
 mod common;
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 use common::Server;
 use corecache_client::blocking::{Client, Store};
 use corecache_client::codec::{Protocol, ServerError};
+use corecache_client::counters::{Counters, ShardedCounter};
+use corecache_client::hot::HotKeyConfig;
 use corecache_client::ring::{Ring, point_of};
 use corecache_client::topology::parse_address;
 use corecache_client::{CasOutcome, Config, Consistency, Error};
@@ -343,4 +346,180 @@ fn against_three_memcached_servers_it_is_a_plain_ketama_client() {
     for key in &keys {
         assert_eq!(client.get(key.as_bytes()).unwrap().unwrap().data, b"again");
     }
+}
+
+/// Zipf(s) over `keys` keys: key i (0 the hottest) by inverse CDF, with a
+/// xorshift so the test needs no generator crate.
+struct Zipf {
+    cumulative: Vec<f64>,
+    state: u64,
+}
+
+impl Zipf {
+    fn new(keys: usize, exponent: f64) -> Zipf {
+        let mut total = 0.0;
+        let mut cumulative: Vec<f64> = (1..=keys)
+            .map(|rank| {
+                total += 1.0 / (rank as f64).powf(exponent);
+                total
+            })
+            .collect();
+        cumulative.iter_mut().for_each(|c| *c /= total);
+        Zipf {
+            cumulative,
+            state: 0x2545_f491_4f6c_dd1d,
+        }
+    }
+
+    fn next(&mut self) -> usize {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        let u = (self.state >> 11) as f64 / (1u64 << 53) as f64;
+        self.cumulative.partition_point(|&c| c < u).min(self.cumulative.len() - 1)
+    }
+}
+
+/// Each node's `cmd_get` now.
+fn gets_per_node(nodes: &[Server]) -> Vec<u64> {
+    nodes.iter().map(|n| n.client().stat("cmd_get")).collect()
+}
+
+/// The busiest node's share of `served` against the mean share.
+fn busiest_over_mean(served: &[u64]) -> f64 {
+    let total: u64 = served.iter().sum();
+    *served.iter().max().unwrap() as f64 / (total as f64 / served.len() as f64)
+}
+
+#[test]
+fn hot_keys_are_named_by_the_servers_and_their_reads_spread_over_the_copies() {
+    let nodes = Server::start_cluster(&HOSTS, &[]);
+    let list = addresses(&nodes);
+    const KEYS: usize = 1000;
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("zipf:{i}")).collect();
+    let plain = Client::cluster(&[&list[0]], Config::default()).unwrap();
+    for key in &keys {
+        plain.set(key.as_bytes(), b"v", Consistency::One).unwrap();
+    }
+    let run = |client: &Client, seconds: f64| {
+        let mut zipf = Zipf::new(KEYS, 1.2);
+        let mut counts = vec![0u64; KEYS];
+        let started = Instant::now();
+        while started.elapsed().as_secs_f64() < seconds {
+            let i = zipf.next();
+            counts[i] += 1;
+            assert!(client.get(keys[i].as_bytes()).unwrap().is_some(), "{}", keys[i]);
+        }
+        counts
+    };
+    // Without relief: the nodes acting for the hottest keys take their reads.
+    let before = gets_per_node(&nodes);
+    let counts = run(&plain, 2.5);
+    let after = gets_per_node(&nodes);
+    let served_plain: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    // `stats hotkeys` on the nodes names the hottest keys (each on the node acting for it).
+    let mut named: Vec<String> = Vec::new();
+    for node in &nodes {
+        for (name, _) in node.client().stats("hotkeys") {
+            if let Some(key) = name.strip_prefix("read:") {
+                named.push(key.to_string());
+            }
+        }
+    }
+    let mut hottest: Vec<usize> = (0..KEYS).collect();
+    hottest.sort_by_key(|&i| std::cmp::Reverse(counts[i]));
+    for &i in &hottest[..5] {
+        assert!(
+            named.contains(&keys[i]),
+            "{} ({} reads) not named: {named:?}",
+            keys[i],
+            counts[i]
+        );
+    }
+    // With relief: reads of hot keys go to each copy in turn.
+    let relieved = Client::cluster(
+        &[&list[0]],
+        Config {
+            refresh_interval: Duration::from_millis(200),
+            hot_keys: Some(HotKeyConfig {
+                spread_above: 20,
+                copies_above: 200,
+                ..HotKeyConfig::default()
+            }),
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    // The extra copies are written with the key: write the hottest again.
+    run(&relieved, 0.5);
+    for (key, _) in relieved.hot_keys() {
+        relieved.set(&key, b"v", Consistency::One).unwrap();
+    }
+    let before = gets_per_node(&nodes);
+    run(&relieved, 2.5);
+    let after = gets_per_node(&nodes);
+    let served_relieved: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    let (plain_ratio, relieved_ratio) = (busiest_over_mean(&served_plain), busiest_over_mean(&served_relieved));
+    eprintln!(
+        "zipf 1.2 over {KEYS} keys, 3 nodes: gets per node {served_plain:?} (busiest {plain_ratio:.2}x the mean) \
+         without relief, {served_relieved:?} ({relieved_ratio:.2}x) with it; hot keys known: {}",
+        relieved.hot_keys().len()
+    );
+    assert!(
+        relieved_ratio <= 1.3,
+        "busiest node {relieved_ratio:.2}x the mean: {served_relieved:?}"
+    );
+}
+
+#[test]
+fn a_window_of_increments_is_one_incr_and_a_sharded_counter_sums_its_shards() {
+    let nodes = Server::start_cluster(&HOSTS, &[]);
+    let list = addresses(&nodes);
+    let client = std::sync::Arc::new(Client::cluster(&[&list[0]], Config::default()).unwrap());
+    let before: u64 = nodes
+        .iter()
+        .map(|n| n.client().stat("incr_hits") + n.client().stat("incr_misses"))
+        .sum();
+    {
+        let counters = Counters::new(client.clone(), Duration::from_secs(60));
+        for _ in 0..10_000 {
+            counters.incr(b"batched", 1);
+        }
+        counters.flush().unwrap();
+        assert_eq!(counters.requests(), (1, 0), "one incr for the window");
+        counters.incr(b"batched", 5);
+        // Dropped: flushed.
+    }
+    let after: u64 = nodes
+        .iter()
+        .map(|n| n.client().stat("incr_hits") + n.client().stat("incr_misses"))
+        .sum();
+    assert!(after - before <= 2, "{} incr requests reached the servers", after - before);
+    assert_eq!(client.get(b"batched").unwrap().unwrap().data, b"10005");
+
+    // A short window flushes by itself.
+    let counters = Counters::new(client.clone(), Duration::from_millis(50));
+    for _ in 0..100 {
+        counters.incr(b"windowed", 2);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(client.get(b"windowed").unwrap().unwrap().data, b"200");
+    drop(counters);
+
+    let sharded = ShardedCounter::new(b"likes", 6);
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..250 {
+                    sharded.incr(&client, 1).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(sharded.value(&client).unwrap(), 1000);
+    let ring = Ring::new(&list.iter().map(|a| parse_address(a).unwrap()).collect::<Vec<_>>());
+    let mut owners: Vec<usize> = sharded.keys().iter().map(|k| ring.owner(point_of(k))).collect();
+    owners.sort();
+    owners.dedup();
+    assert!(owners.len() >= 2, "its shards live on {owners:?}");
 }

@@ -164,6 +164,56 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &s
 }
 
 #[test]
+fn the_hottest_keys_are_in_stats_hotkeys_and_on_metrics() {
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server::start(&["-t", "2", "--metrics-port", &metrics_port.to_string()]);
+    let mut c = server.client();
+    c.roundtrip(b"set hot 0 0 1\r\nx\r\n", b"STORED\r\n");
+    // Reads of one key and writes of another, against a spread of cold
+    // keys, over more than a whole second (rates are per second).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut batch = Vec::new();
+        for i in 0..200 {
+            batch.extend_from_slice(b"get hot\r\nset written 0 0 1\r\ny\r\n");
+            batch.extend_from_slice(format!("get cold{i}\r\n").as_bytes());
+        }
+        c.send(&batch);
+        for _ in 0..200 {
+            c.expect(b"VALUE hot 0 1\r\nx\r\nEND\r\nSTORED\r\nEND\r\n");
+        }
+        let stats = c.stats("hotkeys");
+        let rate = |name: &str| stats.iter().find(|(n, _)| n == name).map(|(_, v)| v.parse::<u64>().unwrap());
+        let scraped = scrape(metrics_port);
+        let metric = |key: &str, kind: &str| {
+            scraped.samples.iter().any(|s| {
+                s.metric == "corecache_hot_key_ops_per_second"
+                    && s.labels.get("key") == Some(key)
+                    && s.labels.get("kind") == Some(kind)
+            })
+        };
+        if rate("read:hot").is_some_and(|r| r > 0) && rate("write:written").is_some_and(|r| r > 0) && metric("hot", "read") {
+            assert_eq!(stats[0], ("sample_every".to_string(), "8".to_string()));
+            assert!(metric("written", "write"));
+            assert!(rate("read:cold0").unwrap_or(0) < rate("read:hot").unwrap(), "{stats:?}");
+            let samples = scraped
+                .samples
+                .iter()
+                .filter(|s| s.metric == "corecache_hot_key_ops_per_second")
+                .count();
+            assert!(samples <= 20, "at most 10 of each kind: {samples}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no hot keys after 10 s: {stats:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
 fn metrics_parse_and_move_with_traffic() {
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -21,6 +21,7 @@ use crate::call::{Call, CasOutcome, Consistency, Outcome, Value, Wire};
 use crate::codec::{Event, Expect, Fetch, Protocol, Reply, StoreMode, valid_key};
 use crate::config::Config;
 use crate::error::Error;
+use crate::hot::{Heat, HotKeyConfig, HotKeys, copy_key};
 use crate::topology::{Topology, parse_address};
 
 /// A cluster-aware client; share it between threads (`&Client` is enough).
@@ -39,6 +40,8 @@ struct Shared {
     refreshed: Instant,
     /// A failure since the last refresh: refresh before the next call.
     stale: bool,
+    /// The hot keys the nodes last reported (with `Config::hot_keys`).
+    hot: HotKeys,
 }
 
 impl Client {
@@ -57,6 +60,7 @@ impl Client {
                 copies: 1,
                 refreshed: Instant::now(),
                 stale: false,
+                hot: HotKeys::default(),
             }),
             config,
         };
@@ -76,6 +80,7 @@ impl Client {
                 copies: 1,
                 refreshed: Instant::now(),
                 stale: false,
+                hot: HotKeys::default(),
             }),
             config,
         })
@@ -117,11 +122,22 @@ impl Client {
         for address in candidates {
             match self.ask_cluster(&address) {
                 Ok((nodes, copies)) => {
-                    let mut shared = self.lock();
-                    shared.topology.apply(&nodes)?;
-                    shared.copies = copies;
-                    shared.refreshed = Instant::now();
-                    shared.stale = false;
+                    let live = {
+                        let mut shared = self.lock();
+                        shared.topology.apply(&nodes)?;
+                        shared.copies = copies;
+                        shared.refreshed = Instant::now();
+                        shared.stale = false;
+                        let nodes = shared.topology.nodes();
+                        nodes
+                            .iter()
+                            .filter(|n| n.health.is_up() && !n.reported_down)
+                            .map(|n| n.address.clone())
+                            .collect::<Vec<_>>()
+                    };
+                    if self.config.hot_keys.is_some() {
+                        self.learn_hot_keys(&live);
+                    }
                     return Ok(());
                 }
                 Err(error) => last = format!("{address}: {error}"),
@@ -129,6 +145,47 @@ impl Client {
         }
         self.lock().refreshed = Instant::now();
         Err(Error::NoSeed(last))
+    }
+
+    /// Every live node's `stats hotkeys` (each reports the keys it serves).
+    fn learn_hot_keys(&self, live: &[String]) {
+        let mut reported = Vec::new();
+        for address in live {
+            if let Ok(stats) = self.ask_stats(address, "hotkeys") {
+                reported.extend(stats);
+            }
+        }
+        self.lock().hot.learn(&reported);
+    }
+
+    /// `stats <group>` from one node.
+    fn ask_stats(&self, address: &str, group: &str) -> Result<Vec<(String, String)>, Error> {
+        let pool = self.pool(address);
+        let mut lease = pool.take(&self.config)?;
+        let connection = lease.connection();
+        let protocol = self.config.protocol;
+        connection.expects.push(protocol.stats(Some(group), &mut connection.out)?);
+        let mut reply = None;
+        connection.exchange(protocol, &mut |_, event| {
+            if let Event::Done(done) = event {
+                reply = Some(done);
+            }
+        })?;
+        lease.keep();
+        match reply {
+            Some(Reply::Stats(stats)) => Ok(stats),
+            Some(Reply::Error(error)) => Err(Error::Server(error)),
+            other => Err(Error::UnexpectedReply {
+                request: "stats",
+                reply: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// The hot keys the nodes last reported, hottest first, with their
+    /// estimated reads per second.
+    pub fn hot_keys(&self) -> Vec<(Vec<u8>, u64)> {
+        self.lock().hot.hottest()
     }
 
     /// `cluster nodes` and the `copies` of `stats cluster`, from one node.
@@ -189,10 +246,13 @@ impl Client {
         }
     }
 
-    /// The node `key` goes to now and its pool.
-    fn route(&self, key: &[u8]) -> Result<(usize, Arc<Pool>, Wire), Error> {
+    /// The node a call goes to now (the key's, or the one named) and its pool.
+    fn route(&self, key: &[u8], to: Option<usize>) -> Result<(usize, Arc<Pool>, Wire), Error> {
         let mut shared = self.lock();
-        let node = shared.topology.route(key, Instant::now()).ok_or(Error::NoLiveNode)?;
+        let node = match to {
+            Some(node) if node < shared.topology.nodes().len() => node,
+            _ => shared.topology.route(key, Instant::now()).ok_or(Error::NoLiveNode)?,
+        };
         let address = shared.topology.nodes()[node].address.clone();
         let wire = Wire {
             protocol: self.config.protocol,
@@ -241,6 +301,12 @@ impl Client {
     /// after sending is an error unless the call is repeatable; corecache's
     /// "try again" refusals are retried for up to `config.retry_for`.
     pub fn call(&self, call: Call, name: &'static str) -> Result<Outcome, Error> {
+        self.call_on(call, name, None)
+    }
+
+    /// `call`, sent to node `to` (an index into the node list) rather than
+    /// to the key's node; once that node fails, to the key's.
+    fn call_on(&self, call: Call, name: &'static str, mut to: Option<usize>) -> Result<Outcome, Error> {
         if !valid_key(call.key()) {
             return Err(Error::InvalidKey);
         }
@@ -248,11 +314,12 @@ impl Client {
         let deadline = Instant::now() + self.config.retry_for;
         let mut resent = false;
         loop {
-            let (_, pool, wire) = self.route(call.key())?;
+            let (_, pool, wire) = self.route(call.key(), to)?;
             let mut lease = match pool.take(&self.config) {
                 Ok(lease) => lease,
                 Err(error) => {
                     self.report(&pool.address, Err(&error));
+                    to = None;
                     if matches!(error, Error::Io { .. }) && Instant::now() < deadline {
                         continue; // nothing was sent: the next node
                     }
@@ -278,6 +345,7 @@ impl Client {
                 }
                 Err(error) => {
                     self.report(&pool.address, Err(&error));
+                    to = None;
                     // A broken connection (a node gone) is sent again, to
                     // the next node; a timeout is not (it may be slow, not gone).
                     let broken = matches!(&error, Error::Io { source, .. } if !is_timeout(source));
@@ -291,10 +359,99 @@ impl Client {
         }
     }
 
+    /// The key's value, or None on a miss. With `Config::hot_keys`, a hot
+    /// key's read goes to one of its copies in turn.
     pub fn get(&self, key: &[u8]) -> Result<Option<Value>, Error> {
-        match self.call(Call::Get { key, touch: None }, "get")? {
+        match (&self.config.hot_keys, self.seeds.is_empty()) {
+            (Some(config), false) => self.get_hot(key, config),
+            _ => self.get_from(key, None),
+        }
+    }
+
+    fn get_from(&self, key: &[u8], to: Option<usize>) -> Result<Option<Value>, Error> {
+        let call = match to {
+            Some(_) => Call::LocalGet { key },
+            None => Call::Get { key, touch: None },
+        };
+        match self.call_on(call, "get", to)? {
             Outcome::Value(value) => Ok(value),
             other => Err(unexpected("get", other)),
+        }
+    }
+
+    fn get_hot(&self, key: &[u8], config: &HotKeyConfig) -> Result<Option<Value>, Error> {
+        let heat = self.lock().hot.heat(config, key);
+        if heat == Heat::Cold {
+            return self.get_from(key, None);
+        }
+        // The live copies of its preference list, then (for the hottest)
+        // its extra copies on other nodes: one in turn.
+        let (copy, node, acting) = {
+            let mut shared = self.lock();
+            let live: Vec<usize> = {
+                let listed = shared.topology.preference(key, shared.copies as usize);
+                listed
+                    .into_iter()
+                    .filter(|&n| shared.topology.nodes()[n].health.is_up())
+                    .collect()
+            };
+            let extra = match heat {
+                Heat::Copied => extra_copies(&shared, config, key),
+                _ => Vec::new(),
+            };
+            if live.is_empty() {
+                (None, None, None)
+            } else {
+                let pick = shared.hot.next(live.len() + extra.len());
+                match pick.checked_sub(live.len()) {
+                    Some(at) => (Some(extra[at].clone()), None, Some(live[0])),
+                    None => (None, Some(live[pick]), Some(live[0])),
+                }
+            }
+        };
+        if let Some(copy) = copy
+            && let Some(value) = self.get_from(&copy, None)?
+        {
+            // An extra copy not written since the key became hot is a miss:
+            // then the key is read.
+            return Ok(Some(value));
+        }
+        match node {
+            Some(node) if Some(node) != acting => match self.get_from(key, Some(node))? {
+                Some(value) => Ok(Some(value)),
+                // Not on that copy (yet): the acting node's answer.
+                None => self.get_from(key, None),
+            },
+            _ => self.get_from(key, None),
+        }
+    }
+
+    /// After a write of a key with extra copies: the copies get a set's
+    /// value (for at most `copy_ttl`), or are deleted (any other write).
+    fn write_copies(&self, key: &[u8], set: Option<(&[u8], Store)>) -> Result<(), Error> {
+        let Some(config) = &self.config.hot_keys else {
+            return Ok(());
+        };
+        if self.seeds.is_empty() || self.lock().hot.heat(config, key) != Heat::Copied {
+            return Ok(());
+        }
+        let copies = extra_copies(&self.lock(), config, key);
+        let names: Vec<&[u8]> = copies.iter().map(|c| &c[..]).collect();
+        match set {
+            Some((value, options)) => {
+                let exptime = match options.exptime {
+                    0 => config.copy_ttl,
+                    exptime => exptime.min(config.copy_ttl),
+                };
+                let items: Vec<(&[u8], &[u8])> = names.iter().map(|name| (*name, value)).collect();
+                let options = Store {
+                    exptime,
+                    consistency: Consistency::One,
+                    ..options
+                };
+                self.set_many(&items, options)
+            }
+            None => self.delete_many(&names).map(|_| ()),
         }
     }
 
@@ -330,7 +487,12 @@ impl Client {
             exptime: options.exptime,
             consistency: options.consistency,
         };
-        self.call(call, name)
+        let outcome = self.call(call, name)?;
+        if mode != StoreMode::Set {
+            // The copies cannot follow an append or a lost race: dropped.
+            self.write_copies(key, None)?;
+        }
+        Ok(outcome)
     }
 
     /// Stores `value` (flags 0, no expiry); see `store_with` for the rest.
@@ -347,7 +509,7 @@ impl Client {
 
     pub fn set_with(&self, key: &[u8], value: &[u8], options: Store) -> Result<(), Error> {
         match self.store(StoreMode::Set, key, value, options, "set")? {
-            Outcome::Stored(_) => Ok(()),
+            Outcome::Stored(_) => self.write_copies(key, Some((value, options))),
             other => Err(unexpected("set", other)),
         }
     }
@@ -388,7 +550,10 @@ impl Client {
     /// True if the key was there.
     pub fn delete(&self, key: &[u8], consistency: Consistency) -> Result<bool, Error> {
         match self.call(Call::Delete { key, consistency }, "delete")? {
-            Outcome::Found(found) => Ok(found),
+            Outcome::Found(found) => {
+                self.write_copies(key, None)?;
+                Ok(found)
+            }
             other => Err(unexpected("delete", other)),
         }
     }
@@ -411,7 +576,10 @@ impl Client {
             consistency,
         };
         match self.call(call, if increment { "incr" } else { "decr" })? {
-            Outcome::Number(number) => Ok(number),
+            Outcome::Number(number) => {
+                self.write_copies(key, None)?;
+                Ok(number)
+            }
             other => Err(unexpected("incr", other)),
         }
     }
@@ -586,6 +754,28 @@ impl Client {
         }
         Ok(())
     }
+}
+
+/// The names of a key's extra copies: `key#i` for the first `i` whose node
+/// holds no copy yet (not in the key's preference list, nor another extra
+/// copy's), up to `extra_copies` of them; so each copy adds a node.
+fn extra_copies(shared: &Shared, config: &HotKeyConfig, key: &[u8]) -> Vec<Vec<u8>> {
+    let topology = &shared.topology;
+    let mut holders = topology.preference(key, shared.copies as usize);
+    let mut names = Vec::new();
+    for i in 1..=64 {
+        if names.len() == config.extra_copies as usize || holders.len() >= topology.nodes().len() {
+            break;
+        }
+        let Some(name) = copy_key(key, i) else { break };
+        if let Some(&node) = topology.preference(&name, 1).first()
+            && !holders.contains(&node)
+        {
+            holders.push(node);
+            names.push(name);
+        }
+    }
+    names
 }
 
 /// A fan-out's event handler: the group's key indexes, the request's

@@ -58,6 +58,11 @@ pub enum Call<'a> {
     QuorumGet {
         key: &'a [u8],
     },
+    /// The copy the node sent to holds (`cluster local`): a hot key's
+    /// read spread over its copies.
+    LocalGet {
+        key: &'a [u8],
+    },
     Store {
         mode: StoreMode,
         key: &'a [u8],
@@ -112,6 +117,7 @@ impl Call<'_> {
         match *self {
             Call::Get { key, .. }
             | Call::QuorumGet { key }
+            | Call::LocalGet { key }
             | Call::Store { key, .. }
             | Call::Delete { key, .. }
             | Call::Arith { key, .. }
@@ -144,6 +150,10 @@ impl Call<'_> {
             }
             Call::QuorumGet { key } => {
                 expects.push(protocol.cluster_get(key, out)?);
+                Consistency::One
+            }
+            Call::LocalGet { key } => {
+                expects.push(protocol.cluster_local(key, out)?);
                 Consistency::One
             }
             Call::Store {
@@ -191,7 +201,7 @@ impl Call<'_> {
         };
         Answer {
             shape: match *self {
-                Call::Get { .. } | Call::QuorumGet { .. } => Shape::Read,
+                Call::Get { .. } | Call::QuorumGet { .. } | Call::LocalGet { .. } => Shape::Read,
                 Call::Store { mode, .. } => Shape::Store(mode),
                 Call::Delete { .. } | Call::Touch { .. } => Shape::Found,
                 Call::Arith { .. } => Shape::Number,

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::codec::Protocol;
 use crate::health::HealthPolicy;
+use crate::hot::HotKeyConfig;
 
 /// A client's settings; `Config::default()` suits a cluster on one network.
 #[derive(Clone, Debug)]
@@ -28,6 +29,11 @@ pub struct Config {
     pub refresh_interval: Duration,
     /// When a node is marked down and probed back.
     pub health: HealthPolicy,
+    /// Hot-key relief for a corecache cluster (None: off): the servers'
+    /// `stats hotkeys` are asked at each refresh, and reads of hot keys
+    /// are spread over their copies. A spread read may trail the key's
+    /// latest write by the copies' lag (milliseconds).
+    pub hot_keys: Option<HotKeyConfig>,
 }
 
 impl Default for Config {
@@ -42,6 +48,7 @@ impl Default for Config {
             retry_pause: Duration::from_millis(20),
             refresh_interval: Duration::from_secs(1),
             health: HealthPolicy::default(),
+            hot_keys: None,
         }
     }
 }

@@ -1,7 +1,9 @@
 //! corecache-client: a memcached client that knows corecache's cluster:
 //! ketama placement (the server's own ring), a pool per node, failed
 //! nodes marked down and probed back, multi-key calls fanned out to every
-//! node at once, and per-call consistency (ONE, QUORUM, ALL; quorum reads).
+//! node at once, per-call consistency (ONE, QUORUM, ALL; quorum reads),
+//! and hot-key relief (reads spread over copies, batched and sharded
+//! counters).
 //! It also works as a plain ketama client of memcached servers.
 //!
 //! # Layout
@@ -19,9 +21,14 @@
 //!              which node each key goes to, keys split by node
 //! call.rs      one key's call: its requests (and `wait` for QUORUM/ALL)
 //!              and how the replies become its outcome
+//! hot.rs       hot keys: learnt from the servers' `stats hotkeys`, how a
+//!              hot read is spread (copies, `key#i` extra copies), counter
+//!              increments summed per key
 //! config.rs    timeouts, pool size, retries, refresh interval
 //! error.rs     the typed errors of every call
 //! blocking.rs  the driver on std::net: pools, one send per batch, fan-out
+//! counters.rs  on it: increments coalesced over a window (a background
+//!              flush), and counters sharded over n keys
 //! ```
 //!
 //! Everything but the driver is plain code with no runtime: a driver moves
@@ -43,8 +50,10 @@ pub mod blocking;
 pub mod call;
 pub mod codec;
 pub mod config;
+pub mod counters;
 pub mod error;
 pub mod health;
+pub mod hot;
 pub mod ring;
 pub mod topology;
 

@@ -79,7 +79,12 @@ impl KeyFormat {
     /// The index a key spells, if it is one of ours.
     pub fn index_of(&self, key: &[u8]) -> Option<u64> {
         let digits = key.strip_prefix(self.prefix.as_bytes())?;
-        std::str::from_utf8(digits).ok()?.parse().ok()
+        if digits.is_empty() || digits.len() > 19 {
+            return None;
+        }
+        digits
+            .iter()
+            .try_fold(0u64, |n, &d| d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0')))
     }
 }
 

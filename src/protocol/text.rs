@@ -64,6 +64,9 @@ pub enum Command<'a> {
     Cluster(ClusterAdmin<'a>),
     /// `cluster get <key>`: a quorum read (router::quorum_get).
     ClusterGet(&'a [u8]),
+    /// `cluster local <key>`: this node's own copy (router::local_get), for
+    /// a client spreading a hot key's reads over its copies.
+    ClusterLocal(&'a [u8]),
     /// `wait <copies> <timeout_ms>` (cluster mode): block until the
     /// connection's last write is on that many copies, or the timeout.
     /// None: the arguments are not two numbers. Not a memcached command:
@@ -463,6 +466,7 @@ pub fn parse<'a>(buf: &'a [u8], limits: &TextLimits) -> Parsed<'a> {
                 command(Command::Cluster(ClusterAdmin::Owner(tokens.get(2))))
             }
             (3, b"get") if tokens.get(2).len() <= KEY_MAX_LENGTH => command(Command::ClusterGet(tokens.get(2))),
+            (3, b"local") if tokens.get(2).len() <= KEY_MAX_LENGTH => command(Command::ClusterLocal(tokens.get(2))),
             (3, b"add") => command(Command::Cluster(ClusterAdmin::Add(tokens.get(2)))),
             (3, b"remove") => command(Command::Cluster(ClusterAdmin::Remove(tokens.get(2)))),
             (4, b"weight") => match strict_u32(tokens.get(3)) {
@@ -879,6 +883,7 @@ mod tests {
             Command::Cluster(ClusterAdmin::Owner(b"foo"))
         );
         assert_eq!(command(b"cluster get foo\r\n"), Command::ClusterGet(b"foo"));
+        assert_eq!(command(b"cluster local foo\r\n"), Command::ClusterLocal(b"foo"));
         assert_eq!(
             command(b"cluster add 127.0.0.5:11211:2\r\n"),
             Command::Cluster(ClusterAdmin::Add(b"127.0.0.5:11211:2"))

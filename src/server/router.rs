@@ -830,6 +830,21 @@ fn found(outcome: &Outcome<&[u8]>) -> Result<Option<FoundCopy>, ()> {
     }
 }
 
+/// This node's own copy of `key`, whether or not it acts for it: a get
+/// run here, never forwarded (`cluster local`).
+pub async fn local_get(core: &Core, reply_slot: &ReplySlot, key: &[u8]) -> Option<FoundCopy> {
+    let look = KeyOp::Get {
+        key,
+        options: GetOptions::default(),
+    };
+    let mut copy = None;
+    execute(core, reply_slot, std::slice::from_ref(&look), Forward::Never, |_, outcome| {
+        copy = found(outcome).ok().flatten()
+    })
+    .await;
+    copy
+}
+
 /// A read that asks a majority of the key's live preference list, and the
 /// node acting for it, for their own copies, and returns the one with the
 /// largest CAS: the newest write (a node acting for a key gives out CAS

@@ -20,6 +20,7 @@ pub async fn write_group(
         b"settings" => stats::settings(&mut emit, &core.global, core.verbosity.get()),
         b"items" => stats::items(&mut emit, &router::report(core, reply_slot).await),
         b"slabs" => stats::slabs(&mut emit, &router::report(core, reply_slot).await),
+        b"hotkeys" => stats::hot_keys(&mut emit, &router::report(core, reply_slot).await),
         b"replication" => stats::replication(&mut emit, &core.global),
         b"cluster" => {
             for (name, value) in stats::cluster(&core.global) {

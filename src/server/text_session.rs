@@ -190,6 +190,7 @@ impl Session for TextSession {
             }
             Command::Replication(admin) => text_reply::line(out, replication_admin(core, admin)),
             Command::ClusterGet(key) => quorum_get(core, reply_slot, key, out).await,
+            Command::ClusterLocal(key) => local_get(core, reply_slot, key, out).await,
             Command::Cluster(admin) => cluster_admin(core, admin, out),
             Command::Wait(wait) => match (&core.global.cluster, wait) {
                 // Not a memcached command: unknown outside cluster mode.
@@ -310,14 +311,31 @@ fn send_list_change(core: &Core, cluster: &Cluster, list: &NodeList) -> std::io:
 /// `cluster get <key>`: the newest of a majority of the key's copies, as
 /// `gets` answers (`VALUE <key> <flags> <bytes> <cas>`, the data, `END`).
 async fn quorum_get(core: &Core, reply_slot: &ReplySlot, key: &[u8], out: &mut Vec<u8>) {
-    use std::io::Write;
     if core.global.cluster.is_none() {
         return text_reply::line(out, "SERVER_ERROR cluster mode is off (start with --cluster-nodes)");
     }
     let Some(read) = router::quorum_get(core, reply_slot, key).await else {
         return text_reply::line(out, "SERVER_ERROR fewer than a majority of the key's copies answered");
     };
-    if let Some(copy) = read.newest {
+    write_copy(out, key, read.newest.as_ref());
+}
+
+/// `cluster local <key>`: this node's own copy, as `gets` answers; the
+/// node need not act for the key (a copy may trail the acting node's
+/// latest write by the copies' lag).
+async fn local_get(core: &Core, reply_slot: &ReplySlot, key: &[u8], out: &mut Vec<u8>) {
+    if core.global.cluster.is_none() {
+        return text_reply::line(out, "SERVER_ERROR cluster mode is off (start with --cluster-nodes)");
+    }
+    let copy = router::local_get(core, reply_slot, key).await;
+    write_copy(out, key, copy.as_ref());
+}
+
+/// A copy found (or none) as `gets` answers: `VALUE <key> <flags> <bytes>
+/// <cas>`, the data, `END`.
+fn write_copy(out: &mut Vec<u8>, key: &[u8], copy: Option<&router::FoundCopy>) {
+    use std::io::Write;
+    if let Some(copy) = copy {
         out.extend_from_slice(b"VALUE ");
         out.extend_from_slice(key);
         let _ = write!(out, " {} {} {}\r\n", copy.client_flags, copy.value.len(), copy.cas);

@@ -2,6 +2,7 @@
 //! semantics (classic, binary and meta variants through their options).
 
 use super::clock::{NEVER, RelTime};
+use super::hot_keys::HotKind;
 use super::item::{Item, ItemMut, item_size};
 use super::prefix_stats::Access;
 use super::shard::{KEY_MAX_LENGTH, Lookup, OutOfMemory, Shard, parse_counter};
@@ -14,6 +15,14 @@ impl Shard {
     pub fn execute(&mut self, hash: KeyHash, op: &KeyOp<&[u8]>) -> Outcome<&[u8]> {
         if self.prefixes.is_on() {
             self.record_prefix(hash, op);
+        }
+        let kind = match op {
+            KeyOp::Get { options, .. } if options.peek => None,
+            KeyOp::Get { .. } => Some(HotKind::Read),
+            _ => Some(HotKind::Write),
+        };
+        if let Some(kind) = kind {
+            self.hot_keys.sample(self.clock.now, hash.0, op.key(), kind);
         }
         match *op {
             KeyOp::Get { key, options } => self.get(hash, key, options),

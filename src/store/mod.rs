@@ -9,10 +9,12 @@
 //! - `clock`: relative time and exptime conversion
 //! - `stats`: counters with memcached's names
 //! - `prefix_stats`: `stats detail` counts per key prefix
+//! - `hot_keys`: the shard's hottest keys, sampled (`stats hotkeys`)
 //! - `replicated`: key state, snapshot walk and applying another host's items
 
 pub mod clock;
 mod commands;
+pub mod hot_keys;
 pub mod index;
 pub mod item;
 pub mod lru;

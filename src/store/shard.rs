@@ -3,6 +3,7 @@
 //! operations here are the whole store API.
 
 use super::clock::{Clock, RelTime};
+use super::hot_keys::HotKeys;
 use super::index::Index;
 use super::item::{Item, ItemMut, Segment, item_size};
 use super::lru::Lru;
@@ -91,6 +92,7 @@ pub struct Shard {
     pub(super) scratch: Vec<u8>,
     /// `stats detail` counts (off unless turned on).
     pub(super) prefixes: PrefixStats,
+    pub(super) hot_keys: HotKeys,
 }
 
 impl Shard {
@@ -117,6 +119,7 @@ impl Shard {
             sweep_cursor: 0,
             scratch: Vec::new(),
             prefixes: PrefixStats::default(),
+            hot_keys: HotKeys::default(),
         }
     }
 
@@ -553,6 +556,7 @@ impl Shard {
             memory_used: self.slab.used() as u64,
             index_bytes: self.index.memory_bytes() as u64,
             classes,
+            hot_keys: self.hot_keys.hottest(self.clock.now),
         }
     }
 }

@@ -117,6 +117,8 @@ pub struct ShardReport {
     pub memory_used: u64,
     pub index_bytes: u64,
     pub classes: Vec<ClassReport>,
+    /// The hottest keys of each kind (`stats hotkeys`).
+    pub hot_keys: Vec<super::hot_keys::HotKey>,
 }
 
 impl ShardReport {
@@ -132,5 +134,6 @@ impl ShardReport {
         for (mine, theirs) in self.classes.iter_mut().zip(&other.classes) {
             mine.add(theirs);
         }
+        super::hot_keys::merge(&mut self.hot_keys, &other.hot_keys);
     }
 }

@@ -69,7 +69,7 @@ enum ExpectKind {
     Wait,
     Nodes,
     Stats,
-    /// `cluster get`: one value in text framing (`VALUE ... <cas>`, `END`)
+    /// `cluster get` and `cluster local`: one value in text framing (`VALUE ... <cas>`, `END`)
     /// on any text connection.
     ClusterValue,
 }
@@ -309,6 +309,15 @@ impl Protocol {
     pub fn cluster_get(self, key: &[u8], out: &mut Vec<u8>) -> Result<Expect, Unsupported> {
         self.text_only("cluster get")?;
         text::command(out, &[b"cluster get", key]);
+        Ok(Expect::new(ExpectKind::ClusterValue))
+    }
+
+    /// corecache's `cluster local <key>`: the copy the node holds, whether
+    /// or not it acts for the key, as one `Item` with its CAS. Text and
+    /// meta only.
+    pub fn cluster_local(self, key: &[u8], out: &mut Vec<u8>) -> Result<Expect, Unsupported> {
+        self.text_only("cluster local")?;
+        text::command(out, &[b"cluster local", key]);
         Ok(Expect::new(ExpectKind::ClusterValue))
     }
 

@@ -100,6 +100,7 @@ fn text_requests_are_memcached_commands() {
     assert_eq!(encoded(|o| text.touch(b"k", 10, o)).0, b"touch k 10\r\n");
     assert_eq!(encoded(|o| text.wait(2, 500, o).unwrap()).0, b"wait 2 500\r\n");
     assert_eq!(encoded(|o| text.cluster_get(b"k", o).unwrap()).0, b"cluster get k\r\n");
+    assert_eq!(encoded(|o| text.cluster_local(b"k", o).unwrap()).0, b"cluster local k\r\n");
     assert_eq!(encoded(|o| Protocol::Meta.cluster_nodes(o).unwrap()).0, b"cluster nodes\r\n");
     assert!(Protocol::Binary.wait(1, 1, &mut Vec::new()).is_err());
 }
