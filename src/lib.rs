@@ -33,13 +33,15 @@
 //!   router.rs        hash once, run local ops, batch remote ops per core
 //!                    and per node acting for them
 //! store/           one Shard per core: index + slab + segmented LRU + expiry
-//!                  (+ flush generations, `stats detail` prefix counts)
+//!                  (+ flush generations, `stats detail` prefix counts, the
+//!                  sampled hot keys of `stats hotkeys`)
 //! replication/     per-shard logs, the replication core (backlogs, primary
 //!                  and replica links, filtered per cluster node), applying
 //!                  records on a replica, the failure detector's and the
 //!                  node list's UDP socket (gossip.rs)
 //! cluster/         several hosts as one cache: the node list and how its
-//!                  changes merge (node_list.rs), the ketama ring (ring.rs),
+//!                  changes merge (node_list.rs), the ketama ring (ring, from
+//!                  corecache-client: one ring for the server and clients),
 //!                  each key's preference list and acting node, and the
 //!                  handoffs of a list change (mod.rs; the ring placing
 //!                  each giver, givers.rs), who is alive and

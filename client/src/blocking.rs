@@ -1,6 +1,8 @@
 //! The blocking driver, on `std::net`: a bounded pool of connections per
 //! node, each request (and its `wait`) written in one send, multi-key calls
-//! written to every node they touch before any reply is read.
+//! written to every node they touch before any reply is read. Where calls
+//! go and when they are tried again is `State`'s (plain code); this moves
+//! the bytes.
 //!
 //! ```no_run
 //! use corecache_client::{blocking::Client, Config, Consistency};
@@ -17,11 +19,13 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::call::{Call, CasOutcome, Consistency, Outcome, Value, Wire};
-use crate::codec::{Event, Expect, Fetch, Protocol, Reply, StoreMode, valid_key};
+pub use crate::call::Store;
+use crate::call::{Call, CasOutcome, Consistency, Outcome, Value};
+use crate::codec::{ClusterNodes, Event, Expect, Protocol, StoreMode, read_replies, valid_key};
 use crate::config::Config;
 use crate::error::Error;
-use crate::hot::{Heat, HotKeyConfig, HotKeys, copy_key};
+use crate::many::Many;
+use crate::state::{Attempts, HotRead, Seen, State};
 use crate::topology::{Topology, parse_address};
 
 /// A cluster-aware client; share it between threads (`&Client` is enough).
@@ -33,15 +37,8 @@ pub struct Client {
 }
 
 struct Shared {
-    topology: Topology,
+    state: State,
     pools: HashMap<String, Arc<Pool>>,
-    /// The cluster's `--copies` (1 for a fixed list).
-    copies: u32,
-    refreshed: Instant,
-    /// A failure since the last refresh: refresh before the next call.
-    stale: bool,
-    /// The hot keys the nodes last reported (with `Config::hot_keys`).
-    hot: HotKeys,
 }
 
 impl Client {
@@ -52,18 +49,11 @@ impl Client {
         for seed in seeds {
             parse_address(seed)?;
         }
-        let client = Client {
-            seeds: seeds.iter().map(|s| s.to_string()).collect(),
-            shared: Mutex::new(Shared {
-                topology: Topology::fixed(&[], config.health),
-                pools: HashMap::new(),
-                copies: 1,
-                refreshed: Instant::now(),
-                stale: false,
-                hot: HotKeys::default(),
-            }),
+        let client = Client::new(
+            seeds.iter().map(|s| s.to_string()).collect(),
+            Topology::fixed(&[], config.health),
             config,
-        };
+        );
         client.refresh()?;
         Ok(client)
     }
@@ -72,18 +62,18 @@ impl Client {
     /// plain memcached servers: no cluster commands are sent.
     pub fn fixed(servers: &[&str], config: Config) -> Result<Client, Error> {
         let nodes = servers.iter().map(|s| parse_address(s)).collect::<Result<Vec<_>, _>>()?;
-        Ok(Client {
-            seeds: Vec::new(),
+        Ok(Client::new(Vec::new(), Topology::fixed(&nodes, config.health), config))
+    }
+
+    fn new(seeds: Vec<String>, topology: Topology, config: Config) -> Client {
+        Client {
+            seeds,
             shared: Mutex::new(Shared {
-                topology: Topology::fixed(&nodes, config.health),
+                state: State::new(topology, Instant::now()),
                 pools: HashMap::new(),
-                copies: 1,
-                refreshed: Instant::now(),
-                stale: false,
-                hot: HotKeys::default(),
             }),
             config,
-        })
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
@@ -93,30 +83,23 @@ impl Client {
     /// The node list's epoch (None for a fixed list) and each node's
     /// address and whether it is taken as up.
     pub fn nodes(&self) -> (Option<u64>, Vec<(String, bool)>) {
-        let shared = self.lock();
-        let nodes = shared
-            .topology
-            .nodes()
-            .iter()
-            .map(|n| (n.address.clone(), n.health.is_up() && !n.reported_down));
-        (shared.topology.epoch(), nodes.collect())
+        self.lock().state.nodes()
     }
 
-    /// Asks the cluster for its node list now (a no-op for a fixed list).
+    /// The hot keys the nodes last reported, hottest first, with their
+    /// estimated reads per second (with `Config::hot_keys`).
+    pub fn hot_keys(&self) -> Vec<(Vec<u8>, u64)> {
+        self.lock().state.hot.hottest()
+    }
+
+    /// Asks the cluster for its node list now (a no-op for a fixed list);
+    /// with `Config::hot_keys`, every live node for its hot keys too.
     pub fn refresh(&self) -> Result<(), Error> {
         if self.seeds.is_empty() {
             return Ok(());
         }
         // Live members first, then the seeds.
-        let mut candidates: Vec<String> = {
-            let shared = self.lock();
-            let nodes = shared.topology.nodes();
-            nodes
-                .iter()
-                .filter(|n| n.health.is_up() && !n.reported_down)
-                .map(|n| n.address.clone())
-                .collect()
-        };
+        let mut candidates = self.lock().state.live();
         candidates.extend(self.seeds.iter().cloned());
         let mut last = String::from("no seeds");
         for address in candidates {
@@ -124,96 +107,76 @@ impl Client {
                 Ok((nodes, copies)) => {
                     let live = {
                         let mut shared = self.lock();
-                        shared.topology.apply(&nodes)?;
-                        shared.copies = copies;
-                        shared.refreshed = Instant::now();
-                        shared.stale = false;
-                        let nodes = shared.topology.nodes();
-                        nodes
-                            .iter()
-                            .filter(|n| n.health.is_up() && !n.reported_down)
-                            .map(|n| n.address.clone())
-                            .collect::<Vec<_>>()
+                        shared.state.refreshed(&nodes, copies, Instant::now())?;
+                        shared.state.live()
                     };
                     if self.config.hot_keys.is_some() {
-                        self.learn_hot_keys(&live);
+                        let reported: Vec<(String, String)> = live
+                            .iter()
+                            .filter_map(|address| self.ask_stats(address, "hotkeys").ok())
+                            .flatten()
+                            .collect();
+                        self.lock().state.hot.learn(&reported);
                     }
                     return Ok(());
                 }
                 Err(error) => last = format!("{address}: {error}"),
             }
         }
-        self.lock().refreshed = Instant::now();
         Err(Error::NoSeed(last))
     }
 
-    /// Every live node's `stats hotkeys` (each reports the keys it serves).
-    fn learn_hot_keys(&self, live: &[String]) {
-        let mut reported = Vec::new();
-        for address in live {
-            if let Ok(stats) = self.ask_stats(address, "hotkeys") {
-                reported.extend(stats);
-            }
-        }
-        self.lock().hot.learn(&reported);
+    /// Sends `encode`'s requests to `address` and hands each event to `on_event`.
+    fn ask(
+        &self,
+        address: &str,
+        encode: impl FnOnce(Protocol, &mut Vec<u8>, &mut Vec<Expect>) -> Result<(), Error>,
+        on_event: &mut dyn FnMut(usize, Event),
+    ) -> Result<(), Error> {
+        let pool = self.pool(address);
+        let mut lease = pool.take(&self.config)?;
+        let connection = lease.connection();
+        encode(self.config.protocol, &mut connection.out, &mut connection.expects)?;
+        connection.exchange(self.config.protocol, on_event)?;
+        lease.keep();
+        Ok(())
     }
 
     /// `stats <group>` from one node.
     fn ask_stats(&self, address: &str, group: &str) -> Result<Vec<(String, String)>, Error> {
-        let pool = self.pool(address);
-        let mut lease = pool.take(&self.config)?;
-        let connection = lease.connection();
-        let protocol = self.config.protocol;
-        connection.expects.push(protocol.stats(Some(group), &mut connection.out)?);
         let mut reply = None;
-        connection.exchange(protocol, &mut |_, event| {
-            if let Event::Done(done) = event {
-                reply = Some(done);
-            }
-        })?;
-        lease.keep();
-        match reply {
-            Some(Reply::Stats(stats)) => Ok(stats),
-            Some(Reply::Error(error)) => Err(Error::Server(error)),
-            other => Err(Error::UnexpectedReply {
-                request: "stats",
-                reply: format!("{other:?}"),
-            }),
-        }
-    }
-
-    /// The hot keys the nodes last reported, hottest first, with their
-    /// estimated reads per second.
-    pub fn hot_keys(&self) -> Vec<(Vec<u8>, u64)> {
-        self.lock().hot.hottest()
+        self.ask(
+            address,
+            |protocol, out, expects| {
+                expects.push(protocol.stats(Some(group), out)?);
+                Ok(())
+            },
+            &mut |_, event| {
+                if let Event::Done(done) = event {
+                    reply = Some(done);
+                }
+            },
+        )?;
+        crate::call::stats_of(reply)
     }
 
     /// `cluster nodes` and the `copies` of `stats cluster`, from one node.
-    fn ask_cluster(&self, address: &str) -> Result<(crate::codec::ClusterNodes, u32), Error> {
-        let pool = self.pool(address);
-        let mut lease = pool.take(&self.config)?;
-        let connection = lease.connection();
-        let protocol = self.config.protocol;
-        connection.expects.push(protocol.cluster_nodes(&mut connection.out)?);
-        connection.expects.push(protocol.stats(Some("cluster"), &mut connection.out)?);
-        let (mut nodes, mut copies) = (None, 1);
-        connection.exchange(protocol, &mut |_, event| match event {
-            Event::Done(Reply::Nodes(list)) => nodes = Some(list),
-            Event::Done(Reply::Stats(stats)) => {
-                copies = stats
-                    .iter()
-                    .find(|(name, _)| name == "copies")
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(1)
-            }
-            _ => {}
-        })?;
-        lease.keep();
-        let nodes = nodes.ok_or_else(|| Error::UnexpectedReply {
-            request: "cluster nodes",
-            reply: "not a corecache cluster node".into(),
-        })?;
-        Ok((nodes, copies))
+    fn ask_cluster(&self, address: &str) -> Result<(ClusterNodes, u32), Error> {
+        let mut replies = (None, None);
+        self.ask(
+            address,
+            |protocol, out, expects| {
+                expects.push(protocol.cluster_nodes(out)?);
+                expects.push(protocol.stats(Some("cluster"), out)?);
+                Ok(())
+            },
+            &mut |request, event| match (request, event) {
+                (0, Event::Done(reply)) => replies.0 = Some(reply),
+                (_, Event::Done(reply)) => replies.1 = Some(reply),
+                _ => {}
+            },
+        )?;
+        crate::call::cluster_of(replies.0, replies.1)
     }
 
     fn pool(&self, address: &str) -> Arc<Pool> {
@@ -228,78 +191,25 @@ impl Client {
 
     /// Refreshes the list if it is due (a failure, or the interval).
     fn refresh_if_due(&self) {
-        if self.seeds.is_empty() {
-            return;
-        }
-        let due = {
-            let mut shared = self.lock();
-            let due = shared.stale || shared.refreshed.elapsed() >= self.config.refresh_interval;
-            if due {
-                // One caller refreshes; the others go on with the list they have.
-                shared.stale = false;
-                shared.refreshed = Instant::now();
-            }
-            due
-        };
-        if due {
+        if !self.seeds.is_empty() && self.lock().state.refresh_due(self.config.refresh_interval, Instant::now()) {
             let _ = self.refresh();
         }
     }
 
-    /// The node a call goes to now (the key's, or the one named) and its pool.
-    fn route(&self, key: &[u8], to: Option<usize>) -> Result<(usize, Arc<Pool>, Wire), Error> {
-        let mut shared = self.lock();
-        let node = match to {
-            Some(node) if node < shared.topology.nodes().len() => node,
-            _ => shared.topology.route(key, Instant::now()).ok_or(Error::NoLiveNode)?,
-        };
-        let address = shared.topology.nodes()[node].address.clone();
-        let wire = Wire {
-            protocol: self.config.protocol,
-            copies: shared.copies,
-            wait_ms: self.config.wait_timeout.as_millis() as u32,
-        };
-        let limit = self.config.connections_per_node;
-        let pool = shared
-            .pools
-            .entry(address)
-            .or_insert_with_key(|a| Arc::new(Pool::new(a, limit)))
-            .clone();
-        Ok((node, pool, wire))
-    }
-
-    /// Marks what a request to `node` showed of it.
+    /// Marks what a request to `address` showed of it.
     fn report(&self, address: &str, result: Result<(), &Error>) {
+        let seen = Seen::of(result);
         let mut shared = self.lock();
-        let now = Instant::now();
-        let policy = *shared.topology.policy();
-        let Some(index) = shared.topology.nodes().iter().position(|n| n.address == address) else {
-            return;
-        };
-        let node = shared.topology.node_mut(index);
-        match result {
-            Ok(()) => {
-                if !node.health.is_up() {
-                    node.health.success();
-                }
-            }
-            Err(Error::Io { source, .. }) if is_timeout(source) => node.health.soft_failure(&policy, now),
-            Err(Error::Io { .. } | Error::Decode { .. }) => {
-                node.health.hard_failure(&policy, now);
-                shared.stale = true;
-                // Its idle connections are to the process that failed.
-                if let Some(pool) = shared.pools.get(address) {
-                    pool.close_idle();
-                }
-            }
-            Err(_) => {}
+        shared.state.report(address, seen, Instant::now());
+        if seen == Seen::Failed
+            && let Some(pool) = shared.pools.get(address)
+        {
+            pool.close_idle();
         }
     }
 
-    /// Runs one call on the node its key goes to. A node that cannot be
-    /// reached is marked down and the call goes to the next; a reply lost
-    /// after sending is an error unless the call is repeatable; corecache's
-    /// "try again" refusals are retried for up to `config.retry_for`.
+    /// Runs one call on the node its key goes to (see `state::Attempts`
+    /// for when it is tried again).
     pub fn call(&self, call: Call, name: &'static str) -> Result<Outcome, Error> {
         self.call_on(call, name, None)
     }
@@ -311,17 +221,21 @@ impl Client {
             return Err(Error::InvalidKey);
         }
         self.refresh_if_due();
-        let deadline = Instant::now() + self.config.retry_for;
-        let mut resent = false;
+        let mut attempts = Attempts::new(&call, &self.config, Instant::now());
         loop {
-            let (_, pool, wire) = self.route(call.key(), to)?;
+            let (address, wire) = {
+                let mut shared = self.lock();
+                let address = shared.state.route(call.key(), to, Instant::now())?;
+                (address, shared.state.wire(&self.config))
+            };
+            let pool = self.pool(&address);
             let mut lease = match pool.take(&self.config) {
                 Ok(lease) => lease,
                 Err(error) => {
-                    self.report(&pool.address, Err(&error));
+                    self.report(&address, Err(&error));
                     to = None;
-                    if matches!(error, Error::Io { .. }) && Instant::now() < deadline {
-                        continue; // nothing was sent: the next node
+                    if attempts.unsent(&error, Instant::now()) {
+                        continue;
                     }
                     return Err(error);
                 }
@@ -333,10 +247,10 @@ impl Client {
             match result {
                 Ok(()) => {
                     lease.keep();
-                    self.report(&pool.address, Ok(()));
+                    self.report(&address, Ok(()));
                     match answer.finish(name) {
-                        Err(error) if error.is_transient() && Instant::now() < deadline => {
-                            self.lock().stale = true;
+                        Err(error) if attempts.refused(&error, Instant::now()) => {
+                            self.lock().state.mark_stale();
                             std::thread::sleep(self.config.retry_pause);
                             self.refresh_if_due();
                         }
@@ -344,16 +258,11 @@ impl Client {
                     }
                 }
                 Err(error) => {
-                    self.report(&pool.address, Err(&error));
+                    self.report(&address, Err(&error));
                     to = None;
-                    // A broken connection (a node gone) is sent again, to
-                    // the next node; a timeout is not (it may be slow, not gone).
-                    let broken = matches!(&error, Error::Io { source, .. } if !is_timeout(source));
-                    if broken && call.repeatable() && !resent && Instant::now() < deadline {
-                        resent = true;
-                        continue;
+                    if !attempts.lost(&error, Instant::now()) {
+                        return Err(error);
                     }
-                    return Err(error);
                 }
             }
         }
@@ -362,67 +271,22 @@ impl Client {
     /// The key's value, or None on a miss. With `Config::hot_keys`, a hot
     /// key's read goes to one of its copies in turn.
     pub fn get(&self, key: &[u8]) -> Result<Option<Value>, Error> {
-        match (&self.config.hot_keys, self.seeds.is_empty()) {
-            (Some(config), false) => self.get_hot(key, config),
-            _ => self.get_from(key, None),
-        }
-    }
-
-    fn get_from(&self, key: &[u8], to: Option<usize>) -> Result<Option<Value>, Error> {
-        let call = match to {
-            Some(_) => Call::LocalGet { key },
-            None => Call::Get { key, touch: None },
+        let read = match (&self.config.hot_keys, self.seeds.is_empty()) {
+            (Some(config), false) => self.lock().state.hot_read(config, key),
+            _ => HotRead::Acting,
         };
-        match self.call_on(call, "get", to)? {
-            Outcome::Value(value) => Ok(value),
-            other => Err(unexpected("get", other)),
-        }
-    }
-
-    fn get_hot(&self, key: &[u8], config: &HotKeyConfig) -> Result<Option<Value>, Error> {
-        let heat = self.lock().hot.heat(config, key);
-        if heat == Heat::Cold {
-            return self.get_from(key, None);
-        }
-        // The live copies of its preference list, then (for the hottest)
-        // its extra copies on other nodes: one in turn.
-        let (copy, node, acting) = {
-            let mut shared = self.lock();
-            let live: Vec<usize> = {
-                let listed = shared.topology.preference(key, shared.copies as usize);
-                listed
-                    .into_iter()
-                    .filter(|&n| shared.topology.nodes()[n].health.is_up())
-                    .collect()
-            };
-            let extra = match heat {
-                Heat::Copied => extra_copies(&shared, config, key),
-                _ => Vec::new(),
-            };
-            if live.is_empty() {
-                (None, None, None)
-            } else {
-                let pick = shared.hot.next(live.len() + extra.len());
-                match pick.checked_sub(live.len()) {
-                    Some(at) => (Some(extra[at].clone()), None, Some(live[0])),
-                    None => (None, Some(live[pick]), Some(live[0])),
-                }
-            }
-        };
-        if let Some(copy) = copy
-            && let Some(value) = self.get_from(&copy, None)?
-        {
-            // An extra copy not written since the key became hot is a miss:
-            // then the key is read.
-            return Ok(Some(value));
-        }
-        match node {
-            Some(node) if Some(node) != acting => match self.get_from(key, Some(node))? {
+        let acting = || self.call(Call::Get { key, touch: None }, "get")?.value("get");
+        match read {
+            HotRead::Acting => acting(),
+            // Not there (yet): the acting node's answer.
+            HotRead::Copy(node) => match self.call_on(Call::LocalGet { key }, "get", Some(node))?.value("get")? {
                 Some(value) => Ok(Some(value)),
-                // Not on that copy (yet): the acting node's answer.
-                None => self.get_from(key, None),
+                None => acting(),
             },
-            _ => self.get_from(key, None),
+            HotRead::Extra(copy) => match self.call(Call::Get { key: &copy, touch: None }, "get")?.value("get")? {
+                Some(value) => Ok(Some(value)),
+                None => acting(),
+            },
         }
     }
 
@@ -432,24 +296,15 @@ impl Client {
         let Some(config) = &self.config.hot_keys else {
             return Ok(());
         };
-        if self.seeds.is_empty() || self.lock().hot.heat(config, key) != Heat::Copied {
+        let copies = self.lock().state.copies_to_write(config, key);
+        if copies.is_empty() {
             return Ok(());
         }
-        let copies = extra_copies(&self.lock(), config, key);
         let names: Vec<&[u8]> = copies.iter().map(|c| &c[..]).collect();
         match set {
             Some((value, options)) => {
-                let exptime = match options.exptime {
-                    0 => config.copy_ttl,
-                    exptime => exptime.min(config.copy_ttl),
-                };
                 let items: Vec<(&[u8], &[u8])> = names.iter().map(|name| (*name, value)).collect();
-                let options = Store {
-                    exptime,
-                    consistency: Consistency::One,
-                    ..options
-                };
-                self.set_many(&items, options)
+                self.set_many(&items, options.for_copies(config))
             }
             None => self.delete_many(&names).map(|_| ()),
         }
@@ -457,45 +312,33 @@ impl Client {
 
     /// A get that also sets the key's expiry (memcached's `gat`).
     pub fn gat(&self, key: &[u8], exptime: u32) -> Result<Option<Value>, Error> {
-        match self.call(
+        self.call(
             Call::Get {
                 key,
                 touch: Some(exptime),
             },
             "gat",
-        )? {
-            Outcome::Value(value) => Ok(value),
-            other => Err(unexpected("gat", other)),
-        }
+        )?
+        .value("gat")
     }
 
     /// A quorum read (corecache's `cluster get`): the newest of a majority
     /// of the key's copies; older copies found are repaired by the cluster.
     pub fn get_quorum(&self, key: &[u8]) -> Result<Option<Value>, Error> {
-        match self.call(Call::QuorumGet { key }, "cluster get")? {
-            Outcome::Value(value) => Ok(value),
-            other => Err(unexpected("cluster get", other)),
-        }
+        self.call(Call::QuorumGet { key }, "cluster get")?.value("cluster get")
     }
 
     fn store(&self, mode: StoreMode, key: &[u8], value: &[u8], options: Store, name: &'static str) -> Result<Outcome, Error> {
-        let call = Call::Store {
-            mode,
-            key,
-            value,
-            flags: options.flags,
-            exptime: options.exptime,
-            consistency: options.consistency,
-        };
-        let outcome = self.call(call, name)?;
-        if mode != StoreMode::Set {
+        let outcome = self.call(options.call(mode, key, value), name)?;
+        match mode {
+            StoreMode::Set => self.write_copies(key, Some((value, options)))?,
             // The copies cannot follow an append or a lost race: dropped.
-            self.write_copies(key, None)?;
+            _ => self.write_copies(key, None)?,
         }
         Ok(outcome)
     }
 
-    /// Stores `value` (flags 0, no expiry); see `store_with` for the rest.
+    /// Stores `value` (flags 0, no expiry); see `set_with` for the rest.
     pub fn set(&self, key: &[u8], value: &[u8], consistency: Consistency) -> Result<(), Error> {
         self.set_with(
             key,
@@ -508,19 +351,14 @@ impl Client {
     }
 
     pub fn set_with(&self, key: &[u8], value: &[u8], options: Store) -> Result<(), Error> {
-        match self.store(StoreMode::Set, key, value, options, "set")? {
-            Outcome::Stored(_) => self.write_copies(key, Some((value, options))),
-            other => Err(unexpected("set", other)),
-        }
+        self.store(StoreMode::Set, key, value, options, "set")?
+            .stored("set")
+            .map(|_| ())
     }
 
     /// add, replace, append or prepend: true if stored.
     pub fn store_with(&self, mode: StoreMode, key: &[u8], value: &[u8], options: Store) -> Result<bool, Error> {
-        match self.store(mode, key, value, options, "store")? {
-            Outcome::Stored(stored) => Ok(stored),
-            Outcome::Cas(outcome) => Ok(outcome == CasOutcome::Stored),
-            other => Err(unexpected("store", other)),
-        }
+        self.store(mode, key, value, options, "store")?.stored("store")
     }
 
     pub fn add(&self, key: &[u8], value: &[u8], options: Store) -> Result<bool, Error> {
@@ -541,21 +379,14 @@ impl Client {
 
     /// Stores `value` only if the key's CAS is still `cas` (from a get).
     pub fn cas(&self, key: &[u8], value: &[u8], cas: u64, options: Store) -> Result<CasOutcome, Error> {
-        match self.store(StoreMode::Cas(cas), key, value, options, "cas")? {
-            Outcome::Cas(outcome) => Ok(outcome),
-            other => Err(unexpected("cas", other)),
-        }
+        self.store(StoreMode::Cas(cas), key, value, options, "cas")?.cas("cas")
     }
 
     /// True if the key was there.
     pub fn delete(&self, key: &[u8], consistency: Consistency) -> Result<bool, Error> {
-        match self.call(Call::Delete { key, consistency }, "delete")? {
-            Outcome::Found(found) => {
-                self.write_copies(key, None)?;
-                Ok(found)
-            }
-            other => Err(unexpected("delete", other)),
-        }
+        let found = self.call(Call::Delete { key, consistency }, "delete")?.found("delete")?;
+        self.write_copies(key, None)?;
+        Ok(found)
     }
 
     /// The new value, or None if the key is missing (it is not created).
@@ -575,140 +406,75 @@ impl Client {
             increment,
             consistency,
         };
-        match self.call(call, if increment { "incr" } else { "decr" })? {
-            Outcome::Number(number) => {
-                self.write_copies(key, None)?;
-                Ok(number)
-            }
-            other => Err(unexpected("incr", other)),
-        }
+        let number = self.call(call, "incr")?.number("incr")?;
+        self.write_copies(key, None)?;
+        Ok(number)
     }
 
     /// Sets the key's expiry; true if the key was there.
     pub fn touch(&self, key: &[u8], exptime: u32) -> Result<bool, Error> {
-        match self.call(Call::Touch { key, exptime }, "touch")? {
-            Outcome::Found(found) => Ok(found),
-            other => Err(unexpected("touch", other)),
-        }
+        self.call(Call::Touch { key, exptime }, "touch")?.found("touch")
     }
 
     /// Values of `keys`, in their order (None for a miss): one multi-get
     /// per node, written to every node before any reply is read.
     pub fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Value>>, Error> {
-        let mut values = vec![None; keys.len()];
-        self.fan_out(
-            keys,
-            |protocol, group, out, expects| {
-                expects.push(protocol.get(group.iter().map(|&i| keys[i]), Fetch { cas: true, touch: None }, out));
-                Ok(())
-            },
-            &mut |group, _, event| {
-                if let Event::Item(item) = event {
-                    // Hits come in request order: the first not yet found with this key.
-                    if let Some(&index) = group.iter().find(|&&i| keys[i] == item.key && values[i].is_none()) {
-                        values[index] = Some(Value {
-                            data: item.value.to_vec(),
-                            flags: item.flags,
-                            cas: item.cas,
-                        });
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        Ok(values)
+        Ok(self.fan_out(Many::Get { keys })?.values)
     }
 
     /// Stores every `(key, value)`, each as one request, all of a node's in
-    /// one send.
+    /// one send (with QUORUM or ALL, one `wait` per node after its last).
     pub fn set_many(&self, items: &[(&[u8], &[u8])], options: Store) -> Result<(), Error> {
-        let keys: Vec<&[u8]> = items.iter().map(|(key, _)| *key).collect();
-        let wire_copies = self.lock().copies;
-        let wait = options.consistency.copies(wire_copies);
-        self.fan_out(
-            &keys,
-            |protocol, group, out, expects| {
-                for &index in group.iter() {
-                    let (key, value) = items[index];
-                    expects.push(protocol.store(StoreMode::Set, key, value, options.flags, options.exptime, out));
-                }
-                if let Some(copies) = wait {
-                    // The connection's last write is the group's last set.
-                    expects.push(protocol.wait(copies, self.config.wait_timeout.as_millis() as u32, out)?);
-                }
-                Ok(())
-            },
-            &mut |_, _, event| match event {
-                Event::Done(Reply::Error(error)) => Err(Error::Server(error)),
-                Event::Done(Reply::Copies(reached)) if wait.is_some_and(|wanted| reached < wanted) => Err(Error::TooFewCopies {
-                    wanted: wait.unwrap(),
-                    reached,
-                }),
-                _ => Ok(()),
-            },
-        )
+        let wait = options.consistency.copies(self.lock().state.copies);
+        let many = Many::Set {
+            items,
+            flags: options.flags,
+            exptime: options.exptime,
+            wait,
+        };
+        self.fan_out(many).map(|_| ())
     }
 
     /// Deletes every key; true for each that was there.
     pub fn delete_many(&self, keys: &[&[u8]]) -> Result<Vec<bool>, Error> {
-        let mut found = vec![false; keys.len()];
-        self.fan_out(
-            keys,
-            |protocol, group, out, expects| {
-                for &index in group.iter() {
-                    expects.push(protocol.delete(keys[index], out));
-                }
-                Ok(())
-            },
-            &mut |group, request, event| match event {
-                Event::Done(Reply::Deleted) => {
-                    found[group[request]] = true;
-                    Ok(())
-                }
-                Event::Done(Reply::Error(error)) => Err(Error::Server(error)),
-                _ => Ok(()),
-            },
-        )?;
-        Ok(found)
+        Ok(self.fan_out(Many::Delete { keys })?.found)
     }
 
-    /// Splits `keys` by node, writes each node's requests (built by
-    /// `encode` from its keys' indexes) on one of its connections, then
-    /// reads every node's replies, handing each event to `on_event` with
-    /// the group and the request's place in it. A node that cannot be
-    /// reached gets its keys placed again (on the next nodes).
-    fn fan_out(
-        &self,
-        keys: &[&[u8]],
-        encode: impl Fn(Protocol, &[usize], &mut Vec<u8>, &mut Vec<Expect>) -> Result<(), Error>,
-        on_event: &mut GroupEvent,
-    ) -> Result<(), Error> {
+    /// Splits the call's keys by node, writes each node's requests on one
+    /// of its connections, then reads every node's replies. A node that
+    /// cannot be reached gets its keys placed again (on the next nodes).
+    fn fan_out(&self, many: Many) -> Result<crate::many::Gathered, Error> {
+        let keys = many.keys();
         if !keys.iter().all(|key| valid_key(key)) {
             return Err(Error::InvalidKey);
         }
         self.refresh_if_due();
-        let protocol = self.config.protocol;
+        let mut gathered = many.gathered();
         let mut pending: Vec<usize> = (0..keys.len()).collect();
         let deadline = Instant::now() + self.config.retry_for;
         while !pending.is_empty() {
             let pending_keys: Vec<&[u8]> = pending.iter().map(|&i| keys[i]).collect();
-            let groups = {
+            let (groups, wire) = {
                 let mut shared = self.lock();
-                shared.topology.split(&pending_keys, Instant::now())
+                let groups = shared.state.topology.split(&pending_keys, Instant::now());
+                let groups: Result<Vec<(String, Vec<usize>)>, Error> = groups
+                    .into_iter()
+                    .map(|(node, members)| {
+                        let node = node.ok_or(Error::NoLiveNode)?;
+                        let address = shared.state.topology.nodes()[node].address.clone();
+                        Ok((address, members.into_iter().map(|m| pending[m]).collect()))
+                    })
+                    .collect();
+                (groups?, shared.state.wire(&self.config))
             };
             let mut sent = Vec::new();
             let mut unplaced = Vec::new();
-            for (node, members) in groups {
-                let members: Vec<usize> = members.into_iter().map(|m| pending[m]).collect();
-                let Some(node) = node else {
-                    return Err(Error::NoLiveNode);
-                };
-                let address = self.lock().topology.nodes()[node].address.clone();
+            for (address, members) in groups {
                 let pool = self.pool(&address);
                 match pool.take(&self.config) {
                     Ok(mut lease) => {
                         let connection = lease.connection();
-                        encode(protocol, &members, &mut connection.out, &mut connection.expects)?;
+                        many.encode(&wire, &members, &mut connection.out, &mut connection.expects)?;
                         if let Err(error) = connection.send() {
                             self.report(&address, Err(&error));
                             return Err(error);
@@ -728,9 +494,9 @@ impl Client {
             for (address, mut lease, members) in sent {
                 let connection = lease.connection();
                 let mut failed = None;
-                let result = connection.receive(protocol, &mut |request, event| {
+                let result = connection.receive(wire.protocol, &mut |request, event| {
                     if failed.is_none() {
-                        failed = on_event(&members, request, event).err();
+                        failed = many.event(&mut gathered, &members, request, event).err();
                     }
                 });
                 match result {
@@ -752,55 +518,12 @@ impl Client {
             }
             pending = unplaced;
         }
-        Ok(())
+        Ok(gathered)
     }
 }
 
-/// The names of a key's extra copies: `key#i` for the first `i` whose node
-/// holds no copy yet (not in the key's preference list, nor another extra
-/// copy's), up to `extra_copies` of them; so each copy adds a node.
-fn extra_copies(shared: &Shared, config: &HotKeyConfig, key: &[u8]) -> Vec<Vec<u8>> {
-    let topology = &shared.topology;
-    let mut holders = topology.preference(key, shared.copies as usize);
-    let mut names = Vec::new();
-    for i in 1..=64 {
-        if names.len() == config.extra_copies as usize || holders.len() >= topology.nodes().len() {
-            break;
-        }
-        let Some(name) = copy_key(key, i) else { break };
-        if let Some(&node) = topology.preference(&name, 1).first()
-            && !holders.contains(&node)
-        {
-            holders.push(node);
-            names.push(name);
-        }
-    }
-    names
-}
-
-/// A fan-out's event handler: the group's key indexes, the request's
-/// place in the group, the event; an error fails the call.
-type GroupEvent<'a> = dyn FnMut(&[usize], usize, Event) -> Result<(), Error> + 'a;
-
-/// A write's flags, expiry and consistency.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Store {
-    pub flags: u32,
-    /// Seconds (up to 30 days), or an absolute Unix time; 0: no expiry.
-    pub exptime: u32,
-    pub consistency: Consistency,
-}
-
-fn unexpected(request: &'static str, outcome: Outcome) -> Error {
-    Error::UnexpectedReply {
-        request,
-        reply: format!("{outcome:?}"),
-    }
-}
-
-fn is_timeout(error: &io::Error) -> bool {
-    matches!(error.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-}
+/// How much a read asks for at once.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// One node's connections: at most `limit` open, idle ones reused.
 struct Pool {
@@ -971,48 +694,36 @@ impl Connection {
 
     /// Reads the reply to every expected request, in order.
     fn receive(&mut self, protocol: Protocol, on_event: &mut dyn FnMut(usize, Event)) -> Result<(), Error> {
-        let mut at = 0;
-        for request in 0..self.expects.len() {
-            loop {
-                let decoded = protocol.decode(&mut self.expects[request], &self.input[at..]);
-                match decoded {
-                    Ok(Some((used, event))) => {
-                        at += used;
-                        let done = matches!(event, Event::Done(_));
-                        on_event(request, event);
-                        if done {
-                            break;
-                        }
-                    }
-                    Ok(None) => {
-                        // Keep only the undecoded tail, then read more.
-                        self.input.drain(..at);
-                        at = 0;
-                        let start = self.input.len();
-                        self.input.resize(start + 16 * 1024, 0);
-                        let read = self.stream.read(&mut self.input[start..]);
-                        match read {
-                            Ok(0) => {
-                                let closed = io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection");
-                                return Err(self.io_error(closed));
-                            }
-                            Ok(n) => self.input.truncate(start + n),
-                            Err(error) if error.kind() == io::ErrorKind::Interrupted => self.input.truncate(start),
-                            Err(error) => return Err(self.io_error(error)),
-                        }
-                    }
-                    Err(source) => {
-                        return Err(Error::Decode {
-                            address: self.address.clone(),
-                            source,
-                        });
+        let mut next = 0;
+        loop {
+            let used =
+                read_replies(protocol, &mut self.expects, &mut next, &self.input, on_event).map_err(|source| Error::Decode {
+                    address: self.address.clone(),
+                    source,
+                })?;
+            self.input.drain(..used);
+            if next == self.expects.len() {
+                self.expects.clear();
+                return Ok(());
+            }
+            let start = self.input.len();
+            self.input.resize(start + READ_CHUNK, 0);
+            let read = self.stream.read(&mut self.input[start..]);
+            match read {
+                Ok(0) => {
+                    self.input.truncate(start);
+                    let closed = io::Error::new(io::ErrorKind::UnexpectedEof, "the server closed the connection");
+                    return Err(self.io_error(closed));
+                }
+                Ok(n) => self.input.truncate(start + n),
+                Err(error) => {
+                    self.input.truncate(start);
+                    if error.kind() != io::ErrorKind::Interrupted {
+                        return Err(self.io_error(error));
                     }
                 }
             }
         }
-        self.input.drain(..at);
-        self.expects.clear();
-        Ok(())
     }
 
     fn exchange(&mut self, protocol: Protocol, on_event: &mut dyn FnMut(usize, Event)) -> Result<(), Error> {

@@ -102,6 +102,125 @@ pub enum Outcome {
     Number(Option<u64>),
 }
 
+impl Outcome {
+    /// A get's value (None on a miss).
+    pub fn value(self, request: &'static str) -> Result<Option<Value>, Error> {
+        match self {
+            Outcome::Value(value) => Ok(value),
+            other => Err(other.unexpected(request)),
+        }
+    }
+
+    /// Whether a store stored.
+    pub fn stored(self, request: &'static str) -> Result<bool, Error> {
+        match self {
+            Outcome::Stored(stored) => Ok(stored),
+            Outcome::Cas(outcome) => Ok(outcome == CasOutcome::Stored),
+            other => Err(other.unexpected(request)),
+        }
+    }
+
+    pub fn cas(self, request: &'static str) -> Result<CasOutcome, Error> {
+        match self {
+            Outcome::Cas(outcome) => Ok(outcome),
+            other => Err(other.unexpected(request)),
+        }
+    }
+
+    /// Whether a delete or touch found its key.
+    pub fn found(self, request: &'static str) -> Result<bool, Error> {
+        match self {
+            Outcome::Found(found) => Ok(found),
+            other => Err(other.unexpected(request)),
+        }
+    }
+
+    /// An incr's or decr's new value (None: the key is missing).
+    pub fn number(self, request: &'static str) -> Result<Option<u64>, Error> {
+        match self {
+            Outcome::Number(number) => Ok(number),
+            other => Err(other.unexpected(request)),
+        }
+    }
+
+    fn unexpected(self, request: &'static str) -> Error {
+        Error::UnexpectedReply {
+            request,
+            reply: format!("{self:?}"),
+        }
+    }
+}
+
+/// A write's flags, expiry and consistency.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Store {
+    pub flags: u32,
+    /// Seconds (up to 30 days), or an absolute Unix time; 0: no expiry.
+    pub exptime: u32,
+    pub consistency: Consistency,
+}
+
+impl Store {
+    /// The call storing `value` under `key` with these options.
+    pub fn call<'a>(&self, mode: StoreMode, key: &'a [u8], value: &'a [u8]) -> Call<'a> {
+        Call::Store {
+            mode,
+            key,
+            value,
+            flags: self.flags,
+            exptime: self.exptime,
+            consistency: self.consistency,
+        }
+    }
+
+    /// The options a hot key's extra copies are written with: at most
+    /// `copy_ttl`, ONE.
+    pub fn for_copies(&self, config: &crate::hot::HotKeyConfig) -> Store {
+        let exptime = match self.exptime {
+            0 => config.copy_ttl,
+            exptime => exptime.min(config.copy_ttl),
+        };
+        Store {
+            flags: self.flags,
+            exptime,
+            consistency: Consistency::One,
+        }
+    }
+}
+
+/// The lines of a `stats` reply.
+pub fn stats_of(reply: Option<Reply>) -> Result<Vec<(String, String)>, Error> {
+    match reply {
+        Some(Reply::Stats(stats)) => Ok(stats),
+        Some(Reply::Error(error)) => Err(Error::Server(error)),
+        other => Err(Error::UnexpectedReply {
+            request: "stats",
+            reply: format!("{other:?}"),
+        }),
+    }
+}
+
+/// The node list and `--copies` from the replies to `cluster nodes` and
+/// `stats cluster`.
+pub fn cluster_of(nodes: Option<Reply>, stats: Option<Reply>) -> Result<(crate::codec::ClusterNodes, u32), Error> {
+    let nodes = match nodes {
+        Some(Reply::Nodes(nodes)) => nodes,
+        Some(Reply::Error(error)) => return Err(Error::Server(error)),
+        other => {
+            return Err(Error::UnexpectedReply {
+                request: "cluster nodes",
+                reply: format!("{other:?}"),
+            });
+        }
+    };
+    let copies = stats_of(stats)?
+        .iter()
+        .find(|(name, _)| name == "copies")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(1);
+    Ok((nodes, copies))
+}
+
 /// How the requests of a call are sent.
 #[derive(Clone, Copy, Debug)]
 pub struct Wire {

@@ -21,12 +21,18 @@
 //!              which node each key goes to, keys split by node
 //! call.rs      one key's call: its requests (and `wait` for QUORUM/ALL)
 //!              and how the replies become its outcome
+//! many.rs      a multi-key call: each node's group of requests, the
+//!              replies gathered in the keys' order
+//! state.rs     what a driver keeps between calls (topology, copies, hot
+//!              keys, refresh due), where a call goes, when it is retried
 //! hot.rs       hot keys: learnt from the servers' `stats hotkeys`, how a
 //!              hot read is spread (copies, `key#i` extra copies), counter
 //!              increments summed per key
 //! config.rs    timeouts, pool size, retries, refresh interval
 //! error.rs     the typed errors of every call
 //! blocking.rs  the driver on std::net: pools, one send per batch, fan-out
+//! tokio_driver.rs  the same calls as async functions on tokio (feature
+//!              `tokio`)
 //! counters.rs  on it: increments coalesced over a window (a background
 //!              flush), and counters sharded over n keys
 //! ```
@@ -54,9 +60,13 @@ pub mod counters;
 pub mod error;
 pub mod health;
 pub mod hot;
+pub mod many;
 pub mod ring;
+pub mod state;
+#[cfg(feature = "tokio")]
+pub mod tokio_driver;
 pub mod topology;
 
-pub use call::{CasOutcome, Consistency, Value};
+pub use call::{CasOutcome, Consistency, Store, Value};
 pub use config::Config;
 pub use error::Error;

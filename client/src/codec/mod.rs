@@ -351,6 +351,34 @@ impl Protocol {
     }
 }
 
+/// Reads pipelined replies: for `expects` (requests in send order), from
+/// the `*next`-th on, every event complete in `buf`, each handed to
+/// `on_event` with its request's index. Returns the bytes taken;
+/// `*next == expects.len()` once every reply is done.
+pub fn read_replies(
+    protocol: Protocol,
+    expects: &mut [Expect],
+    next: &mut usize,
+    buf: &[u8],
+    on_event: &mut dyn FnMut(usize, Event),
+) -> Result<usize, DecodeError> {
+    let mut at = 0;
+    while let Some(expect) = expects.get_mut(*next) {
+        match protocol.decode(expect, &buf[at..])? {
+            None => break,
+            Some((used, event)) => {
+                at += used;
+                let done = matches!(event, Event::Done(_));
+                on_event(*next, event);
+                if done {
+                    *next += 1;
+                }
+            }
+        }
+    }
+    Ok(at)
+}
+
 /// The line at the front of `buf` (without its "\r\n") and the bytes it
 /// takes, or None if it has not all arrived.
 fn line(buf: &[u8]) -> Option<(&[u8], usize)> {
