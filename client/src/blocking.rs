@@ -45,6 +45,14 @@ impl Client {
     /// A client of a corecache cluster: the node list comes from the first
     /// seed that answers `cluster nodes`, and is asked again every
     /// `config.refresh_interval` and after a node fails.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// let client = Client::cluster(&["127.0.0.1:11211"], Config::default())?;
+    /// let (epoch, nodes) = client.nodes();
+    /// println!("epoch {epoch:?}: {nodes:?}");
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn cluster(seeds: &[&str], config: Config) -> Result<Client, Error> {
         for seed in seeds {
             parse_address(seed)?;
@@ -60,6 +68,13 @@ impl Client {
 
     /// A ketama client of a fixed list (`host:port[:weight]`), as for
     /// plain memcached servers: no cluster commands are sent.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// let client = Client::fixed(&["127.0.0.1:11211", "127.0.0.2:11211:2"], Config::default())?;
+    /// client.set(b"k", b"v", Consistency::One)?;
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn fixed(servers: &[&str], config: Config) -> Result<Client, Error> {
         let nodes = servers.iter().map(|s| parse_address(s)).collect::<Result<Vec<_>, _>>()?;
         Ok(Client::new(Vec::new(), Topology::fixed(&nodes, config.health), config))
@@ -82,18 +97,57 @@ impl Client {
 
     /// The node list's epoch (None for a fixed list) and each node's
     /// address and whether it is taken as up.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// for (address, up) in client.nodes().1 {
+    ///     println!("{address}: {}", if up { "up" } else { "down" });
+    /// }
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn nodes(&self) -> (Option<u64>, Vec<(String, bool)>) {
         self.lock().state.nodes()
     }
 
+    /// The node list, ring and health as this client has them (a driver
+    /// of its own, such as the load generator's, routes with a copy).
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, Config};
+    /// let client = Client::cluster(&["127.0.0.1:11211"], Config::default())?;
+    /// let mut topology = client.topology();
+    /// let node = topology.route(b"some-key", std::time::Instant::now());
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
+    pub fn topology(&self) -> Topology {
+        self.lock().state.topology.clone()
+    }
+
     /// The hot keys the nodes last reported, hottest first, with their
     /// estimated reads per second (with `Config::hot_keys`).
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// for (key, reads_per_second) in client.hot_keys() {
+    ///     println!("{}: {reads_per_second}/s", String::from_utf8_lossy(&key));
+    /// }
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn hot_keys(&self) -> Vec<(Vec<u8>, u64)> {
         self.lock().state.hot.hottest()
     }
 
     /// Asks the cluster for its node list now (a no-op for a fixed list);
     /// with `Config::hot_keys`, every live node for its hot keys too.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// client.refresh()?;
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn refresh(&self) -> Result<(), Error> {
         if self.seeds.is_empty() {
             return Ok(());
@@ -210,6 +264,15 @@ impl Client {
 
     /// Runs one call on the node its key goes to (see `state::Attempts`
     /// for when it is tried again).
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// use corecache_client::call::Call;
+    /// let outcome = client.call(Call::Touch { key: b"k", exptime: 60 }, "touch")?;
+    /// let found = outcome.found("touch")?;
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn call(&self, call: Call, name: &'static str) -> Result<Outcome, Error> {
         self.call_on(call, name, None)
     }
@@ -270,6 +333,15 @@ impl Client {
 
     /// The key's value, or None on a miss. With `Config::hot_keys`, a hot
     /// key's read goes to one of its copies in turn.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// if let Some(value) = client.get(b"user:1")? {
+    ///     println!("{} bytes, flags {}", value.data.len(), value.flags);
+    /// }
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn get(&self, key: &[u8]) -> Result<Option<Value>, Error> {
         let read = match (&self.config.hot_keys, self.seeds.is_empty()) {
             (Some(config), false) => self.lock().state.hot_read(config, key),
@@ -311,6 +383,14 @@ impl Client {
     }
 
     /// A get that also sets the key's expiry (memcached's `gat`).
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// // Read it and keep it 5 more minutes.
+    /// let value = client.gat(b"session:9", 300)?;
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn gat(&self, key: &[u8], exptime: u32) -> Result<Option<Value>, Error> {
         self.call(
             Call::Get {
@@ -324,6 +404,13 @@ impl Client {
 
     /// A quorum read (corecache's `cluster get`): the newest of a majority
     /// of the key's copies; older copies found are repaired by the cluster.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let newest = client.get_quorum(b"balance:7")?;
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn get_quorum(&self, key: &[u8]) -> Result<Option<Value>, Error> {
         self.call(Call::QuorumGet { key }, "cluster get")?.value("cluster get")
     }
@@ -339,6 +426,13 @@ impl Client {
     }
 
     /// Stores `value` (flags 0, no expiry); see `set_with` for the rest.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// client.set(b"user:1", b"{\"name\":\"ada\"}", Consistency::Quorum)?;
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn set(&self, key: &[u8], value: &[u8], consistency: Consistency) -> Result<(), Error> {
         self.set_with(
             key,
@@ -350,6 +444,15 @@ impl Client {
         )
     }
 
+    /// Stores `value` with its flags, expiry and consistency.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let options = Store { flags: 3, exptime: 60, consistency: Consistency::One };
+    /// client.set_with(b"user:1", b"ada", options)?;
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn set_with(&self, key: &[u8], value: &[u8], options: Store) -> Result<(), Error> {
         self.store(StoreMode::Set, key, value, options, "set")?
             .stored("set")
@@ -357,32 +460,95 @@ impl Client {
     }
 
     /// add, replace, append or prepend: true if stored.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// use corecache_client::codec::StoreMode;
+    /// let stored = client.store_with(StoreMode::Append, b"log", b",entry", Store::default())?;
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn store_with(&self, mode: StoreMode, key: &[u8], value: &[u8], options: Store) -> Result<bool, Error> {
         self.store(mode, key, value, options, "store")?.stored("store")
     }
 
+    /// Stores only if the key is missing; true if stored.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let created = client.add(b"lock:job", b"me", Store { exptime: 30, ..Store::default() })?;
+    /// if !created {
+    ///     println!("somebody holds the lock");
+    /// }
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn add(&self, key: &[u8], value: &[u8], options: Store) -> Result<bool, Error> {
         self.store_with(StoreMode::Add, key, value, options)
     }
 
+    /// Stores only if the key is there; true if stored.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let replaced = client.replace(b"user:1", b"grace", Store::default())?;
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn replace(&self, key: &[u8], value: &[u8], options: Store) -> Result<bool, Error> {
         self.store_with(StoreMode::Replace, key, value, options)
     }
 
+    /// Adds `value` after the stored one; true if the key was there.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let appended = client.append(b"log", b",entry", Store::default())?;
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn append(&self, key: &[u8], value: &[u8], options: Store) -> Result<bool, Error> {
         self.store_with(StoreMode::Append, key, value, options)
     }
 
+    /// Adds `value` before the stored one; true if the key was there.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let prepended = client.prepend(b"log", b"entry,", Store::default())?;
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn prepend(&self, key: &[u8], value: &[u8], options: Store) -> Result<bool, Error> {
         self.store_with(StoreMode::Prepend, key, value, options)
     }
 
     /// Stores `value` only if the key's CAS is still `cas` (from a get).
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// // Read-modify-write: retried by the caller on Exists.
+    /// let current = client.get(b"count")?.expect("set before");
+    /// match client.cas(b"count", b"2", current.cas, Store::default())? {
+    ///     CasOutcome::Stored => {}
+    ///     CasOutcome::Exists => println!("another write came first"),
+    ///     CasOutcome::NotFound => println!("deleted meanwhile"),
+    /// }
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn cas(&self, key: &[u8], value: &[u8], cas: u64, options: Store) -> Result<CasOutcome, Error> {
         self.store(StoreMode::Cas(cas), key, value, options, "cas")?.cas("cas")
     }
 
     /// True if the key was there.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let was_there = client.delete(b"user:1", Consistency::One)?;
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn delete(&self, key: &[u8], consistency: Consistency) -> Result<bool, Error> {
         let found = self.call(Call::Delete { key, consistency }, "delete")?.found("delete")?;
         self.write_copies(key, None)?;
@@ -390,11 +556,27 @@ impl Client {
     }
 
     /// The new value, or None if the key is missing (it is not created).
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// client.set(b"hits", b"0", Consistency::One)?;
+    /// assert_eq!(client.incr(b"hits", 5, Consistency::One)?, Some(5));
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn incr(&self, key: &[u8], delta: u64, consistency: Consistency) -> Result<Option<u64>, Error> {
         self.arith(key, delta, true, consistency)
     }
 
     /// Decrements, stopping at 0 as memcached does.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// client.set(b"stock", b"2", Consistency::One)?;
+    /// assert_eq!(client.decr(b"stock", 5, Consistency::One)?, Some(0));
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn decr(&self, key: &[u8], delta: u64, consistency: Consistency) -> Result<Option<u64>, Error> {
         self.arith(key, delta, false, consistency)
     }
@@ -412,18 +594,44 @@ impl Client {
     }
 
     /// Sets the key's expiry; true if the key was there.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let found = client.touch(b"session:9", 600)?;
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn touch(&self, key: &[u8], exptime: u32) -> Result<bool, Error> {
         self.call(Call::Touch { key, exptime }, "touch")?.found("touch")
     }
 
     /// Values of `keys`, in their order (None for a miss): one multi-get
     /// per node, written to every node before any reply is read.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let keys: [&[u8]; 3] = [b"a", b"b", b"c"];
+    /// let values = client.get_many(&keys)?;
+    /// for (key, value) in ["a", "b", "c"].iter().zip(&values) {
+    ///     println!("{key}: {:?}", value.as_ref().map(|v| v.data.len()));
+    /// }
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Value>>, Error> {
         Ok(self.fan_out(Many::Get { keys })?.values)
     }
 
     /// Stores every `(key, value)`, each as one request, all of a node's in
     /// one send (with QUORUM or ALL, one `wait` per node after its last).
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let items: [(&[u8], &[u8]); 2] = [(b"a", b"1"), (b"b", b"2")];
+    /// client.set_many(&items, Store::default())?;
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn set_many(&self, items: &[(&[u8], &[u8])], options: Store) -> Result<(), Error> {
         let wait = options.consistency.copies(self.lock().state.copies);
         let many = Many::Set {
@@ -436,6 +644,15 @@ impl Client {
     }
 
     /// Deletes every key; true for each that was there.
+    ///
+    /// ```no_run
+    /// # use corecache_client::{blocking::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let keys: [&[u8]; 2] = [b"a", b"b"];
+    /// let found = client.delete_many(&keys)?;
+    /// assert_eq!(found.len(), 2);
+    /// # Ok::<(), corecache_client::Error>(())
+    /// ```
     pub fn delete_many(&self, keys: &[&[u8]]) -> Result<Vec<bool>, Error> {
         Ok(self.fan_out(Many::Delete { keys })?.found)
     }

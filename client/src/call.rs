@@ -6,6 +6,14 @@ use crate::codec::{Event, Expect, Fetch, Protocol, Reply, StoreMode};
 use crate::error::Error;
 
 /// How many copies a write must reach before the call returns.
+///
+/// ```
+/// use corecache_client::Consistency;
+/// // With `--copies 3`: QUORUM waits for 2, ALL for 3, ONE for none.
+/// assert_eq!(Consistency::Quorum.copies(3), Some(2));
+/// assert_eq!(Consistency::All.copies(3), Some(3));
+/// assert_eq!(Consistency::One.copies(3), None);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Consistency {
     /// The node acting for the key applied it (memcached's own meaning).
@@ -120,6 +128,7 @@ impl Outcome {
         }
     }
 
+    /// A compare-and-swap's outcome.
     pub fn cas(self, request: &'static str) -> Result<CasOutcome, Error> {
         match self {
             Outcome::Cas(outcome) => Ok(outcome),
@@ -232,6 +241,7 @@ pub struct Wire {
 }
 
 impl Call<'_> {
+    /// The key the call is routed by.
     pub fn key(&self) -> &[u8] {
         match *self {
             Call::Get { key, .. }

@@ -7,6 +7,19 @@ use crate::health::HealthPolicy;
 use crate::hot::HotKeyConfig;
 
 /// A client's settings; `Config::default()` suits a cluster on one network.
+///
+/// ```
+/// use std::time::Duration;
+/// use corecache_client::{Config, codec::Protocol, hot::HotKeyConfig};
+///
+/// let config = Config {
+///     protocol: Protocol::Text,
+///     timeout: Duration::from_millis(200),
+///     hot_keys: Some(HotKeyConfig::default()),
+///     ..Config::default()
+/// };
+/// assert_eq!(config.connections_per_node, Config::default().connections_per_node);
+/// ```
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The dialect of every connection. Meta (the default) and text carry

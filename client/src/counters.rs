@@ -141,6 +141,7 @@ pub struct ShardedCounter {
 }
 
 impl ShardedCounter {
+    /// The counter `key`, kept as `key:0` .. `key:{shards-1}`.
     pub fn new(key: &[u8], shards: usize) -> ShardedCounter {
         let keys = (0..shards.max(1))
             .map(|i| {

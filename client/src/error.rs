@@ -5,6 +5,19 @@ use thiserror::Error;
 use crate::codec::{DecodeError, ServerError, Unsupported};
 use crate::topology::BadAddress;
 
+/// Why a call failed; each driver's calls return it.
+///
+/// ```no_run
+/// # use corecache_client::{blocking::Client, Config, Consistency, Error};
+/// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+/// match client.set(b"k", b"v", Consistency::Quorum) {
+///     Ok(()) => {}
+///     // Stored on the acting node, but fewer copies answered `wait` in time.
+///     Err(Error::TooFewCopies { wanted, reached }) => eprintln!("{reached} of {wanted} copies"),
+///     Err(other) => return Err(other),
+/// }
+/// # Ok::<(), Error>(())
+/// ```
 #[derive(Debug, Error)]
 pub enum Error {
     /// Empty, longer than 250 bytes, or holding a space or control byte.

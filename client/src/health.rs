@@ -62,6 +62,7 @@ impl Health {
         }
     }
 
+    /// A reply came: up, the timeouts forgotten.
     pub fn success(&mut self) {
         self.soft_failures = 0;
         self.down = None;

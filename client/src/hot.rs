@@ -65,6 +65,7 @@ impl HotKeys {
         }
     }
 
+    /// How hot `key` was at the last report, by `config`'s thresholds.
     pub fn heat(&self, config: &HotKeyConfig, key: &[u8]) -> Heat {
         match self.reads.get(key) {
             Some(&rate) if rate > config.copies_above && config.extra_copies > 0 => Heat::Copied,
@@ -105,6 +106,7 @@ pub struct CounterBatch {
 }
 
 impl CounterBatch {
+    /// Adds `delta` to what `key` will be incremented by.
     pub fn add(&mut self, key: &[u8], delta: u64) {
         self.increments += 1;
         match self.pending.iter_mut().find(|(k, _)| k == key) {
@@ -113,6 +115,7 @@ impl CounterBatch {
         }
     }
 
+    /// Nothing to send.
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }

@@ -31,6 +31,7 @@ pub struct Gathered {
 }
 
 impl Many<'_> {
+    /// The call's keys, in its order.
     pub fn keys(&self) -> Vec<&[u8]> {
         match *self {
             Many::Get { keys } | Many::Delete { keys } => keys.to_vec(),
@@ -38,6 +39,7 @@ impl Many<'_> {
         }
     }
 
+    /// An empty result, one slot per key.
     pub fn gathered(&self) -> Gathered {
         let count = self.keys().len();
         Gathered {

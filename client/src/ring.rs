@@ -60,6 +60,19 @@ pub struct Ring {
 }
 
 impl Ring {
+    /// The ring of `nodes`, node i named by i.
+    ///
+    /// ```
+    /// use corecache_client::ring::{NodeAddress, Ring, point_of};
+    ///
+    /// let node = |host: &str| NodeAddress { host: host.into(), port: 11211, weight: 1 };
+    /// let ring = Ring::new(&[node("10.0.0.1"), node("10.0.0.2"), node("10.0.0.3")]);
+    /// let owner = ring.owner(point_of(b"user:1"));
+    /// assert!(owner < 3);
+    /// // The key's preference list: its owner first, then the next nodes clockwise.
+    /// let preference: Vec<usize> = ring.clockwise(point_of(b"user:1")).collect();
+    /// assert_eq!(preference[0], owner);
+    /// ```
     pub fn new(nodes: &[NodeAddress]) -> Ring {
         Ring::of_slots(nodes.iter().enumerate())
     }
@@ -95,6 +108,7 @@ impl Ring {
         }
     }
 
+    /// Nodes named, with points or not.
     pub fn node_count(&self) -> usize {
         self.nodes
     }

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::hot::{Heat, HotKeyConfig, HotKeys, copy_key};
 use crate::topology::Topology;
 
+/// What a driver keeps between calls.
 #[derive(Debug)]
 pub struct State {
     pub topology: Topology,
@@ -48,6 +49,7 @@ pub enum Seen {
 }
 
 impl Seen {
+    /// What a request's result says of its node.
     pub fn of(result: Result<(), &Error>) -> Seen {
         match result {
             Ok(()) => Seen::Fine,
@@ -59,11 +61,13 @@ impl Seen {
     }
 }
 
+/// A read or write that ran out of time (std::net and tokio say it apart).
 pub fn is_timeout(error: &std::io::Error) -> bool {
     matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
 impl State {
+    /// A driver's start: `topology`, one copy per key until told more.
     pub fn new(topology: Topology, now: Instant) -> State {
         State {
             topology,
@@ -111,6 +115,7 @@ impl State {
         Ok(())
     }
 
+    /// Asks for a refresh at the next call (after a node failed).
     pub fn mark_stale(&mut self) {
         self.stale = true;
     }
@@ -124,6 +129,7 @@ impl State {
         Ok(self.topology.nodes()[node].address.clone())
     }
 
+    /// How requests are spelled now: the dialect, copies, `wait`'s limit.
     pub fn wire(&self, config: &Config) -> Wire {
         Wire {
             protocol: config.protocol,
@@ -221,6 +227,7 @@ pub struct Attempts {
 }
 
 impl Attempts {
+    /// The first attempt of `call`.
     pub fn new(call: &Call, config: &Config, now: Instant) -> Attempts {
         Attempts {
             deadline: now + config.retry_for,

@@ -50,6 +50,16 @@ impl Client {
     /// A client of a corecache cluster: the node list comes from the first
     /// seed that answers `cluster nodes`, and is asked again every
     /// `config.refresh_interval` and after a node fails.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// let client = Client::cluster(&["127.0.0.1:11211"], Config::default()).await?;
+    /// let (epoch, nodes) = client.nodes();
+    /// println!("epoch {epoch:?}: {nodes:?}");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn cluster(seeds: &[&str], config: Config) -> Result<Client, Error> {
         for seed in seeds {
             parse_address(seed)?;
@@ -65,6 +75,15 @@ impl Client {
 
     /// A ketama client of a fixed list (`host:port[:weight]`), as for
     /// plain memcached servers: no cluster commands are sent.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// let client = Client::fixed(&["127.0.0.1:11211", "127.0.0.2:11211:2"], Config::default())?;
+    /// client.set(b"k", b"v", Consistency::One).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn fixed(servers: &[&str], config: Config) -> Result<Client, Error> {
         let nodes = servers.iter().map(|s| parse_address(s)).collect::<Result<Vec<_>, _>>()?;
         Ok(Client::new(Vec::new(), Topology::fixed(&nodes, config.health), config))
@@ -87,18 +106,49 @@ impl Client {
 
     /// The node list's epoch (None for a fixed list) and each node's
     /// address and whether it is taken as up.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// for (address, up) in client.nodes().1 {
+    ///     println!("{address}: {}", if up { "up" } else { "down" });
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn nodes(&self) -> (Option<u64>, Vec<(String, bool)>) {
         self.lock().state.nodes()
     }
 
     /// The hot keys the nodes last reported, hottest first, with their
     /// estimated reads per second (with `Config::hot_keys`).
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// for (key, reads_per_second) in client.hot_keys() {
+    ///     println!("{}: {reads_per_second}/s", String::from_utf8_lossy(&key));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn hot_keys(&self) -> Vec<(Vec<u8>, u64)> {
         self.lock().state.hot.hottest()
     }
 
     /// Asks the cluster for its node list now (a no-op for a fixed list);
     /// with `Config::hot_keys`, every live node for its hot keys too.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// client.refresh().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn refresh(&self) -> Result<(), Error> {
         if self.seeds.is_empty() {
             return Ok(());
@@ -218,6 +268,17 @@ impl Client {
 
     /// Runs one call on the node its key goes to (see `state::Attempts`
     /// for when it is tried again).
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// use corecache_client::call::Call;
+    /// let outcome = client.call(Call::Touch { key: b"k", exptime: 60 }, "touch").await?;
+    /// let found = outcome.found("touch")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn call(&self, call: Call<'_>, name: &'static str) -> Result<Outcome, Error> {
         self.call_on(call, name, None).await
     }
@@ -280,6 +341,17 @@ impl Client {
 
     /// The key's value, or None on a miss. With `Config::hot_keys`, a hot
     /// key's read goes to one of its copies in turn.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// if let Some(value) = client.get(b"user:1").await? {
+    ///     println!("{} bytes, flags {}", value.data.len(), value.flags);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get(&self, key: &[u8]) -> Result<Option<Value>, Error> {
         let read = match (&self.config.hot_keys, self.seeds.is_empty()) {
             (Some(config), false) => self.lock().state.hot_read(config, key),
@@ -318,6 +390,16 @@ impl Client {
     }
 
     /// A get that also sets the key's expiry (memcached's `gat`).
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// // Read it and keep it 5 more minutes.
+    /// let value = client.gat(b"session:9", 300).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn gat(&self, key: &[u8], exptime: u32) -> Result<Option<Value>, Error> {
         self.call(
             Call::Get {
@@ -332,6 +414,15 @@ impl Client {
 
     /// A quorum read (corecache's `cluster get`): the newest of a majority
     /// of the key's copies; older copies found are repaired by the cluster.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let newest = client.get_quorum(b"balance:7").await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get_quorum(&self, key: &[u8]) -> Result<Option<Value>, Error> {
         self.call(Call::QuorumGet { key }, "cluster get").await?.value("cluster get")
     }
@@ -354,6 +445,15 @@ impl Client {
     }
 
     /// Stores `value` (flags 0, no expiry); see `set_with` for the rest.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// client.set(b"user:1", b"{\"name\":\"ada\"}", Consistency::Quorum).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn set(&self, key: &[u8], value: &[u8], consistency: Consistency) -> Result<(), Error> {
         self.set_with(
             key,
@@ -366,6 +466,17 @@ impl Client {
         .await
     }
 
+    /// Stores `value` with its flags, expiry and consistency.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let options = Store { flags: 3, exptime: 60, consistency: Consistency::One };
+    /// client.set_with(b"user:1", b"ada", options).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn set_with(&self, key: &[u8], value: &[u8], options: Store) -> Result<(), Error> {
         self.store(StoreMode::Set, key, value, options, "set")
             .await?
@@ -374,32 +485,109 @@ impl Client {
     }
 
     /// add, replace, append or prepend: true if stored.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// use corecache_client::codec::StoreMode;
+    /// let stored = client.store_with(StoreMode::Append, b"log", b",entry", Store::default()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn store_with(&self, mode: StoreMode, key: &[u8], value: &[u8], options: Store) -> Result<bool, Error> {
         self.store(mode, key, value, options, "store").await?.stored("store")
     }
 
+    /// Stores only if the key is missing; true if stored.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let created = client.add(b"lock:job", b"me", Store { exptime: 30, ..Store::default() }).await?;
+    /// if !created {
+    ///     println!("somebody holds the lock");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn add(&self, key: &[u8], value: &[u8], options: Store) -> Result<bool, Error> {
         self.store_with(StoreMode::Add, key, value, options).await
     }
 
+    /// Stores only if the key is there; true if stored.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let replaced = client.replace(b"user:1", b"grace", Store::default()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn replace(&self, key: &[u8], value: &[u8], options: Store) -> Result<bool, Error> {
         self.store_with(StoreMode::Replace, key, value, options).await
     }
 
+    /// Adds `value` after the stored one; true if the key was there.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let appended = client.append(b"log", b",entry", Store::default()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn append(&self, key: &[u8], value: &[u8], options: Store) -> Result<bool, Error> {
         self.store_with(StoreMode::Append, key, value, options).await
     }
 
+    /// Adds `value` before the stored one; true if the key was there.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let prepended = client.prepend(b"log", b"entry,", Store::default()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn prepend(&self, key: &[u8], value: &[u8], options: Store) -> Result<bool, Error> {
         self.store_with(StoreMode::Prepend, key, value, options).await
     }
 
     /// Stores `value` only if the key's CAS is still `cas` (from a get).
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// // Read-modify-write: retried by the caller on Exists.
+    /// let current = client.get(b"count").await?.expect("set before");
+    /// match client.cas(b"count", b"2", current.cas, Store::default()).await? {
+    ///     CasOutcome::Stored => {}
+    ///     CasOutcome::Exists => println!("another write came first"),
+    ///     CasOutcome::NotFound => println!("deleted meanwhile"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn cas(&self, key: &[u8], value: &[u8], cas: u64, options: Store) -> Result<CasOutcome, Error> {
         self.store(StoreMode::Cas(cas), key, value, options, "cas").await?.cas("cas")
     }
 
     /// True if the key was there.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let was_there = client.delete(b"user:1", Consistency::One).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn delete(&self, key: &[u8], consistency: Consistency) -> Result<bool, Error> {
         let found = self
             .call(Call::Delete { key, consistency }, "delete")
@@ -410,11 +598,31 @@ impl Client {
     }
 
     /// The new value, or None if the key is missing (it is not created).
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// client.set(b"hits", b"0", Consistency::One).await?;
+    /// assert_eq!(client.incr(b"hits", 5, Consistency::One).await?, Some(5));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn incr(&self, key: &[u8], delta: u64, consistency: Consistency) -> Result<Option<u64>, Error> {
         self.arith(key, delta, true, consistency).await
     }
 
     /// Decrements, stopping at 0 as memcached does.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// client.set(b"stock", b"2", Consistency::One).await?;
+    /// assert_eq!(client.decr(b"stock", 5, Consistency::One).await?, Some(0));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn decr(&self, key: &[u8], delta: u64, consistency: Consistency) -> Result<Option<u64>, Error> {
         self.arith(key, delta, false, consistency).await
     }
@@ -432,18 +640,50 @@ impl Client {
     }
 
     /// Sets the key's expiry; true if the key was there.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let found = client.touch(b"session:9", 600).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn touch(&self, key: &[u8], exptime: u32) -> Result<bool, Error> {
         self.call(Call::Touch { key, exptime }, "touch").await?.found("touch")
     }
 
     /// Values of `keys`, in their order (None for a miss): one multi-get
     /// per node, written to every node before any reply is read.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let keys: [&[u8]; 3] = [b"a", b"b", b"c"];
+    /// let values = client.get_many(&keys).await?;
+    /// for (key, value) in ["a", "b", "c"].iter().zip(&values) {
+    ///     println!("{key}: {:?}", value.as_ref().map(|v| v.data.len()));
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Value>>, Error> {
         Ok(self.fan_out(Many::Get { keys }).await?.values)
     }
 
     /// Stores every `(key, value)`, each as one request, all of a node's in
     /// one send (with QUORUM or ALL, one `wait` per node after its last).
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let items: [(&[u8], &[u8]); 2] = [(b"a", b"1"), (b"b", b"2")];
+    /// client.set_many(&items, Store::default()).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn set_many(&self, items: &[(&[u8], &[u8])], options: Store) -> Result<(), Error> {
         let wait = options.consistency.copies(self.lock().state.copies);
         let many = Many::Set {
@@ -456,6 +696,17 @@ impl Client {
     }
 
     /// Deletes every key; true for each that was there.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), corecache_client::Error> {
+    /// # use corecache_client::{tokio_driver::Client, CasOutcome, Config, Consistency, Store};
+    /// # let client = Client::fixed(&["127.0.0.1:11211"], Config::default())?;
+    /// let keys: [&[u8]; 2] = [b"a", b"b"];
+    /// let found = client.delete_many(&keys).await?;
+    /// assert_eq!(found.len(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn delete_many(&self, keys: &[&[u8]]) -> Result<Vec<bool>, Error> {
         Ok(self.fan_out(Many::Delete { keys }).await?.found)
     }

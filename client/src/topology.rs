@@ -130,24 +130,45 @@ impl Topology {
         Ok(!same_list)
     }
 
+    /// Every node of the list, in its order (a node's index is its slot).
     pub fn nodes(&self) -> &[Node] {
         &self.nodes
     }
 
+    /// Node `node`, to report what was seen of it.
     pub fn node_mut(&mut self, node: usize) -> &mut Node {
         &mut self.nodes[node]
     }
 
+    /// The cluster's epoch for this list; None for a fixed list.
     pub fn epoch(&self) -> Option<u64> {
         self.epoch
     }
 
+    /// When a node is marked down and probed back.
     pub fn policy(&self) -> &HealthPolicy {
         &self.policy
     }
 
     /// The node a key goes to now, or None if every node is down. A down
     /// node whose probe is due is chosen once (the caller probes it).
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use corecache_client::health::HealthPolicy;
+    /// use corecache_client::topology::{Topology, parse_address};
+    ///
+    /// let nodes = ["10.0.0.1:11211", "10.0.0.2:11211", "10.0.0.3:11211"];
+    /// let nodes: Vec<_> = nodes.iter().map(|n| parse_address(n).unwrap()).collect();
+    /// let mut topology = Topology::fixed(&nodes, HealthPolicy::default());
+    /// let now = Instant::now();
+    /// let owner = topology.route(b"user:1", now).unwrap();
+    /// // Its connection was refused: the key goes to the next node.
+    /// let policy = topology.policy().clone();
+    /// topology.node_mut(owner).health.hard_failure(&policy, now);
+    /// let next = topology.route(b"user:1", now).unwrap();
+    /// assert_ne!(next, owner);
+    /// ```
     pub fn route(&mut self, key: &[u8], now: Instant) -> Option<usize> {
         self.route_point(point_of(key), now)
     }

@@ -10,6 +10,9 @@
 //! schedule.rs   open-loop arrival times (Poisson or even)
 //! protocol.rs   operations on the wire (text, meta, binary) through
 //!               corecache-client's codec; values checked as they are read
+//! links.rs      one load connection's sockets: to the server, or to each
+//!               node of a cluster (--cluster), requests routed by
+//!               corecache-client's topology; replies matched to requests
 //! results.rs    HdrHistograms per operation, counters, reports
 //! runner.rs     pinned glommio threads, connections, phases
 //! chart.rs      SVG latency-by-percentile chart from JSON reports
@@ -23,6 +26,7 @@
 
 pub mod chart;
 pub mod keys;
+pub mod links;
 pub mod options;
 pub mod protocol;
 pub mod results;

@@ -30,6 +30,11 @@ pub struct RunArgs {
     /// Server address
     #[arg(short = 's', long, default_value = "127.0.0.1:11211")]
     pub server: SocketAddr,
+    /// Drive a cluster instead: seeds host:port,... asked for `cluster
+    /// nodes` (plain memcached servers are taken as a ketama list); each
+    /// request goes to its key's node, and the report counts requests per node
+    #[arg(long, value_delimiter = ',', conflicts_with = "server")]
+    pub cluster: Vec<String>,
     #[arg(long, value_enum, default_value = "text")]
     pub protocol: Protocol,
     /// CPUs to pin the load threads to, one thread each (e.g. "1" or "1,2")
@@ -113,12 +118,22 @@ pub enum OptionsError {
     Zero(&'static str),
     #[error("--rate must be positive")]
     Rate,
+    #[error("--cluster '{0}': expected host:port[:weight]")]
+    Cluster(String),
+}
+
+/// Where the load goes.
+#[derive(Clone, Debug)]
+pub enum Servers {
+    One(SocketAddr),
+    /// Seeds of a cluster, or a ketama list.
+    Cluster(Vec<String>),
 }
 
 /// A validated run.
 #[derive(Clone, Debug)]
 pub struct Plan {
-    pub server: SocketAddr,
+    pub servers: Servers,
     pub cpus: Vec<usize>,
     pub connections: usize,
     pub pipeline: usize,
@@ -187,8 +202,16 @@ impl RunArgs {
             PatternName::Zipf => KeyPattern::Zipf(self.zipf_exponent),
             PatternName::Sequential => KeyPattern::Sequential,
         };
+        let servers = if self.cluster.is_empty() {
+            Servers::One(self.server)
+        } else {
+            for seed in &self.cluster {
+                corecache_client::topology::parse_address(seed).map_err(|_| OptionsError::Cluster(seed.clone()))?;
+            }
+            Servers::Cluster(self.cluster.clone())
+        };
         Ok(Plan {
-            server: self.server,
+            servers,
             cpus,
             connections: self.connections,
             pipeline: self.pipeline,

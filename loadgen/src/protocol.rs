@@ -74,6 +74,11 @@ impl Codec {
         }
     }
 
+    /// Spells the key `index` of an operation of `kind` (for routing).
+    pub fn write_key(&self, kind: OpKind, index: u64, out: &mut Vec<u8>) {
+        self.format(kind).write(index, out)
+    }
+
     fn format(&self, kind: OpKind) -> &KeyFormat {
         if kind == OpKind::Incr {
             &self.counter_keys
@@ -127,7 +132,8 @@ impl Codec {
     }
 
     /// Reads what has arrived of the reply `expect` describes into
-    /// `reply`: the bytes it took, and whether the reply is complete.
+    /// `reply` (hits and misses add up, so the parts of a get split over
+    /// nodes share one): the bytes it took, and whether it is complete.
     pub fn decode(&self, expect: &mut Expect, reply: &mut Reply, buf: &[u8]) -> (usize, bool) {
         let mut at = 0;
         loop {
@@ -141,11 +147,11 @@ impl Codec {
                 Ok(Some((used, Event::Done(done)))) => {
                     at += used;
                     match done {
-                        ClientReply::Values { found } => reply.misses = expect.keys().saturating_sub(found),
+                        ClientReply::Values { found } => reply.misses += expect.keys().saturating_sub(found),
                         ClientReply::Stored | ClientReply::Deleted | ClientReply::Touched | ClientReply::Number(_) => {
-                            reply.hits = 1
+                            reply.hits += 1
                         }
-                        ClientReply::NotStored | ClientReply::NotFound | ClientReply::Exists => reply.misses = 1,
+                        ClientReply::NotStored | ClientReply::NotFound | ClientReply::Exists => reply.misses += 1,
                         ClientReply::Error(error) => reply.error = Some(error.to_string()),
                         other => reply.error = Some(format!("unexpected reply {other:?}")),
                     }

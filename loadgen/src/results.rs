@@ -23,6 +23,8 @@ pub struct Recorder {
     pub misses: u64,
     pub errors: BTreeMap<String, u64>,
     pub verify_failures: u64,
+    /// Requests sent to each node for measured operations.
+    pub requests_per_node: BTreeMap<String, u64>,
 }
 
 impl Default for Recorder {
@@ -41,6 +43,7 @@ impl Default for Recorder {
             misses: 0,
             errors: BTreeMap::new(),
             verify_failures: 0,
+            requests_per_node: BTreeMap::new(),
         }
     }
 }
@@ -61,6 +64,12 @@ impl Recorder {
         *self.errors.entry(kind.to_string()).or_insert(0) += 1;
     }
 
+    pub fn requests_sent(&mut self, per_node: &BTreeMap<String, u64>) {
+        for (node, count) in per_node {
+            *self.requests_per_node.entry(node.clone()).or_insert(0) += count;
+        }
+    }
+
     pub fn merge(&mut self, other: &Recorder) {
         for (kind, histogram) in &other.latency {
             self.latency
@@ -75,6 +84,7 @@ impl Recorder {
         for (kind, count) in &other.errors {
             *self.errors.entry(kind.clone()).or_insert(0) += count;
         }
+        self.requests_sent(&other.requests_per_node);
     }
 
     pub fn operations(&self) -> u64 {
@@ -143,6 +153,10 @@ pub struct Report {
     pub hit_ratio: f64,
     pub errors: BTreeMap<String, u64>,
     pub verify_failures: u64,
+    /// Requests sent to each node (a multi-key get split over nodes is a
+    /// request to each) for the measured operations.
+    #[serde(default)]
+    pub requests_per_node: BTreeMap<String, u64>,
     /// The load generator's own CPU (user + system) per operation.
     pub loadgen_cpu_us_per_op: f64,
     pub latency: BTreeMap<String, LatencySummary>,
@@ -184,6 +198,18 @@ impl Report {
             "ops/s {:.0}  hit ratio {:.3}  loadgen CPU {:.2} us/op  verify failures {}",
             self.ops_per_sec, self.hit_ratio, self.loadgen_cpu_us_per_op, self.verify_failures
         )?;
+        if self.requests_per_node.len() > 1 {
+            let total: u64 = self.requests_per_node.values().sum();
+            let mean = total as f64 / self.requests_per_node.len() as f64;
+            for (node, count) in &self.requests_per_node {
+                writeln!(
+                    out,
+                    "node {node}: {count} requests, {:.1}% ({:.2}x the mean)",
+                    100.0 * *count as f64 / total.max(1) as f64,
+                    *count as f64 / mean.max(1e-9)
+                )?;
+            }
+        }
         for (kind, count) in &self.errors {
             writeln!(out, "error: {count} x {kind}")?;
         }

@@ -1,31 +1,27 @@
 //! Running a plan: one pinned glommio executor per load CPU, its
 //! connections as tasks. Phases: prefill, warm-up, measurement.
 
-use std::cell::RefCell;
-use std::collections::VecDeque;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use corecache_client::blocking::Client;
 use glommio::{LocalExecutorBuilder, Placement};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use crate::keys::KeyChooser;
-use crate::options::Plan;
-use corecache_client::codec::Expect;
-
-use crate::protocol::{Codec, Reply};
+use crate::links::{self, Arrived, Links, Target};
+use crate::options::{Plan, Servers};
+use crate::protocol::Reply;
 use crate::results::{LatencySummary, Recorder, Report};
 use crate::schedule::Schedule;
 use crate::workload::{Op, OpKind, Workload};
 
 /// Locked memory per load thread (glommio registers it with io_uring).
 const IO_MEMORY: usize = 1 << 20;
-const READ_BUFFER: usize = 64 * 1024;
 /// How long to wait for replies still in flight when the run ends.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -44,20 +40,34 @@ struct Timeline {
     until: Instant,
 }
 
-/// A request waiting for its reply.
-struct Pending {
-    kind: OpKind,
-    /// Its reply's shape, and what has been read of it.
-    expect: Expect,
-    reply: Reply,
-    /// When it was sent (closed loop) or meant to be sent (open loop).
-    since: Instant,
+/// The server, or the cluster's nodes: asked of the seeds with `cluster
+/// nodes`; seeds that do not know it (plain memcached) are taken as a
+/// fixed ketama list.
+fn target(plan: &Plan) -> std::io::Result<Target> {
+    let seeds = match &plan.servers {
+        Servers::One(address) => return Ok(Target::Server(*address)),
+        Servers::Cluster(seeds) => seeds.iter().map(String::as_str).collect::<Vec<_>>(),
+    };
+    let config = corecache_client::Config::default();
+    let client = match Client::cluster(&seeds, config.clone()) {
+        Ok(client) => client,
+        Err(corecache_client::Error::NoSeed(why)) => {
+            eprintln!("corecache-loadgen: {why}; taking the list as plain ketama servers");
+            Client::fixed(&seeds, config).map_err(std::io::Error::other)?
+        }
+        Err(error) => return Err(std::io::Error::other(error)),
+    };
+    let topology = client.topology();
+    let epoch = topology.epoch().map_or("none".to_string(), |e| e.to_string());
+    eprintln!("corecache-loadgen: {} nodes, epoch {epoch}", topology.nodes().len());
+    Ok(Target::Cluster(topology))
 }
 
 /// Runs the whole plan; returns the merged measurements and the report.
 pub fn run(plan: &Plan, progress: Arc<Progress>) -> std::io::Result<(Recorder, Report)> {
+    let target = target(plan)?;
     if plan.prefill {
-        prefill(plan)?;
+        prefill(plan, &target)?;
     }
     let usage_before = cpu_time();
     let started = Instant::now();
@@ -70,8 +80,8 @@ pub fn run(plan: &Plan, progress: Arc<Progress>) -> std::io::Result<(Recorder, R
     let timeline = Timeline { measure_from, until };
     let shared = progress.clone();
     let recorders = on_each_cpu(plan, move |plan, thread| {
-        let progress = shared.clone();
-        async move { load_thread(&plan, thread, timeline, progress).await }
+        let (progress, target) = (shared.clone(), target.clone());
+        async move { load_thread(&plan, &target, thread, timeline, progress).await }
     })?;
     let mut total = Recorder::default();
     for recorder in &recorders {
@@ -123,6 +133,7 @@ fn report(plan: &Plan, total: &Recorder, seconds: f64, cpu_us_per_op: f64) -> Re
         },
         errors: total.errors.clone(),
         verify_failures: total.verify_failures,
+        requests_per_node: total.requests_per_node.clone(),
         loadgen_cpu_us_per_op: cpu_us_per_op,
         latency,
     }
@@ -140,17 +151,25 @@ fn cpu_time() -> Duration {
     of(usage.ru_utime) + of(usage.ru_stime)
 }
 
-async fn load_thread(plan: &Plan, thread: usize, timeline: Timeline, progress: Arc<Progress>) -> Recorder {
+async fn load_thread(plan: &Plan, target: &Target, thread: usize, timeline: Timeline, progress: Arc<Progress>) -> Recorder {
     let recorder = Rc::new(RefCell::new(Recorder::default()));
     let tasks: Vec<_> = (0..plan.connections)
         .map(|index| {
             let connection = thread * plan.connections + index;
-            let (plan, recorder, progress) = (plan.clone(), recorder.clone(), progress.clone());
+            let (plan, target, recorder, progress) = (plan.clone(), target.clone(), recorder.clone(), progress.clone());
             glommio::spawn_local(async move {
                 let rate_per_connection = plan.rate.map(|rate| rate / plan.total_connections() as f64);
-                let result = match rate_per_connection {
-                    Some(rate) => open_loop(&plan, connection, rate, timeline, &recorder, &progress).await,
-                    None => closed_loop(&plan, connection, timeline, &recorder, &progress).await,
+                let result = match Links::connect(&target, timeline.measure_from).await {
+                    Err(error) => Err(error),
+                    Ok(links) => {
+                        let links = RefCell::new(links);
+                        let result = match rate_per_connection {
+                            Some(rate) => open_loop(&plan, &links, connection, rate, timeline, &recorder, &progress).await,
+                            None => closed_loop(&plan, &links, connection, timeline, &recorder, &progress).await,
+                        };
+                        recorder.borrow_mut().requests_sent(&links.borrow().requests_per_node());
+                        result
+                    }
                 };
                 if let Err(error) = result {
                     recorder.borrow_mut().error(&format!("connection: {error}"));
@@ -186,203 +205,138 @@ fn may_send(plan: &Plan, progress: &Progress, now: Instant, timeline: &Timeline)
     }
 }
 
-/// Reads replies for the oldest pending requests; returns how many completed.
-fn take_replies(
-    codec: &Codec,
-    buffer: &mut Vec<u8>,
-    pending: &mut VecDeque<Pending>,
-    recorder: &RefCell<Recorder>,
-    measure_from: Instant,
-    progress: &Progress,
-) -> usize {
-    let mut at = 0;
-    let mut completed = 0;
-    let now = Instant::now();
-    while let Some(front) = pending.front_mut() {
-        let (used, done) = codec.decode(&mut front.expect, &mut front.reply, &buffer[at..]);
-        at += used;
-        if !done {
-            break;
+/// Records each completed operation started in the measured window.
+fn recording<'a>(recorder: &'a RefCell<Recorder>, measure_from: Instant) -> impl FnMut(OpKind, Instant, Instant, &Reply) + 'a {
+    move |kind, since, now, reply| {
+        if since >= measure_from {
+            recorder.borrow_mut().record(kind, now - since, reply);
         }
-        if front.since >= measure_from {
-            recorder.borrow_mut().record(front.kind, now - front.since, &front.reply);
-        }
-        pending.pop_front();
-        completed += 1;
-    }
-    buffer.drain(..at);
-    progress.operations.fetch_add(completed as u64, Ordering::Relaxed);
-    completed
-}
-
-async fn connect(plan: &Plan) -> std::io::Result<TcpStream> {
-    let stream = TcpStream::connect(plan.server)
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_millis(500)))?;
-    Ok(stream)
-}
-
-/// Reads once into `buffer`; Ok(false) on a read timeout.
-async fn read_some(stream: &mut (impl AsyncReadExt + Unpin), buffer: &mut Vec<u8>, chunk: &mut [u8]) -> std::io::Result<bool> {
-    match stream.read(chunk).await {
-        Ok(0) => Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "server closed the connection",
-        )),
-        Ok(read) => {
-            buffer.extend_from_slice(&chunk[..read]);
-            Ok(true)
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::TimedOut || error.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-        Err(error) => Err(error),
     }
 }
 
-/// As fast as replies allow: `pipeline` requests in flight, topped up after
-/// every read with one send.
+/// Queues `op`; an operation no live node takes is an error.
+fn send(plan: &Plan, links: &mut Links, op: &Op, since: Instant, recorder: &RefCell<Recorder>) {
+    if let Err(error) = links.send(&plan.codec, op, since) {
+        recorder.borrow_mut().error(&error.to_string());
+    }
+}
+
+/// As fast as replies allow: `pipeline` operations in flight, topped up
+/// after every read with one send per link.
 async fn closed_loop(
     plan: &Plan,
+    links: &RefCell<Links>,
     connection: usize,
     timeline: Timeline,
     recorder: &RefCell<Recorder>,
     progress: &Progress,
 ) -> std::io::Result<()> {
-    let mut stream = connect(plan).await?;
     let (mut workload, mut rng) = workload(plan, connection);
     let mut op = Op {
         kind: OpKind::Get,
         keys: Vec::new(),
     };
-    let mut pending = VecDeque::new();
-    let mut out = Vec::new();
-    let mut buffer = Vec::new();
-    let mut chunk = vec![0u8; READ_BUFFER];
+    let mut completed = recording(recorder, timeline.measure_from);
     let mut sending = true;
     loop {
         let now = Instant::now();
-        while sending && pending.len() < plan.pipeline {
-            if !may_send(plan, progress, now, &timeline) {
-                sending = false;
-                break;
+        {
+            let mut links = links.borrow_mut();
+            while sending && links.in_flight() < plan.pipeline {
+                if !may_send(plan, progress, now, &timeline) {
+                    sending = false;
+                    break;
+                }
+                workload.next(&mut rng, &mut op);
+                send(plan, &mut links, &op, now, recorder);
             }
-            workload.next(&mut rng, &mut op);
-            let expect = plan.codec.encode(&op, &mut out);
-            pending.push_back(Pending {
-                kind: op.kind,
-                expect,
-                reply: Reply::default(),
-                since: now,
-            });
         }
-        if !out.is_empty() {
-            stream.write_all(&out).await?;
-            out.clear();
-        }
-        if pending.is_empty() {
+        links::flush(links, &mut completed).await?;
+        if links.borrow().in_flight() == 0 {
             return Ok(());
         }
         let drain_deadline = timeline.until.max(now) + DRAIN;
         loop {
-            if !read_some(&mut stream, &mut buffer, &mut chunk).await? && Instant::now() > drain_deadline {
-                recorder.borrow_mut().error("timeout waiting for replies");
-                return Ok(());
-            }
-            if take_replies(
-                &plan.codec,
-                &mut buffer,
-                &mut pending,
-                recorder,
-                timeline.measure_from,
-                progress,
-            ) > 0
-            {
-                break;
+            match links::replies(links, &plan.codec, &mut completed).await? {
+                Arrived::Replies(0) => {}
+                Arrived::Replies(done) => {
+                    progress.operations.fetch_add(done as u64, Ordering::Relaxed);
+                    break;
+                }
+                Arrived::TimedOut if Instant::now() > drain_deadline => {
+                    recorder.borrow_mut().error("timeout waiting for replies");
+                    return Ok(());
+                }
+                Arrived::TimedOut => {}
             }
         }
     }
 }
 
 /// On schedule: requests go out at their intended times (all that are due
-/// in one send), replies are read by a second task; latency counts from the
-/// intended time, so queueing behind a stalled server is measured.
+/// in one send per link), replies are read by a second task; latency counts
+/// from the intended time, so queueing behind a stalled server is measured.
 async fn open_loop(
     plan: &Plan,
+    links: &RefCell<Links>,
     connection: usize,
     rate: f64,
     timeline: Timeline,
     recorder: &RefCell<Recorder>,
     progress: &Progress,
 ) -> std::io::Result<()> {
-    let stream = connect(plan).await?;
-    let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let pending = Rc::new(RefCell::new(VecDeque::<Pending>::new()));
-    let writing = Rc::new(std::cell::Cell::new(true));
+    let writing = Cell::new(true);
     let (mut workload, mut rng) = workload(plan, connection);
     let schedule = Schedule::new(plan.arrivals, rate);
 
-    let send = {
-        let (pending, writing) = (pending.clone(), writing.clone());
-        async move {
-            let mut op = Op {
-                kind: OpKind::Get,
-                keys: Vec::new(),
-            };
-            let mut out = Vec::new();
-            // Stagger the first request by a random gap.
-            let mut next = Instant::now() + schedule.next_gap(&mut rng);
-            let result = loop {
-                let now = Instant::now();
+    let send = async {
+        let mut op = Op {
+            kind: OpKind::Get,
+            keys: Vec::new(),
+        };
+        let mut completed = recording(recorder, timeline.measure_from);
+        // Stagger the first request by a random gap.
+        let mut next = Instant::now() + schedule.next_gap(&mut rng);
+        let result = loop {
+            let now = Instant::now();
+            {
+                let mut links = links.borrow_mut();
                 while next <= now {
                     if !may_send(plan, progress, next, &timeline) {
                         break;
                     }
                     workload.next(&mut rng, &mut op);
-                    let expect = plan.codec.encode(&op, &mut out);
-                    pending.borrow_mut().push_back(Pending {
-                        kind: op.kind,
-                        expect,
-                        reply: Reply::default(),
-                        since: next,
-                    });
+                    send(plan, &mut links, &op, next, recorder);
                     next += schedule.next_gap(&mut rng);
                 }
-                if !out.is_empty() {
-                    if let Err(error) = writer.write_all(&out).await {
-                        break Err(error);
-                    }
-                    out.clear();
-                }
-                if next >= timeline.until || !may_send_later(plan, progress) {
-                    break Ok(());
-                }
-                glommio::timer::sleep(next.saturating_duration_since(Instant::now())).await;
-            };
-            writing.set(false);
-            result
-        }
+            }
+            if let Err(error) = links::flush(links, &mut completed).await {
+                break Err(error);
+            }
+            if next >= timeline.until || !may_send_later(plan, progress) {
+                break Ok(());
+            }
+            glommio::timer::sleep(next.saturating_duration_since(Instant::now())).await;
+        };
+        writing.set(false);
+        result
     };
     let receive = async {
-        let mut buffer = Vec::new();
-        let mut chunk = vec![0u8; READ_BUFFER];
+        let mut completed = recording(recorder, timeline.measure_from);
         loop {
-            if !writing.get() && pending.borrow().is_empty() {
+            if !writing.get() && links.borrow().in_flight() == 0 {
                 return Ok(());
             }
-            let got = read_some(&mut reader, &mut buffer, &mut chunk).await?;
-            if !got && !writing.get() && Instant::now() > timeline.until + DRAIN {
-                recorder.borrow_mut().error("timeout waiting for replies");
-                return Ok(());
+            match links::replies(links, &plan.codec, &mut completed).await? {
+                Arrived::Replies(done) => {
+                    progress.operations.fetch_add(done as u64, Ordering::Relaxed);
+                }
+                Arrived::TimedOut if !writing.get() && Instant::now() > timeline.until + DRAIN => {
+                    recorder.borrow_mut().error("timeout waiting for replies");
+                    return Ok(());
+                }
+                Arrived::TimedOut => {}
             }
-            take_replies(
-                &plan.codec,
-                &mut buffer,
-                &mut pending.borrow_mut(),
-                recorder,
-                timeline.measure_from,
-                progress,
-            );
         }
     };
     let (sent, received) = futures_lite::future::zip(send, receive).await;
@@ -423,60 +377,72 @@ where
 }
 
 /// Stores every key once (and seeds counters), closed loop, unmeasured.
-fn prefill(plan: &Plan) -> std::io::Result<()> {
-    let results = on_each_cpu(plan, |plan, thread| async move {
-        let tasks: Vec<_> = (0..plan.connections)
-            .map(|index| {
-                let plan = plan.clone();
-                glommio::spawn_local(async move { prefill_connection(&plan, thread * plan.connections + index).await })
-            })
-            .collect();
-        let mut result = Ok(());
-        for task in tasks {
-            result = result.and(task.await);
+fn prefill(plan: &Plan, target: &Target) -> std::io::Result<()> {
+    let target = target.clone();
+    let results = on_each_cpu(plan, move |plan, thread| {
+        let target = target.clone();
+        async move {
+            let tasks: Vec<_> = (0..plan.connections)
+                .map(|index| {
+                    let (plan, target) = (plan.clone(), target.clone());
+                    glommio::spawn_local(
+                        async move { prefill_connection(&plan, &target, thread * plan.connections + index).await },
+                    )
+                })
+                .collect();
+            let mut result = Ok(());
+            for task in tasks {
+                result = result.and(task.await);
+            }
+            result
         }
-        result
     })?;
     results.into_iter().collect()
 }
 
-async fn prefill_connection(plan: &Plan, connection: usize) -> std::io::Result<()> {
-    const BATCH: u64 = 64;
-    let mut stream = connect(plan).await?;
+async fn prefill_connection(plan: &Plan, target: &Target, connection: usize) -> std::io::Result<()> {
+    const BATCH: usize = 64;
+    /// Longest wait for a batch's replies.
+    const STALL: Duration = Duration::from_secs(5);
+    let never = Instant::now() + Duration::from_secs(86_400 * 365);
+    let links = RefCell::new(Links::connect(target, never).await?);
     let total = plan.total_connections() as u64;
     let mine: Vec<u64> = (connection as u64..plan.keys).step_by(total as usize).collect();
     let seed_counters = plan.mix.incr > 0;
-    let mut out = Vec::new();
-    let mut buffer = Vec::new();
-    let mut chunk = vec![0u8; READ_BUFFER];
-    let mut expects = VecDeque::new();
-    for batch in mine.chunks(BATCH as usize) {
-        for &index in batch {
-            expects.push_back(plan.codec.encode_set(index, &mut out));
-            if seed_counters {
-                expects.push_back(plan.codec.encode_counter_seed(index, &mut out));
+    let codec = &plan.codec;
+    let failure = RefCell::new(None::<String>);
+    let mut completed = |_: OpKind, _: Instant, _: Instant, reply: &Reply| {
+        if let Some(error) = &reply.error {
+            failure.borrow_mut().get_or_insert_with(|| error.clone());
+        }
+    };
+    let prefill_error = |error: &dyn std::fmt::Display| std::io::Error::other(format!("prefill: {error}"));
+    for batch in mine.chunks(BATCH) {
+        let now = Instant::now();
+        {
+            let mut links = links.borrow_mut();
+            for &index in batch {
+                links
+                    .send_request(codec, OpKind::Set, index, now, |out| codec.encode_set(index, out))
+                    .map_err(|e| prefill_error(&e))?;
+                if seed_counters {
+                    links
+                        .send_request(codec, OpKind::Incr, index, now, |out| codec.encode_counter_seed(index, out))
+                        .map_err(|e| prefill_error(&e))?;
+                }
             }
         }
-        stream.write_all(&out).await?;
-        out.clear();
-        let mut reply = Reply::default();
-        while !expects.is_empty() {
-            if !read_some(&mut stream, &mut buffer, &mut chunk).await? {
-                return Err(std::io::Error::other("prefill: no reply"));
+        links::flush(&links, &mut completed).await?;
+        let mut progressed = Instant::now();
+        while links.borrow().in_flight() > 0 {
+            match links::replies(&links, codec, &mut completed).await? {
+                Arrived::Replies(_) => progressed = Instant::now(),
+                Arrived::TimedOut if progressed.elapsed() > STALL => return Err(prefill_error(&"no reply")),
+                Arrived::TimedOut => {}
             }
-            let mut at = 0;
-            while let Some(expect) = expects.front_mut() {
-                let (used, done) = plan.codec.decode(expect, &mut reply, &buffer[at..]);
-                at += used;
-                if !done {
-                    break;
-                }
-                if let Some(error) = reply.error.take() {
-                    return Err(std::io::Error::other(format!("prefill: {error}")));
-                }
-                expects.pop_front();
-            }
-            buffer.drain(..at);
+        }
+        if let Some(error) = failure.borrow_mut().take() {
+            return Err(prefill_error(&error));
         }
     }
     Ok(())

@@ -81,7 +81,9 @@ fn loadgen(port: u16, extra: &[&str]) -> Report {
     );
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains("p99 us"), "{table}");
-    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    let report = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(json);
+    report
 }
 
 #[test]

@@ -14,7 +14,23 @@ mod text;
 
 use thiserror::Error;
 
-/// The dialect a connection speaks.
+/// The dialect a connection speaks, and its requests and replies.
+///
+/// ```
+/// use corecache_client::codec::{Event, Fetch, Protocol, Reply};
+///
+/// let mut out = Vec::new();
+/// let mut expect = Protocol::Text.get([&b"a"[..], b"b"], Fetch::default(), &mut out);
+/// assert_eq!(out, b"get a b\r\n");
+/// // What the server sent back, read as it arrives.
+/// let reply = b"VALUE a 0 2\r\nhi\r\nEND\r\n";
+/// let (used, event) = Protocol::Text.decode(&mut expect, reply).unwrap().unwrap();
+/// let Event::Item(item) = event else { panic!() };
+/// assert_eq!((item.key, item.value), (&b"a"[..], &b"hi"[..]));
+/// let (rest, event) = Protocol::Text.decode(&mut expect, &reply[used..]).unwrap().unwrap();
+/// assert_eq!(event, Event::Done(Reply::Values { found: 1 }));
+/// assert_eq!(used + rest, reply.len());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
     /// `get`, `set`, ... (memcached's classic text protocol).
@@ -243,6 +259,7 @@ impl Protocol {
         Expect::new(ExpectKind::Store(mode))
     }
 
+    /// A delete of `key`.
     pub fn delete(self, key: &[u8], out: &mut Vec<u8>) -> Expect {
         match self {
             Protocol::Text => text::delete(key, out),
@@ -263,6 +280,7 @@ impl Protocol {
         Expect::new(ExpectKind::Arith)
     }
 
+    /// A touch: `key`'s expiry set to `exptime`.
     pub fn touch(self, key: &[u8], exptime: u32, out: &mut Vec<u8>) -> Expect {
         match self {
             Protocol::Text => text::touch(key, exptime, out),
